@@ -1,0 +1,5 @@
+"""``python -m streamrec`` is the ``streamrec`` command."""
+
+from streamrec.cli import main
+
+main()

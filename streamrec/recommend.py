@@ -1,0 +1,160 @@
+"""Answers to "recommended for you", "similar", "popular" and "trending", ranked from Redis state.
+
+The API and offline evaluation both call this; neither ranks on its own. Reading is a few pipelined
+round trips; the maths is in ``scoring``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from streamrec.scoring import (
+    Candidate,
+    history_seeds,
+    normalised_neighbours,
+    rank,
+    score_personal,
+)
+from streamrec.settings import ScoringSettings
+from streamrec.state import StateReader
+
+TYPE_STRENGTH = {"remove_from_cart": 0, "view": 1, "add_to_cart": 2, "purchase": 3}
+NEIGHBOURS_READ = 50
+TERMS_USED = 10
+
+
+@dataclass(frozen=True)
+class Ranked:
+    item_id: str
+    score: float
+    reason: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A ranked list, the strategy that produced its first item, and the catalog records read on the way."""
+
+    strategy: str
+    items: list[Ranked]
+    catalog: dict[str, dict[str, str]] = field(default_factory=dict)
+    model_version: str | None = None
+
+
+def _usable(record: dict[str, str] | None, category: str | None) -> bool:
+    if record is not None and record.get("in_stock") == "0":
+        return False
+    return category is None or (record is not None and record.get("category") == category)
+
+
+class Recommender:
+    """Ranks from one state reader with one set of scoring settings."""
+
+    def __init__(self, reader: StateReader, scoring: ScoringSettings) -> None:
+        self.reader = reader
+        self.scoring = scoring
+
+    def now(self) -> int:
+        """The state's clock (event time), or the wall clock before any event."""
+        return self.reader.clock() or int(time.time() * 1000)
+
+    def _normalised(self, anchors: Sequence[str]) -> dict[str, dict[str, float]]:
+        raw = self.reader.neighbours(anchors, NEIGHBOURS_READ)
+        every = sorted({*anchors, *(n for nbrs in raw.values() for n in nbrs)})
+        counts = self.reader.counts(every)
+        alpha = self.scoring.popularity_alpha
+        return {a: normalised_neighbours(raw[a], counts, counts.get(a, 1.0), alpha) for a in anchors}
+
+    def _finish(
+        self,
+        ranked: list[Candidate],
+        k: int,
+        category: str | None,
+        exclude: set[str],
+        fallback_categories: Iterable[str],
+        now: int,
+    ) -> Answer:
+        """Filter by stock and category, then fill up from category popularity and overall popularity."""
+        catalog = self.reader.catalog([c.item_id for c in ranked])
+        picked: list[Ranked] = []
+        taken = set(exclude)
+        for c in ranked:
+            if len(picked) >= k:
+                break
+            if c.item_id not in taken and _usable(catalog.get(c.item_id), category):
+                picked.append(Ranked(c.item_id, c.score, c.reason, c.source))
+                taken.add(c.item_id)
+        cats = [category] if category else list(dict.fromkeys(fallback_categories))
+        fills = [(cat, "category_popular", f"popular in {cat}") for cat in cats]
+        if category is None:
+            fills.append((None, "popular", "popular right now"))
+        for cat, source, reason in fills:
+            if len(picked) >= k:
+                break
+            rows = self.reader.popular(k + len(taken) + 10, now, cat)
+            more = self.reader.catalog([item for item, _ in rows if item not in catalog])
+            catalog.update(more)
+            for item, score in rows:
+                if len(picked) >= k:
+                    break
+                if item not in taken and _usable(catalog.get(item), category):
+                    picked.append(Ranked(item, score, reason, source))
+                    taken.add(item)
+        strategy = picked[0].source if picked else "empty"
+        if strategy in {"item_to_item", "search"}:
+            strategy = "personalized"
+        return Answer(strategy, picked, {i.item_id: catalog[i.item_id] for i in picked if i.item_id in catalog})
+
+    def for_user(self, user_id: str, k: int, category: str | None = None, exclude: Iterable[str] = ()) -> Answer:
+        """Personal recommendations: neighbours of recent actions and items that followed recent searches."""
+        s = self.scoring
+        now = self.now()
+        user = self.reader.user(user_id, now)
+        seeds = history_seeds(user.history, s.history_used, s.history_position_decay, s.type_weights())
+        seed_types: dict[str, str] = {}
+        for entry in user.history:
+            best = seed_types.get(entry.item_id, "remove_from_cart")
+            if TYPE_STRENGTH.get(entry.type, 0) > TYPE_STRENGTH[best]:
+                seed_types[entry.item_id] = entry.type
+        terms = list(dict.fromkeys(t for _, ts in user.searches for t in ts))[:TERMS_USED]
+        term_items = self.reader.term_items(terms, NEIGHBOURS_READ)
+        neighbours = self._normalised(list(seeds))
+        candidates = score_personal(seeds, seed_types, neighbours, term_items, s.search_blend)
+        excluded = set(exclude) | user.bought
+        if s.exclude_seen:
+            excluded |= {e.item_id for e in user.history} | set(user.preferences)
+        ranked = rank(candidates.values(), k * 3 + 20, excluded)
+        # categories of what the user did and searched, for the fallback
+        basis = list(seeds)[:10] + [i for items in term_items.values() for i in list(items)[:5]]
+        cats = [r.get("category", "") for r in self.reader.catalog(basis).values()]
+        return self._finish(ranked, k, category, excluded, [c for c in cats if c], now)
+
+    def similar(self, item_id: str, k: int, user_id: str | None = None) -> Answer:
+        """Items that shoppers acted on together with ``item_id``, popularity-normalised."""
+        now = self.now()
+        neighbours = self._normalised([item_id])[item_id]
+        excluded = {item_id}
+        if user_id:
+            excluded |= self.reader.user(user_id, now).bought
+        candidates = [Candidate(item, score, "customers also viewed", "item_to_item") for item, score in neighbours.items()]
+        ranked = rank(candidates, k * 3 + 20, excluded)
+        anchor = self.reader.catalog([item_id]).get(item_id, {})
+        cats = [anchor["category"]] if anchor.get("category") else []
+        return self._finish(ranked, k, None, excluded, cats, now)
+
+    def popular(self, k: int, category: str | None = None) -> Answer:
+        """The most popular items (time-decayed), overall or in one category."""
+        return self._finish([], k, category, set(), [], self.now())
+
+    def trending(self, k: int, category: str | None = None) -> Answer:
+        """The items whose interest grows fastest now."""
+        now = self.now()
+        rows = self.reader.trending(k * 3 + 20, now, category)
+        ranked = [Candidate(item, score, "trending now", "trending") for item, score in rows]
+        catalog = self.reader.catalog([c.item_id for c in ranked])
+        picked = [
+            Ranked(c.item_id, c.score, c.reason, c.source) for c in ranked if _usable(catalog.get(c.item_id), None)
+        ][:k]
+        return Answer("trending" if picked else "empty", picked, {i.item_id: catalog[i.item_id] for i in picked if i.item_id in catalog})

@@ -1,0 +1,172 @@
+"""The scoring maths: pure functions over plain data, shared by the state script's callers, the API
+and offline evaluation.
+
+Time decay is stored in log space ("forward decay"): an event of weight ``w`` at time ``t`` adds
+``w * 2**(t / h)`` to a total, kept as its natural log ``ln w + t ln2 / h``. Every total is then
+comparable at any moment without rewriting it (they all decay by the same factor), and the log never
+overflows however long the system runs. The value at time ``now`` is ``exp(log_total - now ln2 / h)``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+LN2 = math.log(2.0)
+
+
+def decay_rate(halflife_ms: float) -> float:
+    """The per-millisecond exponent used in log space for a half-life."""
+    return LN2 / halflife_ms
+
+
+def log_weight(weight: float, ts_ms: int, halflife_ms: float) -> float:
+    """The log-space contribution of one event of ``weight`` (> 0) at ``ts_ms``."""
+    return math.log(weight) + ts_ms * decay_rate(halflife_ms)
+
+
+def log_add(a: float | None, b: float) -> float:
+    """``ln(e**a + e**b)`` without overflow; ``a`` None means an empty total."""
+    if a is None:
+        return b
+    hi, lo = (a, b) if a >= b else (b, a)
+    return hi + math.log1p(math.exp(lo - hi))
+
+
+def decayed_value(log_total: float, now_ms: int, halflife_ms: float) -> float:
+    """The decayed total at ``now_ms`` of a log-space total."""
+    return math.exp(log_total - now_ms * decay_rate(halflife_ms))
+
+
+def trending_score(fast_log: float, slow_log: float | None, now_ms: int, fast_hl: float, slow_hl: float) -> float:
+    """How much faster an item is gaining interest now than over the long run.
+
+    Both totals are turned into rates (events per hour) of exponentially weighted moving averages with
+    a short and a long half-life; the score is the excess of the short rate over the long one, divided
+    by the long rate's square root (a Poisson z-score), so a jump from 0 to 5 an hour outranks a drift
+    from 500 to 505.
+    """
+    hour = 3_600_000.0
+    fast_rate = decayed_value(fast_log, now_ms, fast_hl) * LN2 / fast_hl * hour
+    slow_rate = 0.0 if slow_log is None else decayed_value(slow_log, now_ms, slow_hl) * LN2 / slow_hl * hour
+    return (fast_rate - slow_rate) / math.sqrt(slow_rate + 1.0)
+
+
+_NON_WORD = re.compile(r"[^\w]+", re.UNICODE)
+
+
+def search_terms(query: str, max_terms: int = 6, max_len: int = 64) -> list[str]:
+    """Normalise a search query into the terms its follow-up actions are credited to.
+
+    The whole normalised query comes first (it is the most specific), then its words of two or more
+    characters, without repeats.
+    """
+    text = unicodedata.normalize("NFKC", query).casefold()
+    words = [w for w in _NON_WORD.split(text) if w]
+    terms: list[str] = []
+    whole = " ".join(words)[:max_len]
+    for term in [whole, *(w[:max_len] for w in words if len(w) >= 2)]:
+        if term and term not in terms:
+            terms.append(term)
+        if len(terms) >= max_terms:
+            break
+    return terms
+
+
+def normalised_neighbours(
+    raw: Mapping[str, float], counts: Mapping[str, float], anchor_count: float, alpha: float
+) -> dict[str, float]:
+    """Divide raw co-occurrence by the popularity of both ends: ``c / (n_anchor**(1-a) * n_other**a)``.
+
+    ``alpha`` 0.5 is cosine similarity; higher values push popular neighbours down harder.
+    """
+    base = max(anchor_count, 1.0) ** (1.0 - alpha)
+    return {item: weight / (base * max(counts.get(item, 1.0), 1.0) ** alpha) for item, weight in raw.items()}
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    item_id: str
+    ts: int
+    type: str
+
+
+@dataclass
+class Candidate:
+    """A scored item and the strongest reason it was chosen."""
+
+    item_id: str
+    score: float = 0.0
+    reason: str = ""
+    source: str = ""
+    best: float = field(default=0.0, repr=False)
+
+    def add(self, amount: float, reason: str, source: str) -> None:
+        self.score += amount
+        if amount > self.best:
+            self.best, self.reason, self.source = amount, reason, source
+
+
+def history_seeds(history: Iterable[HistoryEntry], used: int, position_decay: float, type_weights: Mapping[str, float]) -> dict[str, float]:
+    """Weight each distinct recent item as a seed: newer and stronger actions count more.
+
+    A purchase seeds "bought together" candidates harder than a view; a removal from the cart seeds none.
+    """
+    seeds: dict[str, float] = {}
+    for position, entry in enumerate(list(history)[:used]):
+        weight = type_weights.get(entry.type, 1.0)
+        if weight <= 0:
+            continue
+        seeds[entry.item_id] = seeds.get(entry.item_id, 0.0) + weight * position_decay**position
+    return seeds
+
+
+REASON_BY_TYPE = {
+    "view": "viewed together with {}",
+    "add_to_cart": "often added to cart with {}",
+    "purchase": "bought together with {}",
+}
+
+
+def score_personal(
+    seeds: Mapping[str, float],
+    seed_types: Mapping[str, str],
+    neighbours: Mapping[str, Mapping[str, float]],
+    term_items: Mapping[str, Mapping[str, float]],
+    search_blend: float,
+) -> dict[str, Candidate]:
+    """Blend item-to-item neighbours of the seeds with items that followed the user's searches.
+
+    ``neighbours`` maps a seed to its popularity-normalised neighbours; ``term_items`` maps each recent
+    search term to item weights (normalised here to sum to one per term, so a common term does not
+    drown a rare one).
+    """
+    out: dict[str, Candidate] = {}
+    for seed, seed_weight in seeds.items():
+        template = REASON_BY_TYPE.get(seed_types.get(seed, "view"), "viewed together with {}")
+        for item, sim in neighbours.get(seed, {}).items():
+            cand = out.setdefault(item, Candidate(item))
+            cand.add(seed_weight * sim, template.format(seed), "item_to_item")
+    for term, items in term_items.items():
+        total = sum(v for v in items.values() if v > 0)
+        if total <= 0:
+            continue
+        for item, weight in items.items():
+            if weight <= 0:
+                continue
+            cand = out.setdefault(item, Candidate(item))
+            cand.add(search_blend * weight / total, f"matches your search '{term}'", "search")
+    return out
+
+
+def rank(candidates: Iterable[Candidate], k: int, exclude: set[str], allowed: set[str] | None = None) -> list[Candidate]:
+    """The top ``k`` candidates by score (ties broken by id, so answers are stable)."""
+    kept = [
+        c for c in candidates
+        if c.score > 0 and c.item_id not in exclude and (allowed is None or c.item_id in allowed)
+    ]
+    kept.sort(key=lambda c: (-c.score, c.item_id))
+    return kept[:k]

@@ -1,0 +1,92 @@
+"""Typed settings for every streamrec program, read from ``STREAMREC_*`` environment variables.
+
+One object holds every knob so that the worker, the API, the producers and the tests agree on
+topic names, key prefixes and scoring weights. Nothing is read at import: call ``Settings()``.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+
+class ScoringSettings(BaseSettings):
+    """How events become scores: weights, windows, half-lives and bounds (the tunable model)."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_SCORING_", extra="ignore")
+
+    weight_view: float = Field(1.0, description="Weight of a view in preferences and popularity.")
+    weight_add_to_cart: float = Field(3.0, description="Weight of an add-to-cart.")
+    weight_remove_from_cart: float = Field(-1.0, description="Weight of a cart removal (negative feedback).")
+    weight_purchase: float = Field(5.0, description="Weight of a purchase.")
+    weight_search_click: float = Field(1.0, description="Weight of an action that follows a search, for terms.")
+
+    history_len: int = Field(30, description="How many recent actions are kept per user.")
+    cooc_window: int = Field(5, description="How many previous actions a new action is paired with.")
+    cooc_position_decay: float = Field(0.7, description="Pair weight falls by this factor per step apart.")
+    cooc_backward_weight: float = Field(0.5, description="Weight of the reverse direction (new item -> older).")
+    cooc_max_gap_ms: int = Field(DAY_MS, description="Actions further apart than this are not paired.")
+    neighbours_max: int = Field(100, description="Neighbours kept per item (memory is O(items x this)).")
+    neighbours_slack: int = Field(20, description="Extra neighbours allowed before a trim runs.")
+    popularity_alpha: float = Field(0.5, description="Co-occurrence is divided by popularity^alpha.")
+
+    preference_halflife_ms: int = Field(30 * DAY_MS, description="Half-life of a user's item preferences.")
+    preference_max: int = Field(50, description="Items kept in a user's preference set.")
+    purchases_max: int = Field(200, description="Purchases remembered per user (to exclude).")
+    popularity_halflife_ms: int = Field(7 * DAY_MS, description="Half-life of popularity.")
+    trending_halflife_ms: int = Field(HOUR_MS, description="Half-life of the fast rate used for trending.")
+    popular_max: int = Field(50_000, description="Items kept per popularity/trending set.")
+
+    searches_max: int = Field(10, description="Recent search queries kept per user.")
+    search_window_ms: int = Field(30 * 60_000, description="Actions within this time after a search count for it.")
+    term_items_max: int = Field(200, description="Items kept per search term.")
+
+    user_ttl_s: int = Field(90 * 86_400, description="A user's state expires this long after their last event.")
+    term_ttl_s: int = Field(30 * 86_400, description="A search term's items expire this long after last use.")
+    dedupe_ttl_s: int = Field(7 * 86_400, description="How long an event_id is remembered for deduplication.")
+
+    history_used: int = Field(10, description="Recent history items that seed personal recommendations.")
+    history_position_decay: float = Field(0.85, description="Seed weight falls by this factor per step back.")
+    search_blend: float = Field(0.5, description="Weight of search-term candidates in personal scores.")
+    exclude_seen: bool = Field(True, description="Leave items the user already interacted with out of answers.")
+
+    def type_weights(self) -> dict[str, float]:
+        """The weight of each event type, as the state script wants it."""
+        return {
+            "view": self.weight_view,
+            "add_to_cart": self.weight_add_to_cart,
+            "remove_from_cart": self.weight_remove_from_cart,
+            "purchase": self.weight_purchase,
+        }
+
+
+class Settings(BaseSettings):
+    """Connection and process settings shared by every program."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_", extra="ignore")
+
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port].")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis connection URL.")
+    topic_prefix: str = Field("streamrec", description="Prefix of every Kafka topic name.")
+    redis_prefix: str = Field("sr", description="Prefix of every Redis key.")
+    partitions: int = Field(4, description="Partitions of the events topic when streamrec creates it.")
+
+    api_host: str = Field("127.0.0.1", description="Address the API binds to.")
+    api_port: int = Field(8000, description="Port the API listens on.")
+    api_workers: int = Field(2, description="Gunicorn worker processes.")
+    max_batch: int = Field(1000, description="Most events accepted in one POST /v1/events.")
+    default_k: int = Field(10, description="Items returned when the request does not say k.")
+    max_k: int = Field(100, description="Most items one request may ask for.")
+
+    worker_group: str = Field("streamrec-worker", description="Kafka consumer group (Faust app id) of workers.")
+    worker_batch: int = Field(500, description="Most events the worker folds into Redis in one script call.")
+    worker_batch_wait_s: float = Field(0.01, description="Longest wait to fill a batch, in seconds.")
+    worker_session_timeout_s: float = Field(6.0, description="Consumer session timeout (short suits Tansu).")
+    worker_data_dir: str = Field(".streamrec/worker", description="Faust's data directory.")
+
+    log_level: str = Field("INFO", description="Log level of every program.")
+
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
