@@ -1,0 +1,85 @@
+"""The Flask application factory. Clients are built here and kept in ``app.extensions``; nothing at import."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis
+from flask import Flask
+
+from streamrec.contract import CatalogItem, Event
+from streamrec.keys import Keys
+from streamrec.recommend import Recommender
+from streamrec.settings import Settings
+from streamrec.state import StateReader
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+class Publisher(Protocol):
+    def publish_event(self, event: Event) -> None: ...
+    def publish_item(self, item: CatalogItem) -> None: ...
+    def flush(self, timeout: float | None = None) -> None: ...
+
+
+def kafka_publisher(settings: Settings) -> Publisher:
+    from streamrec.publisher import EventPublisher
+    from streamrec.topics import Topics
+
+    return EventPublisher(settings.kafka_bootstrap, Topics(settings.topic_prefix))
+
+
+@dataclass
+class Services:
+    """What the views need: settings, Redis, the recommender and (lazily, after fork) a Kafka publisher."""
+
+    settings: Settings
+    redis: redis.Redis
+    recommender: Recommender
+    publisher_factory: Callable[[Settings], Publisher]
+    _publisher: Publisher | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def publisher(self) -> Publisher:
+        with self._lock:
+            if self._publisher is None:
+                self._publisher = self.publisher_factory(self.settings)
+            return self._publisher
+
+
+def services() -> Services:
+    from flask import current_app
+
+    svc: Services = current_app.extensions["streamrec"]
+    return svc
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    redis_client: redis.Redis | None = None,
+    publisher_factory: Callable[[Settings], Publisher] | None = None,
+    test_config: dict[str, Any] | None = None,
+) -> Flask:
+    """Build the API. Tests pass their own settings, Redis client or publisher factory."""
+    from api import errors, views
+
+    settings = settings or Settings()
+    app = Flask(__name__, static_folder=None)
+    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
+    if test_config:
+        app.config.update(test_config)
+    client = redis_client or redis.Redis.from_url(
+        settings.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0, health_check_interval=10
+    )
+    reader = StateReader(client, Keys(settings.redis_prefix), settings.scoring)
+    app.extensions["streamrec"] = Services(
+        settings, client, Recommender(reader, settings.scoring), publisher_factory or kafka_publisher
+    )
+    errors.init_app(app)
+    app.register_blueprint(views.bp)
+    return app

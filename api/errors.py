@@ -1,0 +1,61 @@
+"""JSON errors with stable codes: every failure answers ``{"code", "msg", "details"}``, never a trace."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger("streamrec.api")
+
+# Stable error numbers: clients may branch on them, so never renumber.
+INVALID_JSON = 1001
+INVALID_EVENT = 1002
+BATCH_TOO_LARGE = 1003
+INVALID_PARAMETER = 1004
+INVALID_ITEM = 1005
+NOT_FOUND = 1404
+METHOD_NOT_ALLOWED = 1405
+BODY_TOO_LARGE = 1413
+UNSUPPORTED_MEDIA = 1415
+INTERNAL = 1500
+UNAVAILABLE = 1503
+
+_HTTP_CODES = {404: NOT_FOUND, 405: METHOD_NOT_ALLOWED, 413: BODY_TOO_LARGE, 415: UNSUPPORTED_MEDIA}
+
+
+class ApiError(Exception):
+    """An error meant for the caller."""
+
+    def __init__(self, status: int, code: int, msg: str, details: Any = None) -> None:
+        super().__init__(msg)
+        self.status, self.code, self.msg, self.details = status, code, msg, details
+
+
+def error_body(code: int, msg: str, details: Any = None) -> dict[str, Any]:
+    return {"code": code, "msg": msg, "details": details}
+
+
+def init_app(app: Flask) -> None:
+    """Register handlers that turn every error into the JSON error shape."""
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):  # type: ignore[no-untyped-def]
+        return jsonify(error_body(exc.code, exc.msg, exc.details)), exc.status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+        status = exc.code or 500
+        msg = {
+            404: "no such endpoint; see README.md for the API",
+            405: f"method not allowed here; allowed: {', '.join(sorted(getattr(exc, 'valid_methods', None) or []))}",
+            413: "request body too large",
+        }.get(status, exc.description or exc.name)
+        return jsonify(error_body(_HTTP_CODES.get(status, 1000 + status), msg)), status
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+        log.exception("unhandled error")
+        return jsonify(error_body(INTERNAL, "internal error; it has been logged")), 500

@@ -1,0 +1,262 @@
+"""HTTP endpoints: each view translates the request, calls the core, and shapes the JSON answer."""
+
+from __future__ import annotations
+
+import html
+import socket
+import uuid
+import zlib
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, jsonify, request
+from redis.exceptions import RedisError
+
+from api.app import services
+from api.errors import (
+    BATCH_TOO_LARGE,
+    INVALID_EVENT,
+    INVALID_ITEM,
+    INVALID_JSON,
+    UNAVAILABLE,
+    UNSUPPORTED_MEDIA,
+    ApiError,
+)
+from api.params import bool_param, int_param, list_param, str_param
+from streamrec.contract import CatalogItem, Event, Rejection, decode_event, decode_item
+from streamrec.recommend import Answer
+
+bp = Blueprint("v1", __name__)
+
+
+def ok(data: Any, status: int = 200) -> tuple[Response, int]:
+    return jsonify({"code": 0, "msg": "ok", "data": data}), status
+
+
+def _json_body() -> Any:
+    if not request.is_json:
+        raise ApiError(415, UNSUPPORTED_MEDIA, "send the body as JSON with 'Content-Type: application/json'")
+    try:
+        return orjson.loads(request.get_data(cache=False))
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, INVALID_JSON, f"the body is not valid JSON: {exc}") from None
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _shape(answer: Answer, explain: bool, **extra: Any) -> dict[str, Any]:
+    """The answer as JSON: ids, scores and catalog fields, with a fresh recommendation_id."""
+    items = []
+    for r in answer.items:
+        record = answer.catalog.get(r.item_id, {})
+        row: dict[str, Any] = {
+            "item_id": r.item_id,
+            "score": round(r.score, 6),
+            "title": record.get("title"),
+            "price": _float(record.get("price")),
+            "image_url": record.get("image_url"),
+            "category": record.get("category"),
+            "in_stock": record.get("in_stock", "1") != "0",
+        }
+        if explain:
+            row["reason"] = r.reason
+            row["source"] = r.source
+        items.append(row)
+    return {
+        "recommendation_id": uuid.uuid4().hex,
+        "strategy": answer.strategy,
+        "model_version": answer.model_version,
+        **extra,
+        "items": items,
+    }
+
+
+def _redis_guard(fn):  # type: ignore[no-untyped-def]
+    """Answer 503 with a message, not 500, while Redis is unreachable."""
+    from functools import wraps
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return fn(*args, **kwargs)
+        except RedisError as exc:
+            raise ApiError(503, UNAVAILABLE, "recommendation state (Redis) is unavailable; retry shortly", str(exc)) from None
+
+    return wrapper
+
+
+@bp.get("/v1/users/<user_id>/recommendations")
+@_redis_guard
+def recommendations(user_id: str):  # type: ignore[no-untyped-def]
+    """Personalised recommendations, with fallbacks for users the state does not know."""
+    svc = services()
+    k = int_param(request, "k", svc.settings.default_k, 1, svc.settings.max_k)
+    category = str_param(request, "category")
+    exclude = list_param(request, "exclude")
+    explain = bool_param(request, "explain")
+    answer = svc.recommender.for_user(user_id, k, category=category, exclude=exclude)
+    return ok(_shape(answer, explain, user_id=user_id))
+
+
+@bp.get("/v1/items/<item_id>/similar")
+@_redis_guard
+def similar(item_id: str):  # type: ignore[no-untyped-def]
+    """Items shoppers acted on together with this one ("also viewed / bought together")."""
+    svc = services()
+    k = int_param(request, "k", svc.settings.default_k, 1, svc.settings.max_k)
+    user_id = str_param(request, "user_id")
+    explain = bool_param(request, "explain")
+    return ok(_shape(svc.recommender.similar(item_id, k, user_id=user_id), explain, item_id=item_id))
+
+
+@bp.get("/v1/popular")
+@_redis_guard
+def popular():  # type: ignore[no-untyped-def]
+    """The most popular items, time-decayed, overall or in a category."""
+    svc = services()
+    k = int_param(request, "k", svc.settings.default_k, 1, svc.settings.max_k)
+    category = str_param(request, "category")
+    return ok(_shape(svc.recommender.popular(k, category), bool_param(request, "explain"), category=category))
+
+
+@bp.get("/v1/trending")
+@_redis_guard
+def trending():  # type: ignore[no-untyped-def]
+    """The items whose interest is growing fastest right now."""
+    svc = services()
+    k = int_param(request, "k", svc.settings.default_k, 1, svc.settings.max_k)
+    category = str_param(request, "category")
+    return ok(_shape(svc.recommender.trending(k, category), bool_param(request, "explain"), category=category))
+
+
+def _decode_all(rows: list[Any], decode, code: int, what: str) -> list:  # type: ignore[no-untyped-def]
+    good, bad = [], []
+    for index, row in enumerate(rows):
+        result = decode(row) if isinstance(row, dict) else Rejection(f"expected a JSON object, got {type(row).__name__}", [])
+        if isinstance(result, Rejection):
+            bad.append({"index": index, "reason": result.reason, "errors": result.errors})
+        else:
+            good.append(result)
+    if bad:
+        first = bad[0]
+        msg = f"{len(bad)} of {len(rows)} {what} invalid; #{first['index']}: {first['reason']}"
+        raise ApiError(400, code, msg, bad)
+    return good
+
+
+def _publish(send) -> None:  # type: ignore[no-untyped-def]
+    svc = services()
+    try:
+        send(svc.publisher)
+        svc.publisher.flush(timeout=10)
+    except Exception as exc:  # kafka-python raises many types; the caller needs one answer
+        raise ApiError(503, UNAVAILABLE, "the event stream (Kafka) did not accept the data; retry", str(exc)) from None
+
+
+@bp.post("/v1/events")
+def post_events():  # type: ignore[no-untyped-def]
+    """Validate one event or a batch, publish them to Kafka, answer 202 once the broker acknowledged."""
+    body = _json_body()
+    rows = body if isinstance(body, list) else [body]
+    limit = services().settings.max_batch
+    if len(rows) > limit:
+        raise ApiError(413, BATCH_TOO_LARGE, f"a batch holds at most {limit} events, got {len(rows)}")
+    if not rows:
+        raise ApiError(400, INVALID_EVENT, "the batch is empty")
+    events: list[Event] = _decode_all(rows, decode_event, INVALID_EVENT, "events")
+
+    def send(pub) -> None:  # type: ignore[no-untyped-def]
+        for event in events:
+            pub.publish_event(event)
+
+    _publish(send)
+    return ok({"accepted": len(events), "event_ids": [e.event_id for e in events]}, 202)
+
+
+@bp.put("/v1/items/<item_id>")
+def put_item(item_id: str):  # type: ignore[no-untyped-def]
+    """Create or replace one catalog record."""
+    body = _json_body()
+    if not isinstance(body, dict):
+        raise ApiError(400, INVALID_ITEM, "expected a JSON object describing the item")
+    if body.setdefault("item_id", item_id) != item_id:
+        raise ApiError(400, INVALID_ITEM, f"item_id in the body ({body['item_id']!r}) differs from the URL ({item_id!r})")
+    items: list[CatalogItem] = _decode_all([body], decode_item, INVALID_ITEM, "items")
+    _publish(lambda pub: pub.publish_item(items[0]))
+    return ok({"accepted": 1}, 202)
+
+
+@bp.post("/v1/items")
+def post_items():  # type: ignore[no-untyped-def]
+    """Create or replace catalog records in bulk."""
+    body = _json_body()
+    rows = body if isinstance(body, list) else [body]
+    limit = services().settings.max_batch
+    if len(rows) > limit:
+        raise ApiError(413, BATCH_TOO_LARGE, f"a batch holds at most {limit} items, got {len(rows)}")
+    items: list[CatalogItem] = _decode_all(rows, decode_item, INVALID_ITEM, "items")
+
+    def send(pub) -> None:  # type: ignore[no-untyped-def]
+        for item in items:
+            pub.publish_item(item)
+
+    _publish(send)
+    return ok({"accepted": len(items)}, 202)
+
+
+@bp.get("/healthz")
+def healthz():  # type: ignore[no-untyped-def]
+    """Liveness: the process answers."""
+    return ok({"status": "alive"})
+
+
+def _kafka_reachable(bootstrap: str) -> bool:
+    for hp in bootstrap.split(","):
+        host, _, port = hp.strip().rpartition(":")
+        try:
+            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=0.5):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+@bp.get("/readyz")
+def readyz():  # type: ignore[no-untyped-def]
+    """Readiness: Redis answers and a Kafka bootstrap server accepts connections."""
+    svc = services()
+    checks: dict[str, str] = {}
+    try:
+        svc.redis.ping()
+        checks["redis"] = "ok"
+    except RedisError as exc:
+        checks["redis"] = f"unavailable: {exc}"
+    checks["kafka"] = "ok" if _kafka_reachable(svc.settings.kafka_bootstrap) else "unavailable"
+    if all(v == "ok" for v in checks.values()):
+        return ok({"status": "ready", "checks": checks})
+    raise ApiError(503, UNAVAILABLE, "not ready: " + ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok"), checks)
+
+
+_PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f"]
+
+
+@bp.get("/static/img/<item_id>.svg")
+def placeholder_image(item_id: str):  # type: ignore[no-untyped-def]
+    """A product image placeholder drawn from the item's category and title, so nothing loads from outside."""
+    record = services().recommender.reader.catalog([item_id]).get(item_id, {})
+    category = record.get("category") or "item"
+    title = record.get("title") or item_id
+    colour = _PALETTE[zlib.crc32(category.encode()) % len(_PALETTE)]
+    svg = (
+        '<svg xmlns="http://www.w3.org/2000/svg" width="240" height="240" viewBox="0 0 240 240">'
+        f'<rect width="240" height="240" fill="{colour}"/>'
+        f'<text x="120" y="110" font-family="sans-serif" font-size="18" fill="#fff" text-anchor="middle">{html.escape(category[:24])}</text>'
+        f'<text x="120" y="140" font-family="sans-serif" font-size="12" fill="#fff" text-anchor="middle">{html.escape(title[:34])}</text>'
+        "</svg>"
+    )
+    return Response(svg, mimetype="image/svg+xml", headers={"Cache-Control": "public, max-age=3600"})
