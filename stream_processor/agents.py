@@ -16,12 +16,14 @@ from typing import Any, TypeVar
 import faust
 import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream_processor.fold import RawMessage, dead_letter, decode_batch
+from streamrec.contract import Rejection
 from streamrec.keys import Keys
 from streamrec.settings import Settings
-from streamrec.state import AsyncStateWriter
+from streamrec.state import ApplyResult, AsyncStateWriter
 from streamrec.topics import Topics
 
 log = logging.getLogger("streamrec.worker")
@@ -86,10 +88,28 @@ def register(app: faust.App, settings: Settings) -> WorkerCounters:
         if kind == "item":
             counters.items += await _retry_redis("upserting items", lambda: writer.upsert_items(decoded.good), counters)
         else:
-            result = await _retry_redis("applying events", lambda: writer.apply(decoded.good), counters)
+            result = await apply_events(decoded.good, decoded.sources)
             counters.applied += result.applied
             counters.duplicates += result.duplicates
         counters.batches += 1
+
+    async def apply_events(events: list[Any], sources: list[RawMessage]) -> ApplyResult:
+        """Apply a batch; if the script refuses it, apply one by one and dead-letter the ones it refuses."""
+        try:
+            return await _retry_redis("applying events", lambda: writer.apply(events), counters)
+        except ResponseError as exc:
+            log.error("state script failed on a batch of %d (%s); applying one by one", len(events), exc)
+        applied = duplicates = 0
+        for event, raw in zip(events, sources, strict=True):
+            try:
+                one = await _retry_redis("applying an event", lambda e=event: writer.apply([e]), counters)
+            except ResponseError as exc:
+                counters.dead_letters += 1
+                await send_dead(raw, dead_letter(raw, Rejection(f"state update failed: {exc}", [])))
+                continue
+            applied += one.applied
+            duplicates += one.duplicates
+        return ApplyResult(applied, duplicates)
 
     @app.agent(events_topic, name="streamrec-events")
     async def fold_events(stream: faust.StreamT) -> None:

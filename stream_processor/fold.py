@@ -28,6 +28,7 @@ class Decoded:
     """A batch split into good records and dead letters."""
 
     good: list = field(default_factory=list)
+    sources: list[RawMessage] = field(default_factory=list)
     dead: list[tuple[RawMessage, Rejection]] = field(default_factory=list)
 
 
@@ -65,4 +66,5 @@ def decode_batch(messages: Sequence[RawMessage], kind: str) -> Decoded:
         else:
             assert isinstance(result, Event | CatalogItem)
             out.good.append(result)
+            out.sources.append(msg)
     return out

@@ -75,6 +75,7 @@ class Recommender:
         exclude: set[str],
         fallback_categories: Iterable[str],
         now: int,
+        personal: str = "personalized",
     ) -> Answer:
         """Filter by stock and category, then fill up from category popularity and overall popularity."""
         catalog = self.reader.catalog([c.item_id for c in ranked])
@@ -104,7 +105,7 @@ class Recommender:
                     taken.add(item)
         strategy = picked[0].source if picked else "empty"
         if strategy in {"item_to_item", "search"}:
-            strategy = "personalized"
+            strategy = personal
         return Answer(strategy, picked, {i.item_id: catalog[i.item_id] for i in picked if i.item_id in catalog})
 
     def for_user(self, user_id: str, k: int, category: str | None = None, exclude: Iterable[str] = ()) -> Answer:
@@ -142,7 +143,7 @@ class Recommender:
         ranked = rank(candidates, k * 3 + 20, excluded)
         anchor = self.reader.catalog([item_id]).get(item_id, {})
         cats = [anchor["category"]] if anchor.get("category") else []
-        return self._finish(ranked, k, None, excluded, cats, now)
+        return self._finish(ranked, k, None, excluded, cats, now, personal="item_to_item")
 
     def popular(self, k: int, category: str | None = None) -> Answer:
         """The most popular items (time-decayed), overall or in one category."""

