@@ -16,11 +16,13 @@ def create_app(settings: Settings) -> faust.App:
     after a batch is in Redis (at-least-once), and the event_id dedupe makes replays harmless.
     """
     from stream_processor.agents import register
+    from stream_processor.transport import ConsumerThread
 
     Path(settings.worker_data_dir).mkdir(parents=True, exist_ok=True)
+    ConsumerThread.fetch_max_wait_ms = settings.worker_fetch_wait_ms
     app = faust.App(
         settings.worker_group,
-        broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(",")],
+        broker=[f"streamrec-kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(",")],
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",

@@ -114,5 +114,16 @@ def up(
     raise typer.Exit(run_stack(_settings(), dataset, limit, workers, data_dir, exit_after_demo))
 
 
+@app.command("settings")
+def show_settings() -> None:
+    """Print every setting: its environment variable, its current value and what it does (Markdown)."""
+    from streamrec.settings import ScoringSettings, describe
+
+    typer.echo("| variable | value | meaning |\n|---|---|---|")
+    for model in (Settings(), ScoringSettings()):
+        for var, value, doc in describe(model):
+            typer.echo(f"| `{var}` | `{value}` | {doc} |")
+
+
 def main() -> None:
     app()

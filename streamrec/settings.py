@@ -6,6 +6,8 @@ topic names, key prefixes and scoring weights. Nothing is read at import: call `
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -84,9 +86,20 @@ class Settings(BaseSettings):
     worker_group: str = Field("streamrec-worker", description="Kafka consumer group (Faust app id) of workers.")
     worker_batch: int = Field(500, description="Most events the worker folds into Redis in one script call.")
     worker_batch_wait_s: float = Field(0.01, description="Longest wait to fill a batch, in seconds.")
+    worker_fetch_wait_ms: int = Field(20, description="Longest a fetch waits for new events (latency vs. idle polling).")
     worker_session_timeout_s: float = Field(6.0, description="Consumer session timeout (short suits Tansu).")
     worker_data_dir: str = Field(".streamrec/worker", description="Faust's data directory.")
 
     log_level: str = Field("INFO", description="Log level of every program.")
 
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+
+
+def describe(model: BaseSettings) -> list[tuple[str, Any, str]]:
+    """(environment variable, current value, description) for each plain field of a settings object."""
+    prefix = model.model_config.get("env_prefix", "")
+    return [
+        (f"{prefix}{name}".upper(), getattr(model, name), field.description or "")
+        for name, field in type(model).model_fields.items()
+        if not isinstance(getattr(model, name), BaseSettings)
+    ]

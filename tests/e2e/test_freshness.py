@@ -58,6 +58,7 @@ def test_a_view_from_a_plain_kafka_producer_changes_recommendations_within_a_sec
     after = wait_until(lambda: (r := _recs(api, user))["strategy"] == "personalized" and r, 5, interval=0.01,
                        what="personalised recommendations")
     elapsed = time.monotonic() - sent
+    (ns.log_dir / "freshness.txt").write_text(f"view -> changed recommendations: {elapsed * 1000:.0f} ms\n")
     assert elapsed < 1.0, f"the view took {elapsed:.3f}s to show"
     ids = [row["item_id"] for row in after["items"]]
     assert ids[:2] == ["lens", "tripod"] and "camera" not in ids

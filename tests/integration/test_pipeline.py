@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import orjson
@@ -89,3 +90,35 @@ def test_worker_folds_events_dead_letters_bad_ones_and_ignores_redelivery(namesp
     wait_until(lambda: _applied(ns) == len(rows) + 1, 15, what="the event after the dead letters")
     assert ns.procs[0].alive()
     producer.close()
+
+
+def test_two_workers_share_the_partitions_and_apply_each_event_once(namespace: Namespace) -> None:
+    ns, topics = namespace, Topics(namespace.settings.topic_prefix)
+    ensure_topics(ns.settings.kafka_bootstrap, topics, 2)
+    ns.start("worker-a", "worker")
+    ns.start("worker-b", "worker")
+    producer = KafkaProducer(bootstrap_servers=ns.settings.kafka_bootstrap, acks="all")
+    ts0 = int(time.time() * 1000) - 600_000
+    n_users, per_user = 200, 5
+    for u in range(n_users):
+        for j in range(per_user):
+            row = {"event_id": f"m-{u}-{j}", "type": "view", "user_id": f"user-{u}", "item_id": f"i{(u + j) % 17}", "ts": ts0 + j}
+            producer.send(topics.events, key=row["user_id"].encode(), value=orjson.dumps(row))
+    producer.flush()
+    producer.close()
+    total = n_users * per_user
+    wait_until(lambda: _applied(ns) == total, 60, what=f"{total} events applied by two workers")
+    counts = {k.decode(): int(v) for k, v in ns.redis.hgetall(ns.keys.item_counts()).items()}
+    expected: dict[str, int] = {}
+    for u in range(n_users):
+        for j in range(per_user):
+            expected[f"i{(u + j) % 17}"] = expected.get(f"i{(u + j) % 17}", 0) + 1
+    assert counts == expected
+    # each user's history is complete and in order, whichever worker owned the user's partition
+    history = ns.redis.lrange(ns.keys.history("user-7"), 0, -1)
+    assert [h.decode().split("|")[0] for h in history] == [f"i{(7 + j) % 17}" for j in reversed(range(per_user))]
+    # both workers joined the group and were each assigned a partition of the events topic
+    owned = re.compile(rf"\| {re.escape(topics.events)}\s+\| \{{\d")
+    logs = [(ns.log_dir / f"worker-{x}.log").read_text() for x in "ab"]
+    assert all(owned.search(log) for log in logs)
+    assert all(ns.procs[i].alive() for i in range(2))
