@@ -199,6 +199,8 @@ def post_items():  # type: ignore[no-untyped-def]
     limit = services().settings.max_batch
     if len(rows) > limit:
         raise ApiError(413, BATCH_TOO_LARGE, f"a batch holds at most {limit} items, got {len(rows)}")
+    if not rows:
+        raise ApiError(400, INVALID_ITEM, "the batch is empty")
     items: list[CatalogItem] = _decode_all(rows, decode_item, INVALID_ITEM, "items")
 
     def send(pub) -> None:  # type: ignore[no-untyped-def]
@@ -248,7 +250,10 @@ _PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#
 @bp.get("/static/img/<item_id>.svg")
 def placeholder_image(item_id: str):  # type: ignore[no-untyped-def]
     """A product image placeholder drawn from the item's category and title, so nothing loads from outside."""
-    record = services().recommender.reader.catalog([item_id]).get(item_id, {})
+    try:
+        record = services().recommender.reader.catalog([item_id]).get(item_id, {})
+    except RedisError:
+        record = {}  # an image without the title beats a broken image
     category = record.get("category") or "item"
     title = record.get("title") or item_id
     colour = _PALETTE[zlib.crc32(category.encode()) % len(_PALETTE)]

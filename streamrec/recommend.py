@@ -61,7 +61,8 @@ class Recommender:
         return self.reader.clock() or int(time.time() * 1000)
 
     def _normalised(self, anchors: Sequence[str]) -> dict[str, dict[str, float]]:
-        raw = self.reader.neighbours(anchors, NEIGHBOURS_READ)
+        # read every stored neighbour (the list is bounded): the best normalised ones may not be the top raw ones
+        raw = self.reader.neighbours(anchors, self.scoring.neighbours_max + self.scoring.neighbours_slack)
         every = sorted({*anchors, *(n for nbrs in raw.values() for n in nbrs)})
         counts = self.reader.counts(every)
         alpha = self.scoring.popularity_alpha

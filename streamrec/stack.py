@@ -64,8 +64,8 @@ def wait_http(url: str, timeout: float) -> None:
     raise ServiceError(f"{url} did not answer within {timeout}s")
 
 
-def wait_caught_up(client: redis.Redis, keys: Keys, timeout: float, quiet_for: float = 3.0) -> int:
-    """Wait until the workers stop applying new events (the replay is folded in); return events applied."""
+def wait_caught_up(client: redis.Redis, keys: Keys, timeout: float, quiet_for: float = 3.0) -> tuple[int, float]:
+    """Wait until the workers stop applying new events; return (events applied, when the last one landed)."""
     deadline = time.monotonic() + timeout
     last, since = -1, time.monotonic()
     while time.monotonic() < deadline:
@@ -74,9 +74,9 @@ def wait_caught_up(client: redis.Redis, keys: Keys, timeout: float, quiet_for: f
         if applied != last:
             last, since = applied, time.monotonic()
         elif applied > 0 and time.monotonic() - since >= quiet_for:
-            return applied
-        time.sleep(0.25)
-    return max(last, 0)
+            break
+        time.sleep(0.1)
+    return max(last, 0), since
 
 
 def _demo(api: str, client: redis.Redis, keys: Keys) -> None:
@@ -150,12 +150,14 @@ def run_stack(settings: Settings, dataset: str, limit: int | None, workers: int,
             keys = Keys(settings.redis_prefix)
             if dataset != "none":
                 argv = [*me, "replay", dataset, "--no-ensure-topics"] + (["--limit", str(limit)] if limit else [])
+                started = time.monotonic()
                 if subprocess.run(argv, env=env, check=False).returncode != 0:
                     print("replay failed; see the output above", file=sys.stderr)
                     return 1
                 print("waiting for the workers to fold the replay into Redis ...")
-                applied = wait_caught_up(client, keys, timeout=600)
-                print(f"{applied} events folded into Redis")
+                applied, done = wait_caught_up(client, keys, timeout=600)
+                took = max(done - started, 1e-3)
+                print(f"{applied} events folded into Redis {took:.1f}s after the replay started ({applied / took:,.0f} events/s end to end)")
             _demo(api_url, client, keys)
             print(f"\nThe API is at {api_url}. Try:\n  curl '{api_url}/v1/popular?k=5'\n  curl '{api_url}/v1/trending?k=5'")
             if exit_after_demo:

@@ -59,7 +59,8 @@ local function trim_neighbours(key)
     scored[i] = {members[i], tonumber(flat[2 * i]) / (n ^ C.alpha)}
   end
   table.sort(scored, function(a, b)
-    if a[2] == b[2] then return a[1] < b[1] end
+    -- weakest first; on a tie the larger id goes first, as rank() prefers the smaller one
+    if a[2] == b[2] then return a[1] > b[1] end
     return a[2] < b[2]
   end)
   local drop = {}
@@ -136,8 +137,8 @@ local function apply_item_event(e)
     local nk = fmt(T.neighbours, item)
     for pos, entry in ipairs(prev) do
       local pitem, pts = split_entry(entry)
-      if pitem and pts then
-        if ts - pts > C.max_gap then break end
+      -- history is in arrival order, so a late event may be older than entries before it
+      if pitem and pts and math.abs(ts - pts) <= C.max_gap then
         if pitem ~= item and not paired[pitem] then
           paired[pitem] = true
           local c = C.pos_decay ^ (pos - 1)

@@ -1,0 +1,374 @@
+"""The HTTP API through Flask's test client, on a real Redis, with a fake publisher in place of Kafka."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+
+from api.app import create_app
+from streamrec.contract import CatalogItem, Event, EventType, now_ms
+from streamrec.keys import Keys
+from streamrec.localstack import ManagedProcess, free_port
+from streamrec.settings import DAY_MS, Settings
+from streamrec.state import StateWriter
+
+pytestmark = pytest.mark.redis
+
+T0 = int(time.time() * 1000) - DAY_MS
+
+
+class FakePublisher:
+    """Collects what the API would send to Kafka."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.items: list[CatalogItem] = []
+        self.flushes = 0
+
+    def publish_event(self, event: Event) -> None:
+        self.events.append(event)
+
+    def publish_item(self, item: CatalogItem) -> None:
+        self.items.append(item)
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.flushes += 1
+
+
+class BrokenPublisher(FakePublisher):
+    """A publisher whose broker never acknowledges."""
+
+    def flush(self, timeout: float | None = None) -> None:
+        raise TimeoutError("no broker acknowledged within the timeout")
+
+
+class Api:
+    def __init__(self, app: Flask, publisher: FakePublisher, keys: Keys, settings: Settings) -> None:
+        self.app, self.publisher, self.keys, self.settings = app, publisher, keys, settings
+        self.client: FlaskClient = app.test_client()
+
+
+def build(settings: Settings, publisher: FakePublisher | None = None) -> tuple[Flask, FakePublisher]:
+    pub = publisher or FakePublisher()
+    return create_app(settings, publisher_factory=lambda s: pub), pub
+
+
+@pytest.fixture
+def api(redis_server: ManagedProcess, redis_client: redis.Redis) -> Iterator[Api]:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    settings = Settings(redis_prefix=prefix, redis_url=f"redis://127.0.0.1:{redis_server.port}/0")
+    app, pub = build(settings)
+    yield Api(app, pub, Keys(prefix), settings)
+    app.extensions["streamrec"].redis.close()
+    for key in redis_client.scan_iter(match=f"{prefix}:*", count=1000):
+        redis_client.delete(key)
+
+
+def seed_shop(api: Api, redis_client: redis.Redis) -> None:
+    """Shoppers view 'a' then one of b, c, d; 'd' is out of stock; 'me' viewed 'a'."""
+    writer = StateWriter(redis_client, api.keys, api.settings.scoring)
+    writer.upsert_items(
+        [
+            CatalogItem(item_id=i, title=f"Item {i}", category="shoes", price=12.5, image_url=f"/static/img/{i}.svg",
+                        in_stock=i != "d", ts=1)
+            for i in "abcd"
+        ]
+    )
+    events = []
+    for n, item in enumerate("bcd"):
+        for j, it in enumerate(("a", item)):
+            events.append(Event(event_id=f"{n}-{j}", type=EventType.VIEW, user_id=f"u{n}", item_id=it, ts=T0 + n * 1000 + j))
+    events.append(Event(event_id="me-1", type=EventType.VIEW, user_id="me", item_id="a", ts=T0 + 10_000))
+    writer.apply(events)
+
+
+def body(resp: Any) -> dict[str, Any]:
+    assert resp.mimetype == "application/json", resp.get_data(as_text=True)[:200]
+    data: dict[str, Any] = orjson.loads(resp.get_data())
+    return data
+
+
+def assert_error(resp: Any, status: int, code: int, *words: str) -> dict[str, Any]:
+    payload = body(resp)
+    assert resp.status_code == status, payload
+    assert payload["code"] == code
+    assert isinstance(payload["msg"], str) and payload["msg"]
+    assert "Traceback" not in resp.get_data(as_text=True)
+    for word in words:
+        assert word in payload["msg"], payload["msg"]
+    return payload
+
+
+def event_row(**over: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {"event_id": uuid.uuid4().hex, "type": "view", "user_id": "u1", "item_id": "i1"}
+    row.update(over)
+    return row
+
+
+# --- recommendations --------------------------------------------------------------------------------
+
+
+def test_recommendations_envelope_and_enriched_items(api: Api, redis_client: redis.Redis) -> None:
+    seed_shop(api, redis_client)
+    resp = api.client.get("/v1/users/me/recommendations?k=2")
+    payload = body(resp)
+    assert resp.status_code == 200
+    assert set(payload) == {"code", "msg", "data"}
+    assert (payload["code"], payload["msg"]) == (0, "ok")
+    data = payload["data"]
+    assert len(data["recommendation_id"]) == 32
+    assert data["strategy"] == "personalized"
+    assert "model_version" in data
+    assert data["user_id"] == "me"
+    assert [i["item_id"] for i in data["items"]] == ["b", "c"]  # a seen, d out of stock
+    first = data["items"][0]
+    assert first["title"] == "Item b"
+    assert first["price"] == 12.5
+    assert first["image_url"] == "/static/img/b.svg"
+    assert first["category"] == "shoes"
+    assert first["in_stock"] is True
+    assert first["score"] > 0
+    assert "reason" not in first
+
+
+def test_each_answer_gets_a_fresh_recommendation_id(api: Api) -> None:
+    one = body(api.client.get("/v1/users/x/recommendations"))["data"]["recommendation_id"]
+    two = body(api.client.get("/v1/users/x/recommendations"))["data"]["recommendation_id"]
+    assert one != two
+
+
+def test_explain_adds_the_reason(api: Api, redis_client: redis.Redis) -> None:
+    seed_shop(api, redis_client)
+    items = body(api.client.get("/v1/users/me/recommendations?k=2&explain=true"))["data"]["items"]
+    assert [(i["reason"], i["source"]) for i in items] == [("viewed together with a", "item_to_item")] * 2
+
+
+def test_unknown_user_gets_popular(api: Api, redis_client: redis.Redis) -> None:
+    seed_shop(api, redis_client)
+    data = body(api.client.get("/v1/users/stranger/recommendations?k=3"))["data"]
+    assert data["strategy"] == "popular"
+    assert [i["item_id"] for i in data["items"]] == ["a", "c", "b"]  # a: 4 views; then the newest single views
+
+
+def test_category_and_exclude_parameters(api: Api, redis_client: redis.Redis) -> None:
+    seed_shop(api, redis_client)
+    data = body(api.client.get("/v1/users/me/recommendations?k=5&exclude=b"))["data"]
+    assert [i["item_id"] for i in data["items"]] == ["c"]
+    data = body(api.client.get("/v1/users/me/recommendations?k=5&category=hats"))["data"]
+    assert data["items"] == []
+
+
+def test_similar_popular_and_trending(api: Api, redis_client: redis.Redis) -> None:
+    seed_shop(api, redis_client)
+    similar = body(api.client.get("/v1/items/a/similar?k=5&explain=1"))["data"]
+    assert similar["item_id"] == "a"
+    assert [i["item_id"] for i in similar["items"]] == ["b", "c"]
+    assert similar["items"][0]["reason"] == "customers also viewed"
+    popular = body(api.client.get("/v1/popular?k=2&category=shoes"))["data"]
+    assert (popular["category"], [i["item_id"] for i in popular["items"]]) == ("shoes", ["a", "c"])
+    trending = api.client.get("/v1/trending")
+    assert trending.status_code == 200
+    assert body(trending)["data"]["strategy"] in {"trending", "empty"}
+
+
+@pytest.mark.parametrize("k", ["0", "101", "abc", "-1", "1.5", ""])
+def test_k_out_of_bounds_is_a_400_naming_k(api: Api, k: str) -> None:
+    for url in (f"/v1/users/me/recommendations?k={k}", f"/v1/items/a/similar?k={k}", f"/v1/popular?k={k}"):
+        assert_error(api.client.get(url), 400, 1004, "'k'")
+
+
+def test_k_at_its_bounds_is_accepted(api: Api) -> None:
+    assert api.client.get("/v1/users/me/recommendations?k=1").status_code == 200
+    assert api.client.get("/v1/users/me/recommendations?k=100").status_code == 200
+
+
+def test_bad_explain_is_a_400(api: Api) -> None:
+    assert_error(api.client.get("/v1/users/me/recommendations?explain=maybe"), 400, 1004, "'explain'")
+
+
+# --- errors in general ------------------------------------------------------------------------------
+
+
+def test_unknown_endpoint_is_a_json_404(api: Api) -> None:
+    payload = assert_error(api.client.get("/v1/nope"), 404, 1404)
+    assert payload["details"] is None
+
+
+def test_wrong_method_is_a_json_405(api: Api) -> None:
+    resp = api.client.delete("/v1/events")
+    assert_error(resp, 405, 1405, "POST")
+    assert_error(api.client.post("/v1/popular"), 405, 1405, "GET")
+
+
+# --- POST /v1/events --------------------------------------------------------------------------------
+
+
+def test_events_need_a_json_content_type(api: Api) -> None:
+    resp = api.client.post("/v1/events", data=orjson.dumps(event_row()), content_type="text/plain")
+    assert_error(resp, 415, 1415, "Content-Type: application/json")
+    assert api.publisher.events == []
+
+
+def test_events_invalid_json_is_a_400(api: Api) -> None:
+    assert_error(api.client.post("/v1/events", data=b"{not json", content_type="application/json"), 400, 1001, "not valid JSON")
+
+
+def test_invalid_event_is_a_400_with_index_and_reason(api: Api) -> None:
+    rows = [event_row(), event_row(type="teleport"), event_row(ts=1_700_000_000), event_row()]
+    payload = assert_error(api.client.post("/v1/events", json=rows), 400, 1002, "2 of 4", "#1")
+    details = payload["details"]
+    assert [d["index"] for d in details] == [1, 2]
+    assert details[0]["reason"].startswith("type:")
+    assert "milliseconds" in details[1]["reason"]
+    assert api.publisher.events == []  # nothing of a bad batch is published
+
+
+def test_non_object_in_a_batch_is_a_400(api: Api) -> None:
+    payload = assert_error(api.client.post("/v1/events", json=[event_row(), 5]), 400, 1002)
+    assert payload["details"][0] == {"index": 1, "reason": "expected a JSON object, got int", "errors": []}
+
+
+def test_empty_batch_is_a_400(api: Api) -> None:
+    assert_error(api.client.post("/v1/events", json=[]), 400, 1002, "empty")
+
+
+def test_batch_over_the_limit_is_a_413(api: Api) -> None:
+    rows = [event_row(event_id=f"e{i}") for i in range(1001)]
+    assert_error(api.client.post("/v1/events", json=rows), 413, 1003, "1000", "1001")
+    assert api.publisher.events == []
+
+
+def test_valid_batch_is_published_with_ts_set(api: Api) -> None:
+    rows = [event_row(event_id=f"e{i}") for i in range(1000)]
+    rows[0] = event_row(event_id="s0", type="search", item_id=None, query="red shoes", ts=T0)
+    before = now_ms()
+    resp = api.client.post("/v1/events", json=rows)
+    payload = body(resp)
+    assert resp.status_code == 202, payload
+    assert payload["code"] == 0
+    assert payload["data"]["accepted"] == 1000
+    assert payload["data"]["event_ids"][:2] == ["s0", "e1"]
+    published = api.publisher.events
+    assert [e.event_id for e in published] == [r["event_id"] for r in rows]
+    assert published[0].ts == T0 and published[0].query == "red shoes"
+    assert all(before <= e.ts <= now_ms() for e in published[1:])
+    assert api.publisher.flushes >= 1
+
+
+def test_single_event_object_is_accepted(api: Api) -> None:
+    resp = api.client.post("/v1/events", json=event_row(event_id="only", type="purchase", price=3.5))
+    assert resp.status_code == 202
+    assert [(e.event_id, e.type, e.price) for e in api.publisher.events] == [("only", EventType.PURCHASE, 3.5)]
+
+
+def test_publisher_failure_is_a_503(redis_server: ManagedProcess) -> None:
+    settings = Settings(redis_prefix=f"t{uuid.uuid4().hex[:8]}", redis_url=f"redis://127.0.0.1:{redis_server.port}/0")
+    app, _ = build(settings, BrokenPublisher())
+    assert_error(app.test_client().post("/v1/events", json=event_row()), 503, 1503, "Kafka")
+
+
+def test_body_over_4_mib_is_a_json_413(api: Api) -> None:
+    data = b"[" + b" " * (4 * 1024 * 1024) + b"]"
+    assert_error(api.client.post("/v1/events", data=data, content_type="application/json"), 413, 1413)
+    assert api.publisher.events == []
+
+
+# --- catalog ----------------------------------------------------------------------------------------
+
+
+def test_put_item_is_published(api: Api) -> None:
+    resp = api.client.put("/v1/items/sku-1", json={"title": "Red shoes", "category": "shoes", "price": 10})
+    assert resp.status_code == 202, body(resp)
+    [item] = api.publisher.items
+    assert (item.item_id, item.title, item.category, item.price) == ("sku-1", "Red shoes", "shoes", 10.0)
+
+
+def test_put_item_with_a_different_item_id_is_a_400(api: Api) -> None:
+    resp = api.client.put("/v1/items/sku-1", json={"item_id": "sku-2", "title": "x"})
+    assert_error(resp, 400, 1005, "sku-2", "sku-1")
+    assert api.publisher.items == []
+
+
+def test_put_invalid_item_is_a_400(api: Api) -> None:
+    payload = assert_error(api.client.put("/v1/items/sku-1", json={"price": -1}), 400, 1005)
+    assert payload["details"][0]["reason"].startswith("price:")
+    assert_error(api.client.put("/v1/items/sku-1", json=[1]), 400, 1005)
+
+
+def test_post_items_in_bulk(api: Api) -> None:
+    resp = api.client.post("/v1/items", json=[{"item_id": "a"}, {"item_id": "b", "in_stock": False}])
+    assert resp.status_code == 202
+    assert [(i.item_id, i.in_stock) for i in api.publisher.items] == [("a", True), ("b", False)]
+
+
+# --- operations -------------------------------------------------------------------------------------
+
+
+def test_healthz(api: Api) -> None:
+    resp = api.client.get("/healthz")
+    assert resp.status_code == 200
+    assert body(resp) == {"code": 0, "msg": "ok", "data": {"status": "alive"}}
+
+
+def test_readyz_reports_kafka_unavailable(redis_server: ManagedProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMREC_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
+    settings = Settings(redis_prefix=f"t{uuid.uuid4().hex[:8]}", redis_url=f"redis://127.0.0.1:{redis_server.port}/0")
+    app, _ = build(settings)
+    payload = assert_error(app.test_client().get("/readyz"), 503, 1503, "kafka unavailable")
+    assert payload["details"] == {"redis": "ok", "kafka": "unavailable"}
+
+
+def test_readyz_ready_when_both_answer(redis_server: ManagedProcess) -> None:
+    # Redis's own port stands in for a listening Kafka bootstrap server: readiness only checks it accepts
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    app, _ = build(Settings(redis_url=url, kafka_bootstrap=f"127.0.0.1:{redis_server.port}"))
+    resp = app.test_client().get("/readyz")
+    assert resp.status_code == 200
+    assert body(resp)["data"] == {"status": "ready", "checks": {"redis": "ok", "kafka": "ok"}}
+
+
+@pytest.fixture
+def redis_down_app() -> Flask:
+    settings = Settings(redis_prefix="tdown", redis_url=f"redis://127.0.0.1:{free_port()}/0",
+                        kafka_bootstrap=f"127.0.0.1:{free_port()}")
+    app, _ = build(settings)
+    return app
+
+
+@pytest.mark.parametrize(
+    "url", ["/v1/users/me/recommendations", "/v1/items/a/similar", "/v1/popular", "/v1/trending"]
+)
+def test_redis_unreachable_is_a_503_with_a_message(redis_down_app: Flask, url: str) -> None:
+    assert_error(redis_down_app.test_client().get(url), 503, 1503, "Redis")
+
+
+def test_readyz_reports_redis_unavailable(redis_down_app: Flask) -> None:
+    payload = assert_error(redis_down_app.test_client().get("/readyz"), 503, 1503, "redis unavailable")
+    assert payload["details"]["redis"].startswith("unavailable")
+
+
+def test_placeholder_image_is_svg(api: Api, redis_client: redis.Redis) -> None:
+    seed_shop(api, redis_client)
+    resp = api.client.get("/static/img/b.svg")
+    assert resp.status_code == 200
+    assert resp.mimetype == "image/svg+xml"
+    text = resp.get_data(as_text=True)
+    assert text.startswith("<svg") and text.endswith("</svg>")
+    assert "shoes" in text and "Item b" in text
+    unknown = api.client.get("/static/img/%3Cscript%3E.svg")
+    assert unknown.status_code == 200
+    assert "<script>" not in unknown.get_data(as_text=True)
+
+
+def test_placeholder_image_while_redis_is_unreachable_is_not_a_500(redis_down_app: Flask) -> None:
+    resp = redis_down_app.test_client().get("/static/img/b.svg")
+    assert resp.status_code == 200 and resp.mimetype == "image/svg+xml"
+    assert b">b</text>" in resp.data  # drawn from the id alone
