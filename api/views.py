@@ -149,32 +149,37 @@ def _decode_all(rows: list[Any], decode, code: int, what: str) -> list:  # type:
     return good
 
 
-def _publish(send) -> None:  # type: ignore[no-untyped-def]
+def _publish(records: list[Event] | list[CatalogItem]) -> None:
+    """Publish events or catalog records and wait until Kafka acknowledged all of them."""
     svc = services()
     try:
-        send(svc.publisher)
+        for record in records:
+            if isinstance(record, Event):
+                svc.publisher.publish_event(record)
+            else:
+                svc.publisher.publish_item(record)
         svc.publisher.flush(timeout=10)
     except Exception as exc:  # kafka-python raises many types; the caller needs one answer
         raise ApiError(503, UNAVAILABLE, "the event stream (Kafka) did not accept the data; retry", str(exc)) from None
 
 
-@bp.post("/v1/events")
-def post_events():  # type: ignore[no-untyped-def]
-    """Validate one event or a batch, publish them to Kafka, answer 202 once the broker acknowledged."""
+def _batch(code: int, what: str) -> list[Any]:
+    """The request body as a non-empty list of at most ``max_batch`` rows."""
     body = _json_body()
     rows = body if isinstance(body, list) else [body]
     limit = services().settings.max_batch
     if len(rows) > limit:
-        raise ApiError(413, BATCH_TOO_LARGE, f"a batch holds at most {limit} events, got {len(rows)}")
+        raise ApiError(413, BATCH_TOO_LARGE, f"a batch holds at most {limit} {what}, got {len(rows)}")
     if not rows:
-        raise ApiError(400, INVALID_EVENT, "the batch is empty")
-    events: list[Event] = _decode_all(rows, decode_event, INVALID_EVENT, "events")
+        raise ApiError(400, code, "the batch is empty")
+    return rows
 
-    def send(pub) -> None:  # type: ignore[no-untyped-def]
-        for event in events:
-            pub.publish_event(event)
 
-    _publish(send)
+@bp.post("/v1/events")
+def post_events():  # type: ignore[no-untyped-def]
+    """Validate one event or a batch, publish them to Kafka, answer 202 once the broker acknowledged."""
+    events: list[Event] = _decode_all(_batch(INVALID_EVENT, "events"), decode_event, INVALID_EVENT, "events")
+    _publish(events)
     return ok({"accepted": len(events), "event_ids": [e.event_id for e in events]}, 202)
 
 
@@ -187,27 +192,15 @@ def put_item(item_id: str):  # type: ignore[no-untyped-def]
     if body.setdefault("item_id", item_id) != item_id:
         raise ApiError(400, INVALID_ITEM, f"item_id in the body ({body['item_id']!r}) differs from the URL ({item_id!r})")
     items: list[CatalogItem] = _decode_all([body], decode_item, INVALID_ITEM, "items")
-    _publish(lambda pub: pub.publish_item(items[0]))
+    _publish(items)
     return ok({"accepted": 1}, 202)
 
 
 @bp.post("/v1/items")
 def post_items():  # type: ignore[no-untyped-def]
     """Create or replace catalog records in bulk."""
-    body = _json_body()
-    rows = body if isinstance(body, list) else [body]
-    limit = services().settings.max_batch
-    if len(rows) > limit:
-        raise ApiError(413, BATCH_TOO_LARGE, f"a batch holds at most {limit} items, got {len(rows)}")
-    if not rows:
-        raise ApiError(400, INVALID_ITEM, "the batch is empty")
-    items: list[CatalogItem] = _decode_all(rows, decode_item, INVALID_ITEM, "items")
-
-    def send(pub) -> None:  # type: ignore[no-untyped-def]
-        for item in items:
-            pub.publish_item(item)
-
-    _publish(send)
+    items: list[CatalogItem] = _decode_all(_batch(INVALID_ITEM, "items"), decode_item, INVALID_ITEM, "items")
+    _publish(items)
     return ok({"accepted": len(items)}, 202)
 
 

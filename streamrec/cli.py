@@ -7,12 +7,17 @@ subcommand), so the programs never import each other.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from streamrec.settings import Settings
+
+if TYPE_CHECKING:
+    from streamrec.publisher import EventPublisher
 
 app = typer.Typer(
     help="streamrec: real-time recommendations for online shops (Kafka -> Faust -> Redis -> Flask).",
@@ -25,6 +30,21 @@ def _settings() -> Settings:
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return settings
+
+
+@contextmanager
+def _publisher(ensure_topics: bool) -> Iterator[EventPublisher]:
+    """A publisher for the configured topics (created first if asked), flushed and closed at the end."""
+    from streamrec.publisher import EventPublisher
+    from streamrec.topics import Topics
+    from streamrec.topics import ensure_topics as create
+
+    settings = _settings()
+    topics = Topics(settings.topic_prefix)
+    if ensure_topics:
+        create(settings.kafka_bootstrap, topics, settings.partitions)
+    with EventPublisher(settings.kafka_bootstrap, topics) as publisher:
+        yield publisher
 
 
 @app.command()
@@ -60,15 +80,8 @@ def replay(
 ) -> None:
     """Stream a real dataset into Kafka as events, each user's in order, catalog first."""
     from producers.replay import replay as run_replay
-    from streamrec.publisher import EventPublisher
-    from streamrec.topics import Topics
-    from streamrec.topics import ensure_topics as create
 
-    settings = _settings()
-    topics = Topics(settings.topic_prefix)
-    if ensure_topics:
-        create(settings.kafka_bootstrap, topics, settings.partitions)
-    with EventPublisher(settings.kafka_bootstrap, topics) as publisher:
+    with _publisher(ensure_topics) as publisher:
         report = run_replay(publisher, dataset, limit=limit, rate=rate)
     typer.echo(f"replayed {report.events} events and {report.items} catalog records in {report.seconds:.1f}s")
 
@@ -84,15 +97,8 @@ def simulate(
 ) -> None:
     """Drive a synthetic shop: a generated catalog and shoppers who search, view, add to cart and buy."""
     from producers.simulate import simulate as run_simulate
-    from streamrec.publisher import EventPublisher
-    from streamrec.topics import Topics
-    from streamrec.topics import ensure_topics as create
 
-    settings = _settings()
-    topics = Topics(settings.topic_prefix)
-    if ensure_topics:
-        create(settings.kafka_bootstrap, topics, settings.partitions)
-    with EventPublisher(settings.kafka_bootstrap, topics) as publisher:
+    with _publisher(ensure_topics) as publisher:
         report = run_simulate(publisher, n_users=users, n_items=items, n_events=events, rate=rate, seed=seed)
     typer.echo(f"simulated {report.events} events over {report.items} catalog items in {report.seconds:.1f}s")
 

@@ -22,17 +22,22 @@ def _recs(api: str, user: str) -> dict:
     return resp.json()["data"]
 
 
+def _start_worker_and_api(ns: Namespace) -> str:
+    """Topics, a worker and the API under gunicorn for this test; returns the API's base URL."""
+    ensure_topics(ns.settings.kafka_bootstrap, Topics(ns.settings.topic_prefix), 2)
+    ns.start("worker", "worker")
+    ns.start("api", "api")
+    api = f"http://127.0.0.1:{ns.settings.api_port}"
+    wait_until(lambda: _ok(f"{api}/readyz"), 30, what="the API to be ready")
+    return api
+
+
 def _applied(ns: Namespace) -> int:
     return sum(int(v) for k, v in ns.redis.hgetall(ns.keys.stats()).items() if k.startswith(b"applied:"))
 
 
 def test_a_view_from_a_plain_kafka_producer_changes_recommendations_within_a_second(namespace: Namespace) -> None:
-    ns, topics = namespace, Topics(namespace.settings.topic_prefix)
-    ensure_topics(ns.settings.kafka_bootstrap, topics, 2)
-    ns.start("worker", "worker")
-    ns.start("api", "api")
-    api = f"http://127.0.0.1:{ns.settings.api_port}"
-    wait_until(lambda: _ok(f"{api}/healthz"), 30, what="the API")
+    ns, topics, api = namespace, Topics(namespace.settings.topic_prefix), _start_worker_and_api(namespace)
 
     # history: shoppers who look at the camera go on to the lens and the tripod; others buy socks
     producer = KafkaProducer(bootstrap_servers=ns.settings.kafka_bootstrap, acks="all", linger_ms=0)
@@ -68,12 +73,7 @@ def test_a_view_from_a_plain_kafka_producer_changes_recommendations_within_a_sec
 
 
 def test_events_posted_to_the_api_reach_the_state(namespace: Namespace) -> None:
-    ns, topics = namespace, Topics(namespace.settings.topic_prefix)
-    ensure_topics(ns.settings.kafka_bootstrap, topics, 2)
-    ns.start("worker", "worker")
-    ns.start("api", "api")
-    api = f"http://127.0.0.1:{ns.settings.api_port}"
-    wait_until(lambda: _ok(f"{api}/readyz"), 30, what="the API to be ready")
+    ns, topics, api = namespace, Topics(namespace.settings.topic_prefix), _start_worker_and_api(namespace)
 
     resp = requests.put(f"{api}/v1/items/sku-1", json={"title": "Trail shoe", "category": "shoes", "price": 89.5}, timeout=10)
     assert resp.status_code == 202, resp.text
