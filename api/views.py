@@ -153,12 +153,12 @@ def _publish(records: list[Event] | list[CatalogItem]) -> None:
     """Publish events or catalog records and wait until Kafka acknowledged all of them."""
     svc = services()
     try:
-        for record in records:
-            if isinstance(record, Event):
-                svc.publisher.publish_event(record)
-            else:
-                svc.publisher.publish_item(record)
+        futures = [
+            svc.publisher.publish_event(r) if isinstance(r, Event) else svc.publisher.publish_item(r) for r in records
+        ]
         svc.publisher.flush(timeout=10)
+        for future in futures:
+            future.get(timeout=10)  # flush() does not raise for a delivery that failed; get() does
     except Exception as exc:  # kafka-python raises many types; the caller needs one answer
         raise ApiError(503, UNAVAILABLE, "the event stream (Kafka) did not accept the data; retry", str(exc)) from None
 

@@ -51,15 +51,18 @@ class EventPublisher:
         self._producer = KafkaProducer(**config)
         self._closed = False
 
-    def publish_event(self, event: Event) -> None:
-        """Queue one event on the events topic; its user_id is the key so a user's events stay ordered."""
-        self.publish_raw(self.topics.events, event.user_id.encode(), event.to_json())
+    def publish_event(self, event: Event) -> Any:
+        """Queue one event on the events topic; its user_id is the key so a user's events stay ordered.
 
-    def publish_item(self, item: CatalogItem) -> None:
-        """Queue one catalog record on the items topic, keyed by item_id."""
-        self.publish_raw(self.topics.items, item.item_id.encode(), item.to_json())
+        Returns the delivery future: ``.get(timeout)`` raises if the broker never acknowledged it.
+        """
+        return self.publish_raw(self.topics.events, event.user_id.encode(), event.to_json())
 
-    def publish_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
+    def publish_item(self, item: CatalogItem) -> Any:
+        """Queue one catalog record on the items topic, keyed by item_id; returns the delivery future."""
+        return self.publish_raw(self.topics.items, item.item_id.encode(), item.to_json())
+
+    def publish_raw(self, topic: str, key: bytes | None, value: bytes) -> Any:
         """Queue bytes as they are: the escape hatch tests use to send what the contract would refuse."""
         try:
             future = self._producer.send(topic, key=key, value=value)
@@ -68,6 +71,7 @@ class EventPublisher:
             raise
         future.add_callback(self._on_sent)
         future.add_errback(self._on_failed, topic)
+        return future
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until everything queued so far is acknowledged or has failed."""

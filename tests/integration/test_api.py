@@ -25,6 +25,17 @@ pytestmark = pytest.mark.redis
 T0 = int(time.time() * 1000) - DAY_MS
 
 
+class Delivery:
+    """A delivery future as kafka-python hands back: ``get`` returns, or raises what went wrong."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+
+    def get(self, timeout: float | None = None) -> None:
+        if self.error:
+            raise self.error
+
+
 class FakePublisher:
     """Collects what the API would send to Kafka."""
 
@@ -33,11 +44,13 @@ class FakePublisher:
         self.items: list[CatalogItem] = []
         self.flushes = 0
 
-    def publish_event(self, event: Event) -> None:
+    def publish_event(self, event: Event) -> Delivery:
         self.events.append(event)
+        return Delivery()
 
-    def publish_item(self, item: CatalogItem) -> None:
+    def publish_item(self, item: CatalogItem) -> Delivery:
         self.items.append(item)
+        return Delivery()
 
     def flush(self, timeout: float | None = None) -> None:
         self.flushes += 1
@@ -48,6 +61,14 @@ class BrokenPublisher(FakePublisher):
 
     def flush(self, timeout: float | None = None) -> None:
         raise TimeoutError("no broker acknowledged within the timeout")
+
+
+class UndeliveredPublisher(FakePublisher):
+    """Flushes fine, but the broker refused the records (flush does not raise for that)."""
+
+    def publish_event(self, event: Event) -> Delivery:
+        super().publish_event(event)
+        return Delivery(RuntimeError("NotEnoughReplicas"))
 
 
 class Api:
@@ -272,6 +293,12 @@ def test_single_event_object_is_accepted(api: Api) -> None:
 def test_publisher_failure_is_a_503(redis_server: ManagedProcess) -> None:
     settings = Settings(redis_prefix=f"t{uuid.uuid4().hex[:8]}", redis_url=f"redis://127.0.0.1:{redis_server.port}/0")
     app, _ = build(settings, BrokenPublisher())
+    assert_error(app.test_client().post("/v1/events", json=event_row()), 503, 1503, "Kafka")
+
+
+def test_a_refused_delivery_is_a_503_not_a_202(redis_server: ManagedProcess) -> None:
+    settings = Settings(redis_prefix=f"t{uuid.uuid4().hex[:8]}", redis_url=f"redis://127.0.0.1:{redis_server.port}/0")
+    app, _ = build(settings, UndeliveredPublisher())
     assert_error(app.test_client().post("/v1/events", json=event_row()), 503, 1503, "Kafka")
 
 
