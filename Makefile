@@ -17,9 +17,13 @@ install: $(VENV)/.installed
 up: install
 	$(VENV)/bin/streamrec up
 
-## The full test suite: unit, integration (real Tansu + Redis) and end-to-end.
-test: install
+## The full test suite: lint, then unit, integration (real Tansu + Redis) and end-to-end.
+test: install lint
 	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 ## Pure-logic tests only (no services).
 test-fast: install

@@ -17,7 +17,9 @@ def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> in
     try:
         value = int(raw)
     except ValueError:
-        raise ApiError(400, INVALID_PARAMETER, f"'{name}' must be a whole number from {lo} to {hi}, got {raw!r}") from None
+        raise ApiError(
+            400, INVALID_PARAMETER, f"'{name}' must be a whole number from {lo} to {hi}, got {raw!r}"
+        ) from None
     if not lo <= value <= hi:
         raise ApiError(400, INVALID_PARAMETER, f"'{name}' must be from {lo} to {hi}, got {value}")
     return value

@@ -85,7 +85,9 @@ def _redis_guard(fn):  # type: ignore[no-untyped-def]
         try:
             return fn(*args, **kwargs)
         except RedisError as exc:
-            raise ApiError(503, UNAVAILABLE, "recommendation state (Redis) is unavailable; retry shortly", str(exc)) from None
+            raise ApiError(
+                503, UNAVAILABLE, "recommendation state (Redis) is unavailable; retry shortly", str(exc)
+            ) from None
 
     return wrapper
 
@@ -131,13 +133,19 @@ def trending():  # type: ignore[no-untyped-def]
     svc = services()
     k = int_param(request, "k", svc.settings.default_k, 1, svc.settings.max_k)
     category = str_param(request, "category")
-    return ok(_shape(svc.recommender.trending(k, category), bool_param(request, "explain"), category=category))
+    return ok(
+        _shape(svc.recommender.trending(k, category), bool_param(request, "explain"), category=category)
+    )
 
 
 def _decode_all(rows: list[Any], decode, code: int, what: str) -> list:  # type: ignore[no-untyped-def]
     good, bad = [], []
     for index, row in enumerate(rows):
-        result = decode(row) if isinstance(row, dict) else Rejection(f"expected a JSON object, got {type(row).__name__}", [])
+        result = (
+            decode(row)
+            if isinstance(row, dict)
+            else Rejection(f"expected a JSON object, got {type(row).__name__}", [])
+        )
         if isinstance(result, Rejection):
             bad.append({"index": index, "reason": result.reason, "errors": result.errors})
         else:
@@ -154,13 +162,16 @@ def _publish(records: list[Event] | list[CatalogItem]) -> None:
     svc = services()
     try:
         futures = [
-            svc.publisher.publish_event(r) if isinstance(r, Event) else svc.publisher.publish_item(r) for r in records
+            svc.publisher.publish_event(r) if isinstance(r, Event) else svc.publisher.publish_item(r)
+            for r in records
         ]
         svc.publisher.flush(timeout=10)
         for future in futures:
             future.get(timeout=10)  # flush() does not raise for a delivery that failed; get() does
     except Exception as exc:  # kafka-python raises many types; the caller needs one answer
-        raise ApiError(503, UNAVAILABLE, "the event stream (Kafka) did not accept the data; retry", str(exc)) from None
+        raise ApiError(
+            503, UNAVAILABLE, "the event stream (Kafka) did not accept the data; retry", str(exc)
+        ) from None
 
 
 def _batch(code: int, what: str) -> list[Any]:
@@ -190,7 +201,9 @@ def put_item(item_id: str):  # type: ignore[no-untyped-def]
     if not isinstance(body, dict):
         raise ApiError(400, INVALID_ITEM, "expected a JSON object describing the item")
     if body.setdefault("item_id", item_id) != item_id:
-        raise ApiError(400, INVALID_ITEM, f"item_id in the body ({body['item_id']!r}) differs from the URL ({item_id!r})")
+        raise ApiError(
+            400, INVALID_ITEM, f"item_id in the body ({body['item_id']!r}) differs from the URL ({item_id!r})"
+        )
     items: list[CatalogItem] = _decode_all([body], decode_item, INVALID_ITEM, "items")
     _publish(items)
     return ok({"accepted": 1}, 202)
@@ -234,7 +247,12 @@ def readyz():  # type: ignore[no-untyped-def]
     checks["kafka"] = "ok" if _kafka_reachable(svc.settings.kafka_bootstrap) else "unavailable"
     if all(v == "ok" for v in checks.values()):
         return ok({"status": "ready", "checks": checks})
-    raise ApiError(503, UNAVAILABLE, "not ready: " + ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok"), checks)
+    raise ApiError(
+        503,
+        UNAVAILABLE,
+        "not ready: " + ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok"),
+        checks,
+    )
 
 
 _PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f"]

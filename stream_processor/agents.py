@@ -82,11 +82,15 @@ def register(app: faust.App, settings: Settings) -> WorkerCounters:
         raw = _raw(batch)
         decoded = decode_batch(raw, kind)
         for msg, rejection in decoded.dead:
-            log.warning("dead letter from %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, rejection.reason)
+            log.warning(
+                "dead letter from %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, rejection.reason
+            )
             await send_dead(msg, dead_letter(msg, rejection))
         counters.dead_letters += len(decoded.dead)
         if kind == "item":
-            counters.items += await _retry_redis("upserting items", lambda: writer.upsert_items(decoded.good), counters)
+            counters.items += await _retry_redis(
+                "upserting items", lambda: writer.upsert_items(decoded.good), counters
+            )
         else:
             result = await apply_events(decoded.good, decoded.sources)
             counters.applied += result.applied

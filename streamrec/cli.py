@@ -28,7 +28,9 @@ app = typer.Typer(
 
 def _settings() -> Settings:
     settings = Settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     return settings
 
 
@@ -58,7 +60,9 @@ def worker() -> None:
 @app.command()
 def api(
     port: Annotated[int | None, typer.Option(help="Port (default: STREAMREC_API_PORT).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Gunicorn workers (default: STREAMREC_API_WORKERS).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Gunicorn workers (default: STREAMREC_API_WORKERS).")
+    ] = None,
 ) -> None:
     """Serve the HTTP API under gunicorn."""
     from api.server import serve
@@ -73,9 +77,18 @@ def api(
 
 @app.command()
 def replay(
-    dataset: Annotated[str, typer.Argument(help="A dataset name in ../shared/datasets (amazon-beauty, movielens-100k, yoochoose-100k, beibei, diginetica-sample).")],
-    limit: Annotated[int | None, typer.Option(help="Stop after about this many events (whole users).")] = None,
-    rate: Annotated[float | None, typer.Option(help="Events per second (default: as fast as possible).")] = None,
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help="A dataset name in ../shared/datasets (amazon-beauty, movielens-100k, yoochoose-100k, beibei, diginetica-sample)."
+        ),
+    ],
+    limit: Annotated[
+        int | None, typer.Option(help="Stop after about this many events (whole users).")
+    ] = None,
+    rate: Annotated[
+        float | None, typer.Option(help="Events per second (default: as fast as possible).")
+    ] = None,
     ensure_topics: Annotated[bool, typer.Option(help="Create the topics if they are missing.")] = True,
 ) -> None:
     """Stream a real dataset into Kafka as events, each user's in order, catalog first."""
@@ -91,7 +104,9 @@ def simulate(
     users: Annotated[int, typer.Option(help="Shoppers.")] = 500,
     items: Annotated[int, typer.Option(help="Catalog size.")] = 300,
     events: Annotated[int, typer.Option(help="Events to publish.")] = 20_000,
-    rate: Annotated[float | None, typer.Option(help="Events per second (default: as fast as possible).")] = None,
+    rate: Annotated[
+        float | None, typer.Option(help="Events per second (default: as fast as possible).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same shop).")] = 7,
     ensure_topics: Annotated[bool, typer.Option(help="Create the topics if they are missing.")] = True,
 ) -> None:
@@ -105,11 +120,17 @@ def simulate(
 
 @app.command()
 def up(
-    dataset: Annotated[str, typer.Option(help="Dataset replayed once the stack is up ('none' to skip).")] = "movielens-100k",
+    dataset: Annotated[
+        str, typer.Option(help="Dataset replayed once the stack is up ('none' to skip).")
+    ] = "movielens-100k",
     limit: Annotated[int | None, typer.Option(help="Events replayed from it (default: all of it).")] = None,
     workers: Annotated[int, typer.Option(help="Stream-processor worker processes.")] = 1,
-    data_dir: Annotated[Path, typer.Option(help="Where Redis keeps its AOF and every process its log.")] = Path(".streamrec"),
-    exit_after_demo: Annotated[bool, typer.Option(help="Stop everything after printing the demo (for scripts).")] = False,
+    data_dir: Annotated[
+        Path, typer.Option(help="Where Redis keeps its AOF and every process its log.")
+    ] = Path(".streamrec"),
+    exit_after_demo: Annotated[
+        bool, typer.Option(help="Stop everything after printing the demo (for scripts).")
+    ] = False,
 ) -> None:
     """Start the whole local stack on loopback (Tansu, Redis, workers, API), replay real data, show live answers.
 

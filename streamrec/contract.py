@@ -115,7 +115,8 @@ def describe_errors(exc: ValidationError) -> tuple[str, list[dict[str, Any]]]:
             msg = "is not a field of this record"
         items.append({"field": field, "problem": msg})
     reason = "; ".join(
-        item["problem"] if item["field"] == "(event)" else f"{item['field']}: {item['problem']}" for item in items
+        item["problem"] if item["field"] == "(event)" else f"{item['field']}: {item['problem']}"
+        for item in items
     )
     return reason, items
 

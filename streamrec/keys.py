@@ -57,7 +57,6 @@ class Keys:
         template = _templates(self.prefix)[name]
         return template if arg is None else template % arg
 
-
     def history(self, user_id: str) -> str:
         return self._k("history", user_id)
 

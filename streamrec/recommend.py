@@ -107,9 +107,13 @@ class Recommender:
         strategy = picked[0].source if picked else "empty"
         if strategy in {"item_to_item", "search"}:
             strategy = personal
-        return Answer(strategy, picked, {i.item_id: catalog[i.item_id] for i in picked if i.item_id in catalog})
+        return Answer(
+            strategy, picked, {i.item_id: catalog[i.item_id] for i in picked if i.item_id in catalog}
+        )
 
-    def for_user(self, user_id: str, k: int, category: str | None = None, exclude: Iterable[str] = ()) -> Answer:
+    def for_user(
+        self, user_id: str, k: int, category: str | None = None, exclude: Iterable[str] = ()
+    ) -> Answer:
         """Personal recommendations: neighbours of recent actions and items that followed recent searches."""
         s = self.scoring
         now = self.now()
@@ -140,7 +144,10 @@ class Recommender:
         excluded = {item_id}
         if user_id:
             excluded |= self.reader.user(user_id, now).bought
-        candidates = [Candidate(item, score, "customers also viewed", "item_to_item") for item, score in neighbours.items()]
+        candidates = [
+            Candidate(item, score, "customers also viewed", "item_to_item")
+            for item, score in neighbours.items()
+        ]
         ranked = rank(candidates, k * 3 + 20, excluded)
         anchor = self.reader.catalog([item_id]).get(item_id, {})
         cats = [anchor["category"]] if anchor.get("category") else []
@@ -157,6 +164,12 @@ class Recommender:
         ranked = [Candidate(item, score, "trending now", "trending") for item, score in rows]
         catalog = self.reader.catalog([c.item_id for c in ranked])
         picked = [
-            Ranked(c.item_id, c.score, c.reason, c.source) for c in ranked if _usable(catalog.get(c.item_id), None)
+            Ranked(c.item_id, c.score, c.reason, c.source)
+            for c in ranked
+            if _usable(catalog.get(c.item_id), None)
         ][:k]
-        return Answer("trending" if picked else "empty", picked, {i.item_id: catalog[i.item_id] for i in picked if i.item_id in catalog})
+        return Answer(
+            "trending" if picked else "empty",
+            picked,
+            {i.item_id: catalog[i.item_id] for i in picked if i.item_id in catalog},
+        )

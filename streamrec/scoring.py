@@ -41,7 +41,9 @@ def decayed_value(log_total: float, now_ms: int, halflife_ms: float) -> float:
     return math.exp(log_total - now_ms * decay_rate(halflife_ms))
 
 
-def trending_score(fast_log: float, slow_log: float | None, now_ms: int, fast_hl: float, slow_hl: float) -> float:
+def trending_score(
+    fast_log: float, slow_log: float | None, now_ms: int, fast_hl: float, slow_hl: float
+) -> float:
     """How much faster an item is gaining interest now than over the long run.
 
     Both totals are turned into rates (events per hour) of exponentially weighted moving averages with
@@ -110,7 +112,9 @@ class Candidate:
             self.best, self.reason, self.source = amount, reason, source
 
 
-def history_seeds(history: Iterable[HistoryEntry], used: int, position_decay: float, type_weights: Mapping[str, float]) -> dict[str, float]:
+def history_seeds(
+    history: Iterable[HistoryEntry], used: int, position_decay: float, type_weights: Mapping[str, float]
+) -> dict[str, float]:
     """Weight each distinct recent item as a seed: newer and stronger actions count more.
 
     A purchase seeds "bought together" candidates harder than a view; a removal from the cart seeds none.
@@ -162,10 +166,13 @@ def score_personal(
     return out
 
 
-def rank(candidates: Iterable[Candidate], k: int, exclude: set[str], allowed: set[str] | None = None) -> list[Candidate]:
+def rank(
+    candidates: Iterable[Candidate], k: int, exclude: set[str], allowed: set[str] | None = None
+) -> list[Candidate]:
     """The top ``k`` candidates by score (ties broken by id, so answers are stable)."""
     kept = [
-        c for c in candidates
+        c
+        for c in candidates
         if c.score > 0 and c.item_id not in exclude and (allowed is None or c.item_id in allowed)
     ]
     kept.sort(key=lambda c: (-c.score, c.item_id))

@@ -24,12 +24,16 @@ class ScoringSettings(BaseSettings):
     weight_add_to_cart: float = Field(3.0, description="Weight of an add-to-cart.")
     weight_remove_from_cart: float = Field(-1.0, description="Weight of a cart removal (negative feedback).")
     weight_purchase: float = Field(5.0, description="Weight of a purchase.")
-    weight_search_click: float = Field(1.0, description="Weight of an action that follows a search, for terms.")
+    weight_search_click: float = Field(
+        1.0, description="Weight of an action that follows a search, for terms."
+    )
 
     history_len: int = Field(30, description="How many recent actions are kept per user.")
     cooc_window: int = Field(5, description="How many previous actions a new action is paired with.")
     cooc_position_decay: float = Field(0.7, description="Pair weight falls by this factor per step apart.")
-    cooc_backward_weight: float = Field(0.5, description="Weight of the reverse direction (new item -> older).")
+    cooc_backward_weight: float = Field(
+        0.5, description="Weight of the reverse direction (new item -> older)."
+    )
     cooc_max_gap_ms: int = Field(DAY_MS, description="Actions further apart than this are not paired.")
     neighbours_max: int = Field(100, description="Neighbours kept per item (memory is O(items x this)).")
     neighbours_slack: int = Field(20, description="Extra neighbours allowed before a trim runs.")
@@ -43,17 +47,23 @@ class ScoringSettings(BaseSettings):
     popular_max: int = Field(50_000, description="Items kept per popularity/trending set.")
 
     searches_max: int = Field(10, description="Recent search queries kept per user.")
-    search_window_ms: int = Field(30 * 60_000, description="Actions within this time after a search count for it.")
+    search_window_ms: int = Field(
+        30 * 60_000, description="Actions within this time after a search count for it."
+    )
     term_items_max: int = Field(200, description="Items kept per search term.")
 
-    user_ttl_s: int = Field(90 * 86_400, description="A user's state expires this long after their last event.")
+    user_ttl_s: int = Field(
+        90 * 86_400, description="A user's state expires this long after their last event."
+    )
     term_ttl_s: int = Field(30 * 86_400, description="A search term's items expire this long after last use.")
     dedupe_ttl_s: int = Field(7 * 86_400, description="How long an event_id is remembered for deduplication.")
 
     history_used: int = Field(10, description="Recent history items that seed personal recommendations.")
     history_position_decay: float = Field(0.85, description="Seed weight falls by this factor per step back.")
     search_blend: float = Field(0.5, description="Weight of search-term candidates in personal scores.")
-    exclude_seen: bool = Field(True, description="Leave items the user already interacted with out of answers.")
+    exclude_seen: bool = Field(
+        True, description="Leave items the user already interacted with out of answers."
+    )
 
     def type_weights(self) -> dict[str, float]:
         """The weight of each event type, as the state script wants it."""
@@ -70,7 +80,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="STREAMREC_", extra="ignore")
 
-    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port].")
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]."
+    )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis connection URL.")
     topic_prefix: str = Field("streamrec", description="Prefix of every Kafka topic name.")
     redis_prefix: str = Field("sr", description="Prefix of every Redis key.")
@@ -83,10 +95,14 @@ class Settings(BaseSettings):
     default_k: int = Field(10, description="Items returned when the request does not say k.")
     max_k: int = Field(100, description="Most items one request may ask for.")
 
-    worker_group: str = Field("streamrec-worker", description="Kafka consumer group (Faust app id) of workers.")
+    worker_group: str = Field(
+        "streamrec-worker", description="Kafka consumer group (Faust app id) of workers."
+    )
     worker_batch: int = Field(500, description="Most events the worker folds into Redis in one script call.")
     worker_batch_wait_s: float = Field(0.01, description="Longest wait to fill a batch, in seconds.")
-    worker_fetch_wait_ms: int = Field(20, description="Longest a fetch waits for new events (latency vs. idle polling).")
+    worker_fetch_wait_ms: int = Field(
+        20, description="Longest a fetch waits for new events (latency vs. idle polling)."
+    )
     worker_session_timeout_s: float = Field(6.0, description="Consumer session timeout (short suits Tansu).")
     worker_data_dir: str = Field(".streamrec/worker", description="Faust's data directory.")
 

@@ -64,7 +64,9 @@ def wait_http(url: str, timeout: float) -> None:
     raise ServiceError(f"{url} did not answer within {timeout}s")
 
 
-def wait_caught_up(client: redis.Redis, keys: Keys, timeout: float, quiet_for: float = 3.0) -> tuple[int, float]:
+def wait_caught_up(
+    client: redis.Redis, keys: Keys, timeout: float, quiet_for: float = 3.0
+) -> tuple[int, float]:
     """Wait until the workers stop applying new events; return (events applied, when the last one landed)."""
     deadline = time.monotonic() + timeout
     last, since = -1, time.monotonic()
@@ -95,20 +97,30 @@ def _demo(api: str, client: redis.Redis, keys: Keys) -> None:
     user = next((k.decode().split(":")[-2] for k in client.scan_iter(match=pattern, count=500)), None)
     if user:
         recs = _get_json(f"{api}/v1/users/{user}/recommendations?k=5&explain=true")["data"]
-        print(f"\nRecommended for user {user} ({recs['strategy']}, recommendation_id {recs['recommendation_id']}):")
+        print(
+            f"\nRecommended for user {user} ({recs['strategy']}, recommendation_id {recs['recommendation_id']}):"
+        )
         for row in recs["items"]:
             print(f"  {row['item_id']:>8}  {row['title'] or ''}  [{row['reason']}]")
 
 
-def run_stack(settings: Settings, dataset: str, limit: int | None, workers: int, data_dir: Path, exit_after_demo: bool) -> int:
+def run_stack(
+    settings: Settings, dataset: str, limit: int | None, workers: int, data_dir: Path, exit_after_demo: bool
+) -> int:
     """Start everything, replay, demo, then wait for Ctrl-C. Returns the exit code."""
     bootstrap = settings.kafka_bootstrap.split(",")[0].strip()
     b_host, _, b_port = bootstrap.rpartition(":")
-    kafka_port = _loopback_port("STREAMREC_KAFKA_BOOTSTRAP", b_host, int(b_port) if b_port.isdigit() else None)
+    kafka_port = _loopback_port(
+        "STREAMREC_KAFKA_BOOTSTRAP", b_host, int(b_port) if b_port.isdigit() else None
+    )
     parsed = urlparse(settings.redis_url)
     redis_port = _loopback_port("STREAMREC_REDIS_URL", parsed.hostname, parsed.port or 6379)
     api_url = f"http://{LOOPBACK}:{settings.api_port}"
-    for port, var in ((kafka_port, "STREAMREC_KAFKA_BOOTSTRAP"), (redis_port, "STREAMREC_REDIS_URL"), (settings.api_port, "STREAMREC_API_PORT")):
+    for port, var in (
+        (kafka_port, "STREAMREC_KAFKA_BOOTSTRAP"),
+        (redis_port, "STREAMREC_REDIS_URL"),
+        (settings.api_port, "STREAMREC_API_PORT"),
+    ):
         _ensure_free(port, var)
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -133,12 +145,16 @@ def run_stack(settings: Settings, dataset: str, limit: int | None, workers: int,
     with ExitStack() as stack:
         stack.callback(lambda: [p.stop() for p in reversed(procs)])
         try:
-            print(f"starting Tansu broker on {LOOPBACK}:{kafka_port} and Redis on {LOOPBACK}:{redis_port} (logs in {data_dir})")
+            print(
+                f"starting Tansu broker on {LOOPBACK}:{kafka_port} and Redis on {LOOPBACK}:{redis_port} (logs in {data_dir})"
+            )
             procs.append(start_broker(kafka_port, data_dir / "broker.log"))
             procs.append(start_redis(redis_port, data_dir / "redis", data_dir / "redis.log"))
             from streamrec.topics import Topics, ensure_topics
 
-            ensure_topics(env["STREAMREC_KAFKA_BOOTSTRAP"], Topics(settings.topic_prefix), settings.partitions)
+            ensure_topics(
+                env["STREAMREC_KAFKA_BOOTSTRAP"], Topics(settings.topic_prefix), settings.partitions
+            )
             for n in range(workers):
                 procs.append(spawn(f"worker-{n}", [*me, "worker"], data_dir / f"worker-{n}.log", env))
             api_proc = spawn("api", [*me, "api"], data_dir / "api.log", env)
@@ -149,7 +165,9 @@ def run_stack(settings: Settings, dataset: str, limit: int | None, workers: int,
             client = redis.Redis.from_url(settings.redis_url)
             keys = Keys(settings.redis_prefix)
             if dataset != "none":
-                argv = [*me, "replay", dataset, "--no-ensure-topics"] + (["--limit", str(limit)] if limit else [])
+                argv = [*me, "replay", dataset, "--no-ensure-topics"] + (
+                    ["--limit", str(limit)] if limit else []
+                )
                 started = time.monotonic()
                 if subprocess.run(argv, env=env, check=False).returncode != 0:
                     print("replay failed; see the output above", file=sys.stderr)
@@ -157,9 +175,13 @@ def run_stack(settings: Settings, dataset: str, limit: int | None, workers: int,
                 print("waiting for the workers to fold the replay into Redis ...")
                 applied, done = wait_caught_up(client, keys, timeout=600)
                 took = max(done - started, 1e-3)
-                print(f"{applied} events folded into Redis {took:.1f}s after the replay started ({applied / took:,.0f} events/s end to end)")
+                print(
+                    f"{applied} events folded into Redis {took:.1f}s after the replay started ({applied / took:,.0f} events/s end to end)"
+                )
             _demo(api_url, client, keys)
-            print(f"\nThe API is at {api_url}. Try:\n  curl '{api_url}/v1/popular?k=5'\n  curl '{api_url}/v1/trending?k=5'")
+            print(
+                f"\nThe API is at {api_url}. Try:\n  curl '{api_url}/v1/popular?k=5'\n  curl '{api_url}/v1/trending?k=5'"
+            )
             if exit_after_demo:
                 return 0
             print("Press Ctrl-C to stop everything.")

@@ -116,7 +116,9 @@ class StateWriter:
     def upsert_items(self, items: Sequence[CatalogItem]) -> int:
         if not items:
             return 0
-        return int(self._upsert(args=[self._keys.templates()["catalog"], self._keys.stats(), encode_items(items)]))
+        return int(
+            self._upsert(args=[self._keys.templates()["catalog"], self._keys.stats(), encode_items(items)])
+        )
 
 
 class AsyncStateWriter:

@@ -21,7 +21,9 @@ from streamrec.settings import Settings
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
-def wait_until(condition: Callable[[], object], timeout: float, interval: float = 0.02, what: str = "condition") -> object:
+def wait_until(
+    condition: Callable[[], object], timeout: float, interval: float = 0.02, what: str = "condition"
+) -> object:
     """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -79,8 +81,14 @@ class Namespace:
 
 
 @pytest.fixture
-def namespace(broker: ManagedProcess, redis_server: ManagedProcess, redis_client: redis.Redis, tmp_path: Path,
-              artifacts: Path, request: pytest.FixtureRequest) -> Iterator[Namespace]:
+def namespace(
+    broker: ManagedProcess,
+    redis_server: ManagedProcess,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    artifacts: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[Namespace]:
     tag = f"t{uuid.uuid4().hex[:10]}"
     env = {
         **os.environ,
@@ -94,7 +102,9 @@ def namespace(broker: ManagedProcess, redis_server: ManagedProcess, redis_client
         "STREAMREC_API_PORT": str(free_port()),
         "STREAMREC_API_WORKERS": "1",
     }
-    settings = Settings(**{k.removeprefix("STREAMREC_").lower(): v for k, v in env.items() if k.startswith("STREAMREC_")})
+    settings = Settings(
+        **{k.removeprefix("STREAMREC_").lower(): v for k, v in env.items() if k.startswith("STREAMREC_")}
+    )
     log_dir = artifacts / request.node.name
     log_dir.mkdir(parents=True, exist_ok=True)
     ns = Namespace(settings, env, Keys(tag), redis_client, log_dir)

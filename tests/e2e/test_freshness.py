@@ -17,7 +17,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.broker, pytest.mark.redis]
 
 
 def _recs(api: str, user: str) -> dict:
-    resp = requests.get(f"{api}/v1/users/{user}/recommendations", params={"k": 5, "explain": "true"}, timeout=5)
+    resp = requests.get(
+        f"{api}/v1/users/{user}/recommendations", params={"k": 5, "explain": "true"}, timeout=5
+    )
     assert resp.status_code == 200, resp.text
     return resp.json()["data"]
 
@@ -36,7 +38,9 @@ def _applied(ns: Namespace) -> int:
     return sum(int(v) for k, v in ns.redis.hgetall(ns.keys.stats()).items() if k.startswith(b"applied:"))
 
 
-def test_a_view_from_a_plain_kafka_producer_changes_recommendations_within_a_second(namespace: Namespace) -> None:
+def test_a_view_from_a_plain_kafka_producer_changes_recommendations_within_a_second(
+    namespace: Namespace,
+) -> None:
     ns, topics, api = namespace, Topics(namespace.settings.topic_prefix), _start_worker_and_api(namespace)
 
     # history: shoppers who look at the camera go on to the lens and the tripod; others buy socks
@@ -47,8 +51,19 @@ def test_a_view_from_a_plain_kafka_producer_changes_recommendations_within_a_sec
         path = ["camera", "lens", "tripod"] if u % 2 else ["socks", "shoes"]
         for j, item in enumerate(path):
             n += 1
-            producer.send(topics.events, key=f"u{u}".encode(), value=orjson.dumps(
-                {"event_id": f"h{n}", "type": "view", "user_id": f"u{u}", "item_id": item, "ts": ts0 + u * 100 + j}))
+            producer.send(
+                topics.events,
+                key=f"u{u}".encode(),
+                value=orjson.dumps(
+                    {
+                        "event_id": f"h{n}",
+                        "type": "view",
+                        "user_id": f"u{u}",
+                        "item_id": item,
+                        "ts": ts0 + u * 100 + j,
+                    }
+                ),
+            )
     producer.flush()
     wait_until(lambda: _applied(ns) == n, 30, what="history folded in")
 
@@ -56,12 +71,19 @@ def test_a_view_from_a_plain_kafka_producer_changes_recommendations_within_a_sec
     before = _recs(api, user)
     assert before["strategy"] == "popular"
 
-    producer.send(topics.events, key=user.encode(), value=orjson.dumps(
-        {"event_id": f"v-{user}", "type": "view", "user_id": user, "item_id": "camera"}))
+    producer.send(
+        topics.events,
+        key=user.encode(),
+        value=orjson.dumps({"event_id": f"v-{user}", "type": "view", "user_id": user, "item_id": "camera"}),
+    )
     producer.flush()
     sent = time.monotonic()
-    after = wait_until(lambda: (r := _recs(api, user))["strategy"] == "personalized" and r, 5, interval=0.01,
-                       what="personalised recommendations")
+    after = wait_until(
+        lambda: (r := _recs(api, user))["strategy"] == "personalized" and r,
+        5,
+        interval=0.01,
+        what="personalised recommendations",
+    )
     elapsed = time.monotonic() - sent
     (ns.log_dir / "freshness.txt").write_text(f"view -> changed recommendations: {elapsed * 1000:.0f} ms\n")
     assert elapsed < 1.0, f"the view took {elapsed:.3f}s to show"
@@ -73,19 +95,33 @@ def test_a_view_from_a_plain_kafka_producer_changes_recommendations_within_a_sec
 
 
 def test_events_posted_to_the_api_reach_the_state(namespace: Namespace) -> None:
-    ns, topics, api = namespace, Topics(namespace.settings.topic_prefix), _start_worker_and_api(namespace)
+    api = _start_worker_and_api(namespace)
 
-    resp = requests.put(f"{api}/v1/items/sku-1", json={"title": "Trail shoe", "category": "shoes", "price": 89.5}, timeout=10)
+    resp = requests.put(
+        f"{api}/v1/items/sku-1", json={"title": "Trail shoe", "category": "shoes", "price": 89.5}, timeout=10
+    )
     assert resp.status_code == 202, resp.text
-    batch = [{"event_id": f"api-{i}", "type": "view", "user_id": f"w{i % 3}", "item_id": "sku-1"} for i in range(6)]
+    batch = [
+        {"event_id": f"api-{i}", "type": "view", "user_id": f"w{i % 3}", "item_id": "sku-1"} for i in range(6)
+    ]
     resp = requests.post(f"{api}/v1/events", json=batch, timeout=10)
     assert resp.status_code == 202 and resp.json()["data"]["accepted"] == 6
-    popular = wait_until(lambda: (d := requests.get(f"{api}/v1/popular", timeout=5).json()["data"])["items"] and d, 15,
-                         what="the posted events to show in popular")
+    popular = wait_until(
+        lambda: (d := requests.get(f"{api}/v1/popular", timeout=5).json()["data"])["items"] and d,
+        15,
+        what="the posted events to show in popular",
+    )
     top = popular["items"][0]
-    assert (top["item_id"], top["title"], top["price"], top["category"]) == ("sku-1", "Trail shoe", 89.5, "shoes")
+    assert (top["item_id"], top["title"], top["price"], top["category"]) == (
+        "sku-1",
+        "Trail shoe",
+        89.5,
+        "shoes",
+    )
 
-    bad = requests.post(f"{api}/v1/events", json=[{"event_id": "x", "type": "view", "user_id": "u"}], timeout=5)
+    bad = requests.post(
+        f"{api}/v1/events", json=[{"event_id": "x", "type": "view", "user_id": "u"}], timeout=5
+    )
     assert bad.status_code == 400
     assert bad.json()["code"] == 1002 and "item_id" in bad.json()["msg"]
 

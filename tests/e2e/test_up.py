@@ -36,7 +36,9 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def test_up_replays_real_data_prints_recommendations_and_stops_cleanly(tmp_path: Path, artifacts: Path) -> None:
+def test_up_replays_real_data_prints_recommendations_and_stops_cleanly(
+    tmp_path: Path, artifacts: Path
+) -> None:
     ports = {"kafka": free_port(), "redis": free_port(), "api": free_port()}
     env = {
         **os.environ,
@@ -46,9 +48,22 @@ def test_up_replays_real_data_prints_recommendations_and_stops_cleanly(tmp_path:
         "STREAMREC_API_WORKERS": "1",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamrec", "up", "--dataset", "movielens-100k", "--limit", "3000",
-         "--data-dir", str(tmp_path / "stack")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "streamrec",
+            "up",
+            "--dataset",
+            "movielens-100k",
+            "--limit",
+            "3000",
+            "--data-dir",
+            str(tmp_path / "stack"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines: list[str] = []
     ready = threading.Event()

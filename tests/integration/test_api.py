@@ -98,15 +98,30 @@ def seed_shop(api: Api, redis_client: redis.Redis) -> None:
     writer = StateWriter(redis_client, api.keys, api.settings.scoring)
     writer.upsert_items(
         [
-            CatalogItem(item_id=i, title=f"Item {i}", category="shoes", price=12.5, image_url=f"/static/img/{i}.svg",
-                        in_stock=i != "d", ts=1)
+            CatalogItem(
+                item_id=i,
+                title=f"Item {i}",
+                category="shoes",
+                price=12.5,
+                image_url=f"/static/img/{i}.svg",
+                in_stock=i != "d",
+                ts=1,
+            )
             for i in "abcd"
         ]
     )
     events = []
     for n, item in enumerate("bcd"):
         for j, it in enumerate(("a", item)):
-            events.append(Event(event_id=f"{n}-{j}", type=EventType.VIEW, user_id=f"u{n}", item_id=it, ts=T0 + n * 1000 + j))
+            events.append(
+                Event(
+                    event_id=f"{n}-{j}",
+                    type=EventType.VIEW,
+                    user_id=f"u{n}",
+                    item_id=it,
+                    ts=T0 + n * 1000 + j,
+                )
+            )
     events.append(Event(event_id="me-1", type=EventType.VIEW, user_id="me", item_id="a", ts=T0 + 10_000))
     writer.apply(events)
 
@@ -176,7 +191,11 @@ def test_unknown_user_gets_popular(api: Api, redis_client: redis.Redis) -> None:
     seed_shop(api, redis_client)
     data = body(api.client.get("/v1/users/stranger/recommendations?k=3"))["data"]
     assert data["strategy"] == "popular"
-    assert [i["item_id"] for i in data["items"]] == ["a", "c", "b"]  # a: 4 views; then the newest single views
+    assert [i["item_id"] for i in data["items"]] == [
+        "a",
+        "c",
+        "b",
+    ]  # a: 4 views; then the newest single views
 
 
 def test_category_and_exclude_parameters(api: Api, redis_client: redis.Redis) -> None:
@@ -239,7 +258,12 @@ def test_events_need_a_json_content_type(api: Api) -> None:
 
 
 def test_events_invalid_json_is_a_400(api: Api) -> None:
-    assert_error(api.client.post("/v1/events", data=b"{not json", content_type="application/json"), 400, 1001, "not valid JSON")
+    assert_error(
+        api.client.post("/v1/events", data=b"{not json", content_type="application/json"),
+        400,
+        1001,
+        "not valid JSON",
+    )
 
 
 def test_invalid_event_is_a_400_with_index_and_reason(api: Api) -> None:
@@ -287,17 +311,23 @@ def test_valid_batch_is_published_with_ts_set(api: Api) -> None:
 def test_single_event_object_is_accepted(api: Api) -> None:
     resp = api.client.post("/v1/events", json=event_row(event_id="only", type="purchase", price=3.5))
     assert resp.status_code == 202
-    assert [(e.event_id, e.type, e.price) for e in api.publisher.events] == [("only", EventType.PURCHASE, 3.5)]
+    assert [(e.event_id, e.type, e.price) for e in api.publisher.events] == [
+        ("only", EventType.PURCHASE, 3.5)
+    ]
 
 
 def test_publisher_failure_is_a_503(redis_server: ManagedProcess) -> None:
-    settings = Settings(redis_prefix=f"t{uuid.uuid4().hex[:8]}", redis_url=f"redis://127.0.0.1:{redis_server.port}/0")
+    settings = Settings(
+        redis_prefix=f"t{uuid.uuid4().hex[:8]}", redis_url=f"redis://127.0.0.1:{redis_server.port}/0"
+    )
     app, _ = build(settings, BrokenPublisher())
     assert_error(app.test_client().post("/v1/events", json=event_row()), 503, 1503, "Kafka")
 
 
 def test_a_refused_delivery_is_a_503_not_a_202(redis_server: ManagedProcess) -> None:
-    settings = Settings(redis_prefix=f"t{uuid.uuid4().hex[:8]}", redis_url=f"redis://127.0.0.1:{redis_server.port}/0")
+    settings = Settings(
+        redis_prefix=f"t{uuid.uuid4().hex[:8]}", redis_url=f"redis://127.0.0.1:{redis_server.port}/0"
+    )
     app, _ = build(settings, UndeliveredPublisher())
     assert_error(app.test_client().post("/v1/events", json=event_row()), 503, 1503, "Kafka")
 
@@ -345,9 +375,13 @@ def test_healthz(api: Api) -> None:
     assert body(resp) == {"code": 0, "msg": "ok", "data": {"status": "alive"}}
 
 
-def test_readyz_reports_kafka_unavailable(redis_server: ManagedProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_readyz_reports_kafka_unavailable(
+    redis_server: ManagedProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("STREAMREC_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
-    settings = Settings(redis_prefix=f"t{uuid.uuid4().hex[:8]}", redis_url=f"redis://127.0.0.1:{redis_server.port}/0")
+    settings = Settings(
+        redis_prefix=f"t{uuid.uuid4().hex[:8]}", redis_url=f"redis://127.0.0.1:{redis_server.port}/0"
+    )
     app, _ = build(settings)
     payload = assert_error(app.test_client().get("/readyz"), 503, 1503, "kafka unavailable")
     assert payload["details"] == {"redis": "ok", "kafka": "unavailable"}
@@ -364,8 +398,11 @@ def test_readyz_ready_when_both_answer(redis_server: ManagedProcess) -> None:
 
 @pytest.fixture
 def redis_down_app() -> Flask:
-    settings = Settings(redis_prefix="tdown", redis_url=f"redis://127.0.0.1:{free_port()}/0",
-                        kafka_bootstrap=f"127.0.0.1:{free_port()}")
+    settings = Settings(
+        redis_prefix="tdown",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+    )
     app, _ = build(settings)
     return app
 

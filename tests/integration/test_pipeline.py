@@ -22,21 +22,44 @@ def _events(n_users: int, ts0: int) -> list[dict]:
     rows = []
     for u in range(n_users):
         for j, item in enumerate(["a", "b", "c"]):
-            rows.append({"event_id": f"e-{u}-{j}", "type": "view", "user_id": f"u{u}", "item_id": item, "ts": ts0 + u * 1000 + j})
+            rows.append(
+                {
+                    "event_id": f"e-{u}-{j}",
+                    "type": "view",
+                    "user_id": f"u{u}",
+                    "item_id": item,
+                    "ts": ts0 + u * 1000 + j,
+                }
+            )
         if u % 3 == 0:
-            rows.append({"event_id": f"p-{u}", "type": "purchase", "user_id": f"u{u}", "item_id": "c", "ts": ts0 + u * 1000 + 5})
+            rows.append(
+                {
+                    "event_id": f"p-{u}",
+                    "type": "purchase",
+                    "user_id": f"u{u}",
+                    "item_id": "c",
+                    "ts": ts0 + u * 1000 + 5,
+                }
+            )
     rows.append({"event_id": "s-1", "type": "search", "user_id": "searcher", "query": "Red Shoes", "ts": ts0})
     return rows
 
 
 def _applied(ns: Namespace) -> int:
-    return sum(v for k, v in StateReader(ns.redis, ns.keys, ns.settings.scoring).stats().items() if k.startswith("applied:"))
+    return sum(
+        v
+        for k, v in StateReader(ns.redis, ns.keys, ns.settings.scoring).stats().items()
+        if k.startswith("applied:")
+    )
 
 
 def _dlq_records(ns: Namespace, want: int, timeout: float) -> list[dict]:
     consumer = KafkaConsumer(
-        Topics(ns.settings.topic_prefix).dlq, bootstrap_servers=ns.settings.kafka_bootstrap,
-        group_id=f"dlq-reader-{ns.settings.topic_prefix}", auto_offset_reset="earliest", consumer_timeout_ms=500,
+        Topics(ns.settings.topic_prefix).dlq,
+        bootstrap_servers=ns.settings.kafka_bootstrap,
+        group_id=f"dlq-reader-{ns.settings.topic_prefix}",
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=500,
     )
     found: list[dict] = []
     deadline = time.monotonic() + timeout
@@ -64,7 +87,9 @@ def test_worker_folds_events_dead_letters_bad_ones_and_ignores_redelivery(namesp
     publish_all()
     wait_until(lambda: _applied(ns) == len(rows), 30, what=f"{len(rows)} events applied")
     first = snapshot(ns.redis, ns.keys.pattern())
-    assert ns.redis.zscore(ns.keys.neighbours("a"), "b") == pytest.approx(30.0)  # every user viewed b right after a
+    assert ns.redis.zscore(ns.keys.neighbours("a"), "b") == pytest.approx(
+        30.0
+    )  # every user viewed b right after a
 
     # malformed messages, one per partition, then every event again (same event_ids), then one good event
     bad = [b"{not json", orjson.dumps({"event_id": "x1", "type": "teleport", "user_id": "u"})]
@@ -84,8 +109,11 @@ def test_worker_folds_events_dead_letters_bad_ones_and_ignores_redelivery(namesp
     assert snapshot(ns.redis, ns.keys.pattern()) == first
 
     # and the worker is still alive and folding
-    producer.send(topics.events, key=b"late", value=orjson.dumps(
-        {"event_id": "late-1", "type": "view", "user_id": "late", "item_id": "a"}))
+    producer.send(
+        topics.events,
+        key=b"late",
+        value=orjson.dumps({"event_id": "late-1", "type": "view", "user_id": "late", "item_id": "a"}),
+    )
     producer.flush()
     wait_until(lambda: _applied(ns) == len(rows) + 1, 15, what="the event after the dead letters")
     assert ns.procs[0].alive()
@@ -102,7 +130,13 @@ def test_two_workers_share_the_partitions_and_apply_each_event_once(namespace: N
     n_users, per_user = 200, 5
     for u in range(n_users):
         for j in range(per_user):
-            row = {"event_id": f"m-{u}-{j}", "type": "view", "user_id": f"user-{u}", "item_id": f"i{(u + j) % 17}", "ts": ts0 + j}
+            row = {
+                "event_id": f"m-{u}-{j}",
+                "type": "view",
+                "user_id": f"user-{u}",
+                "item_id": f"i{(u + j) % 17}",
+                "ts": ts0 + j,
+            }
             producer.send(topics.events, key=row["user_id"].encode(), value=orjson.dumps(row))
     producer.flush()
     producer.close()
@@ -116,7 +150,9 @@ def test_two_workers_share_the_partitions_and_apply_each_event_once(namespace: N
     assert counts == expected
     # each user's history is complete and in order, whichever worker owned the user's partition
     history = ns.redis.lrange(ns.keys.history("user-7"), 0, -1)
-    assert [h.decode().split("|")[0] for h in history] == [f"i{(7 + j) % 17}" for j in reversed(range(per_user))]
+    assert [h.decode().split("|")[0] for h in history] == [
+        f"i{(7 + j) % 17}" for j in reversed(range(per_user))
+    ]
     # both workers joined the group and were each assigned a partition of the events topic
     owned = re.compile(rf"\| {re.escape(topics.events)}\s+\| \{{\d")
     logs = [(ns.log_dir / f"worker-{x}.log").read_text() for x in "ab"]

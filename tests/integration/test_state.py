@@ -30,8 +30,12 @@ _ids = count()
 
 def ev(kind: str, user: str, item: str | None = None, ts: int = T0, query: str | None = None) -> Event:
     return Event(
-        event_id=f"e{next(_ids)}-{uuid.uuid4().hex[:6]}", type=EventType(kind), user_id=user, item_id=item,
-        query=query, ts=ts,
+        event_id=f"e{next(_ids)}-{uuid.uuid4().hex[:6]}",
+        type=EventType(kind),
+        user_id=user,
+        item_id=item,
+        query=query,
+        ts=ts,
     )
 
 
@@ -51,7 +55,9 @@ class World:
         self.writer.apply([ev("view", user, item, ts + i * step) for i, item in enumerate(items)])
 
     def nbr(self, item: str) -> dict[str, float]:
-        return {m.decode(): s for m, s in self.client.zrange(self.keys.neighbours(item), 0, -1, withscores=True)}
+        return {
+            m.decode(): s for m, s in self.client.zrange(self.keys.neighbours(item), 0, -1, withscores=True)
+        }
 
     def recommender(self) -> Recommender:
         return Recommender(self.reader, self.scoring)
@@ -167,11 +173,17 @@ def test_a_duplicate_inside_one_batch_is_applied_once(world: World) -> None:
 
 
 def test_purchases_land_in_bought(world: World) -> None:
-    world.apply(ev("view", "u", "a", T0), ev("purchase", "u", "b", T0 + 1000), ev("add_to_cart", "u", "c", T0 + 2000))
+    world.apply(
+        ev("view", "u", "a", T0), ev("purchase", "u", "b", T0 + 1000), ev("add_to_cart", "u", "c", T0 + 2000)
+    )
     user = world.reader.user("u", T0 + 2000)
     assert user.bought == {"b"}
     assert world.client.zscore(world.keys.bought("u"), "b") == T0 + 1000
-    assert [(h.item_id, h.type) for h in user.history] == [("c", "add_to_cart"), ("b", "purchase"), ("a", "view")]
+    assert [(h.item_id, h.type) for h in user.history] == [
+        ("c", "add_to_cart"),
+        ("b", "purchase"),
+        ("a", "view"),
+    ]
 
 
 def test_preferences_are_type_weighted(world: World) -> None:
@@ -223,9 +235,15 @@ def test_popularity_halves_per_halflife(world: World) -> None:
 
 
 def test_popularity_is_type_weighted_and_per_category(world: World) -> None:
-    world.writer.upsert_items([CatalogItem(item_id="h1", category="hats", ts=1), CatalogItem(item_id="s1", category="shoes", ts=1)])
+    world.writer.upsert_items(
+        [CatalogItem(item_id="h1", category="hats", ts=1), CatalogItem(item_id="s1", category="shoes", ts=1)]
+    )
     world.apply(ev("view", "u", "h1", T0), ev("purchase", "v", "s1", T0), ev("view", "w", "nocat", T0))
-    assert dict(world.reader.popular(10, T0)) == {"s1": pytest.approx(5.0), "h1": pytest.approx(1.0), "nocat": pytest.approx(1.0)}
+    assert dict(world.reader.popular(10, T0)) == {
+        "s1": pytest.approx(5.0),
+        "h1": pytest.approx(1.0),
+        "nocat": pytest.approx(1.0),
+    }
     assert dict(world.reader.popular(10, T0, "hats")) == {"h1": pytest.approx(1.0)}
     assert world.reader.popular(10, T0, "toys") == []
 
@@ -247,17 +265,27 @@ def test_catalog_upsert_ignores_an_older_record(world: World) -> None:
     record = world.reader.catalog(["a", "missing"])
     assert list(record) == ["a"]
     assert (record["a"]["title"], record["a"]["category"], record["a"]["price"], record["a"]["in_stock"]) == (
-        "new", "shoes", "10.0", "1",
+        "new",
+        "shoes",
+        "10.0",
+        "1",
     )
     newer = CatalogItem(item_id="a", title="newer", in_stock=False, attributes={"size": 42}, ts=3000)
     assert world.writer.upsert_items([newer]) == 1
     record = world.reader.catalog(["a"])["a"]
-    assert (record["title"], record["in_stock"], record["attributes"], record["price"]) == ("newer", "0", '{"size":42}', "")
+    assert (record["title"], record["in_stock"], record["attributes"], record["price"]) == (
+        "newer",
+        "0",
+        '{"size":42}',
+        "",
+    )
     assert world.reader.stats() == {"items": 1}
 
 
 def test_user_keys_expire(world: World) -> None:
-    world.apply(ev("search", "u", query="hat", ts=T0), ev("purchase", "u", "a", T0 + 1), ev("view", "u", "b", T0 + 2))
+    world.apply(
+        ev("search", "u", query="hat", ts=T0), ev("purchase", "u", "a", T0 + 1), ev("view", "u", "b", T0 + 2)
+    )
     ttl = world.scoring.user_ttl_s
     k = world.keys
     for key in (k.history("u"), k.prefs("u"), k.bought("u"), k.searches("u")):
@@ -268,7 +296,11 @@ def test_user_keys_expire(world: World) -> None:
 
 def test_the_clock_is_the_newest_event_time(world: World) -> None:
     assert world.reader.clock() is None
-    world.apply(ev("view", "u", "a", T0 + 5000), ev("view", "u", "b", T0 + 1000), ev("search", "v", query="q", ts=T0 + 3000))
+    world.apply(
+        ev("view", "u", "a", T0 + 5000),
+        ev("view", "u", "b", T0 + 1000),
+        ev("search", "v", query="q", ts=T0 + 3000),
+    )
     assert world.reader.clock() == T0 + 5000
     world.apply(ev("view", "w", "c", T0))  # an older event does not move the clock back
     assert world.reader.clock() == T0 + 5000
@@ -331,7 +363,9 @@ def test_personal_recommendations_respect_category_and_exclude(world: World) -> 
     assert [r.source for r in hats.items] == ["item_to_item", "category_popular"]
 
 
-def test_personal_recommendations_exclude_purchases_even_when_seen_items_are_allowed(redis_client: redis.Redis) -> None:
+def test_personal_recommendations_exclude_purchases_even_when_seen_items_are_allowed(
+    redis_client: redis.Redis,
+) -> None:
     w = make_world(redis_client, ScoringSettings(exclude_seen=False))
     try:
         shop(w)
@@ -382,7 +416,9 @@ def test_similar_normalises_by_popularity_and_excludes_the_item(world: World) ->
     answer = world.recommender().similar("a", 4)
     assert ids(answer) == ["c", "d", "f", "b"]
     n_a = world.reader.counts(["a"])["a"]
-    assert [r.score for r in answer.items] == pytest.approx([1 / math.sqrt(n_a)] * 3 + [1 / math.sqrt(n_a * 4)])
+    assert [r.score for r in answer.items] == pytest.approx(
+        [1 / math.sqrt(n_a)] * 3 + [1 / math.sqrt(n_a * 4)]
+    )
     assert "a" not in ids(world.recommender().similar("a", 20))
 
 
@@ -417,7 +453,10 @@ def test_similar_finds_the_best_normalised_neighbours_beyond_the_raw_top_50(worl
     for j in range(55):
         events += [ev("view", f"fan{j}", f"p{j:02d}", T0 + i) for i in range(14)]
         for rep in range(2):
-            events += [ev("view", f"u{j}-{rep}", "a", T0 + 1000), ev("view", f"u{j}-{rep}", f"p{j:02d}", T0 + 2000)]
+            events += [
+                ev("view", f"u{j}-{rep}", "a", T0 + 1000),
+                ev("view", f"u{j}-{rep}", f"p{j:02d}", T0 + 2000),
+            ]
     for j in range(5):
         events += [ev("view", f"r{j}", "a", T0 + 1000), ev("view", f"r{j}", f"rare{j}", T0 + 2000)]
     world.writer.apply(events)

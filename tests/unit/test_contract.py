@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from stream_processor.fold import RawMessage, decode_batch, dead_letter
+from stream_processor.fold import RawMessage, dead_letter, decode_batch
 from streamrec.contract import (
     MAX_CLOCK_SKEW_MS,
     CatalogItem,
@@ -74,7 +74,14 @@ def test_default_ts_is_now() -> None:
 
 def test_optional_fields_and_exact_limits_are_accepted() -> None:
     event = decode_event(
-        _event(event_id="e" * 64, user_id="u" * 128, item_id="i" * 128, session_id="s1", recommendation_id="r1", schema=1)
+        _event(
+            event_id="e" * 64,
+            user_id="u" * 128,
+            item_id="i" * 128,
+            session_id="s1",
+            recommendation_id="r1",
+            schema=1,
+        )
     )
     assert isinstance(event, Event)
     assert event.recommendation_id == "r1"
@@ -83,7 +90,9 @@ def test_optional_fields_and_exact_limits_are_accepted() -> None:
 
 
 def test_to_json_round_trips() -> None:
-    event = decode_event(_event(type="purchase", quantity=1, price=12.5, session_id="s", recommendation_id="r"))
+    event = decode_event(
+        _event(type="purchase", quantity=1, price=12.5, session_id="s", recommendation_id="r")
+    )
     assert isinstance(event, Event)
     encoded = orjson.loads(event.to_json())
     assert encoded["schema"] == 1 and "schema_" not in encoded
@@ -169,7 +178,9 @@ def test_unsupported_schema_is_rejected() -> None:
     assert "schema" in _rejected(_event(schema=2)).reason
 
 
-@pytest.mark.parametrize(("raw", "kind"), [(b"[1, 2]", "list"), (b'"view"', "str"), (b"42", "int"), (b"null", "NoneType")])
+@pytest.mark.parametrize(
+    ("raw", "kind"), [(b"[1, 2]", "list"), (b'"view"', "str"), (b"42", "int"), (b"null", "NoneType")]
+)
 def test_non_object_json_is_rejected(raw: bytes, kind: str) -> None:
     assert _rejected(raw).reason == f"expected a JSON object, got {kind}"
 
@@ -203,8 +214,15 @@ def test_minimal_catalog_item_gets_defaults() -> None:
 
 def test_full_catalog_item_round_trips() -> None:
     row = {
-        "item_id": "sku-1", "title": "Red shoes", "description": "Nice", "category": "shoes", "price": 49.9,
-        "image_url": "/static/img/sku-1.svg", "in_stock": False, "attributes": {"size": [41, 42]}, "ts": TS,
+        "item_id": "sku-1",
+        "title": "Red shoes",
+        "description": "Nice",
+        "category": "shoes",
+        "price": 49.9,
+        "image_url": "/static/img/sku-1.svg",
+        "in_stock": False,
+        "attributes": {"size": [41, 42]},
+        "ts": TS,
     }
     item = decode_item(orjson.dumps(row))
     assert isinstance(item, CatalogItem)
@@ -242,8 +260,17 @@ def _msg(value: bytes | None, offset: int = 0, key: bytes | None = b"u1") -> Raw
 
 
 def test_decode_batch_splits_good_from_dead_in_order() -> None:
-    good1, good2 = orjson.dumps(_event(event_id="g1")), orjson.dumps(_event(event_id="g2", type="search", item_id=None, query="q"))
-    msgs = [_msg(good1, 0), _msg(b"{bad", 1), _msg(None, 2), _msg(orjson.dumps(_event(type="teleport")), 3), _msg(good2, 4)]
+    good1, good2 = (
+        orjson.dumps(_event(event_id="g1")),
+        orjson.dumps(_event(event_id="g2", type="search", item_id=None, query="q")),
+    )
+    msgs = [
+        _msg(good1, 0),
+        _msg(b"{bad", 1),
+        _msg(None, 2),
+        _msg(orjson.dumps(_event(type="teleport")), 3),
+        _msg(good2, 4),
+    ]
     out = decode_batch(msgs, "event")
     assert [e.event_id for e in out.good] == ["g1", "g2"]
     assert [m.offset for m, _ in out.dead] == [1, 2, 3]
@@ -253,7 +280,9 @@ def test_decode_batch_splits_good_from_dead_in_order() -> None:
 
 
 def test_decode_batch_of_items() -> None:
-    out = decode_batch([_msg(b'{"item_id": "a", "ts": 1}'), _msg(b'{"item_id": "b", "price": -2}', 1)], "item")
+    out = decode_batch(
+        [_msg(b'{"item_id": "a", "ts": 1}'), _msg(b'{"item_id": "b", "price": -2}', 1)], "item"
+    )
     assert [i.item_id for i in out.good] == ["a"]
     assert [m.offset for m, _ in out.dead] == [1]
     assert isinstance(out.good[0], CatalogItem)

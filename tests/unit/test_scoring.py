@@ -156,7 +156,11 @@ def test_search_terms_drop_repeats_and_one_letter_words() -> None:
 
 
 def test_search_terms_max_terms_and_length() -> None:
-    assert search_terms("one two three four five six seven", max_terms=3) == ["one two three four five six seven", "one", "two"]
+    assert search_terms("one two three four five six seven", max_terms=3) == [
+        "one two three four five six seven",
+        "one",
+        "two",
+    ]
     assert len(search_terms("one two three four five six seven eight")) == 6
     assert search_terms("x" * 100 + " yy", max_len=10) == ["x" * 10, "yy"]
 
@@ -204,7 +208,9 @@ def test_history_seeds_weigh_by_position_and_type_and_ignore_removals() -> None:
 
 def test_history_seeds_use_only_the_newest_entries() -> None:
     history = [HistoryEntry("x", 3, "view"), HistoryEntry("y", 2, "view"), HistoryEntry("z", 1, "purchase")]
-    assert history_seeds(history, used=2, position_decay=0.5, type_weights={"view": 1.0, "purchase": 5.0}) == {
+    assert history_seeds(
+        history, used=2, position_decay=0.5, type_weights={"view": 1.0, "purchase": 5.0}
+    ) == {
         "x": pytest.approx(1.0),
         "y": pytest.approx(0.5),
     }
@@ -234,7 +240,9 @@ def test_score_personal_blends_neighbours_and_searches_with_reasons() -> None:
 
 def test_score_personal_reason_follows_the_seed_type() -> None:
     neighbours = {"a": {"x": 1.0}, "b": {"y": 1.0}, "c": {"z": 1.0}}
-    out = score_personal({"a": 1.0, "b": 1.0, "c": 1.0}, {"a": "view", "b": "add_to_cart"}, neighbours, {}, 0.5)
+    out = score_personal(
+        {"a": 1.0, "b": 1.0, "c": 1.0}, {"a": "view", "b": "add_to_cart"}, neighbours, {}, 0.5
+    )
     assert out["x"].reason == "viewed together with a"
     assert out["y"].reason == "often added to cart with b"
     assert out["z"].reason == "viewed together with c"  # unknown seed type reads as a view
