@@ -131,3 +131,41 @@ def _ok(url: str) -> bool:
         return requests.get(url, timeout=1).status_code == 200
     except requests.RequestException:
         return False
+
+
+def test_a_view_on_an_item_from_replayed_real_data_changes_recommendations_within_a_second(
+    namespace: Namespace,
+) -> None:
+    ns, topics = namespace, Topics(namespace.settings.topic_prefix)
+    api = _start_worker_and_api(ns)
+    replay = ns.start("replay", "replay", "movielens-100k", "--limit", "5000", "--no-ensure-topics")
+    assert replay.proc.wait(120) == 0
+    wait_until(lambda: _applied(ns) >= 5000 * 0.9, 60, what="the replay folded in")
+    item = requests.get(f"{api}/v1/popular", params={"k": 1}, timeout=5).json()["data"]["items"][0]["item_id"]
+    similar = requests.get(f"{api}/v1/items/{item}/similar", params={"k": 5}, timeout=5).json()["data"]
+    assert similar["strategy"] == "item_to_item"
+
+    user = f"new-{uuid.uuid4().hex[:6]}"
+    assert _recs(api, user)["strategy"] == "popular"
+    producer = KafkaProducer(bootstrap_servers=ns.settings.kafka_bootstrap, acks="all", linger_ms=0)
+    producer.send(
+        topics.events,
+        key=user.encode(),
+        value=orjson.dumps({"event_id": f"v-{user}", "type": "view", "user_id": user, "item_id": item}),
+    )
+    producer.flush()
+    sent = time.monotonic()
+    after = wait_until(
+        lambda: (r := _recs(api, user))["strategy"] == "personalized" and r,
+        5,
+        interval=0.01,
+        what="personalised recommendations",
+    )
+    elapsed = time.monotonic() - sent
+    producer.close()
+    (ns.log_dir / "freshness.txt").write_text(
+        f"view on replayed item {item} -> changed: {elapsed * 1000:.0f} ms\n"
+    )
+    assert elapsed < 1.0, f"the view took {elapsed:.3f}s to show"
+    assert after["items"][0]["reason"] == f"viewed together with {item}"
+    assert item not in [row["item_id"] for row in after["items"]]
