@@ -133,12 +133,9 @@ def run_stack(
         "STREAMREC_WORKER_DATA_DIR": str(data_dir / "worker"),
     }
     me = [sys.executable, "-m", "streamrec"]
-    stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt  # SIGTERM stops the stack exactly as Ctrl-C does
 
     signal.signal(signal.SIGTERM, on_signal)
     procs: list[ManagedProcess] = []
@@ -198,4 +195,3 @@ def run_stack(
             return 1
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            _ = stopping
