@@ -39,18 +39,30 @@ class WorkerCounters:
     duplicates: int = 0
     dead_letters: int = 0
     items: int = 0
-    redis_retries: int = 0
+    retries: int = 0
 
 
-async def _retry_redis(what: str, action: Callable[[], Awaitable[T]], counters: WorkerCounters) -> T:
-    """Run ``action`` until Redis answers, backing off to 5 s between tries."""
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+async def _retry(
+    what: str,
+    action: Callable[[], Awaitable[T]],
+    counters: WorkerCounters,
+    errors: tuple[type[BaseException], ...],
+) -> T:
+    """Run ``action`` until it succeeds, backing off to 5 s between tries.
+
+    The batch is acknowledged when the agent's body returns, whatever happened, so giving up on a
+    write would lose events: blocking the partition until the dependency is back is the safe side.
+    """
     delay = 0.1
     while True:
         try:
             return await action()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            counters.redis_retries += 1
-            log.warning("redis unavailable while %s (%s); retrying in %.1fs", what, exc, delay)
+        except errors as exc:
+            counters.retries += 1
+            log.warning("%s failed (%r); retrying in %.1fs", what, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -75,8 +87,11 @@ def register(app: faust.App, settings: Settings) -> WorkerCounters:
     app.streamrec_counters = counters  # type: ignore[attr-defined]
 
     async def send_dead(raw: RawMessage, reason_bytes: bytes) -> None:
-        fut = await dlq_topic.send(key=raw.key, value=reason_bytes, force=True)
-        await fut
+        async def send() -> None:
+            fut = await dlq_topic.send(key=raw.key, value=reason_bytes, force=True)
+            await fut
+
+        await _retry("sending a dead letter", send, counters, (Exception,))
 
     async def handle(batch: Sequence[Any], kind: str) -> None:
         raw = _raw(batch)
@@ -88,8 +103,8 @@ def register(app: faust.App, settings: Settings) -> WorkerCounters:
             await send_dead(msg, dead_letter(msg, rejection))
         counters.dead_letters += len(decoded.dead)
         if kind == "item":
-            counters.items += await _retry_redis(
-                "upserting items", lambda: writer.upsert_items(decoded.good), counters
+            counters.items += await _retry(
+                "upserting items", lambda: writer.upsert_items(decoded.good), counters, REDIS_ERRORS
             )
         else:
             result = await apply_events(decoded.good, decoded.sources)
@@ -100,13 +115,15 @@ def register(app: faust.App, settings: Settings) -> WorkerCounters:
     async def apply_events(events: list[Any], sources: list[RawMessage]) -> ApplyResult:
         """Apply a batch; if the script refuses it, apply one by one and dead-letter the ones it refuses."""
         try:
-            return await _retry_redis("applying events", lambda: writer.apply(events), counters)
+            return await _retry("applying events", lambda: writer.apply(events), counters, REDIS_ERRORS)
         except ResponseError as exc:
             log.error("state script failed on a batch of %d (%s); applying one by one", len(events), exc)
         applied = duplicates = 0
         for event, raw in zip(events, sources, strict=True):
             try:
-                one = await _retry_redis("applying an event", lambda e=event: writer.apply([e]), counters)
+                one = await _retry(
+                    "applying an event", lambda e=event: writer.apply([e]), counters, REDIS_ERRORS
+                )
             except ResponseError as exc:
                 counters.dead_letters += 1
                 await send_dead(raw, dead_letter(raw, Rejection(f"state update failed: {exc}", [])))
