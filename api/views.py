@@ -12,7 +12,7 @@ import orjson
 from flask import Blueprint, Response, jsonify, request
 from redis.exceptions import RedisError
 
-from api.app import services
+from api.app import Services, services
 from api.errors import (
     BATCH_TOO_LARGE,
     INVALID_EVENT,
@@ -92,12 +92,16 @@ def _redis_guard(fn):  # type: ignore[no-untyped-def]
     return wrapper
 
 
+def _k(svc: Services) -> int:
+    return int_param(request, "k", svc.settings.default_k, 1, svc.settings.max_k)
+
+
 @bp.get("/v1/users/<user_id>/recommendations")
 @_redis_guard
 def recommendations(user_id: str):  # type: ignore[no-untyped-def]
     """Personalised recommendations, with fallbacks for users the state does not know."""
     svc = services()
-    k = int_param(request, "k", svc.settings.default_k, 1, svc.settings.max_k)
+    k = _k(svc)
     category = str_param(request, "category")
     exclude = list_param(request, "exclude")
     explain = bool_param(request, "explain")
@@ -110,7 +114,7 @@ def recommendations(user_id: str):  # type: ignore[no-untyped-def]
 def similar(item_id: str):  # type: ignore[no-untyped-def]
     """Items shoppers acted on together with this one ("also viewed / bought together")."""
     svc = services()
-    k = int_param(request, "k", svc.settings.default_k, 1, svc.settings.max_k)
+    k = _k(svc)
     user_id = str_param(request, "user_id")
     explain = bool_param(request, "explain")
     return ok(_shape(svc.recommender.similar(item_id, k, user_id=user_id), explain, item_id=item_id))
@@ -121,7 +125,7 @@ def similar(item_id: str):  # type: ignore[no-untyped-def]
 def popular():  # type: ignore[no-untyped-def]
     """The most popular items, time-decayed, overall or in a category."""
     svc = services()
-    k = int_param(request, "k", svc.settings.default_k, 1, svc.settings.max_k)
+    k = _k(svc)
     category = str_param(request, "category")
     return ok(_shape(svc.recommender.popular(k, category), bool_param(request, "explain"), category=category))
 
@@ -131,7 +135,7 @@ def popular():  # type: ignore[no-untyped-def]
 def trending():  # type: ignore[no-untyped-def]
     """The items whose interest is growing fastest right now."""
     svc = services()
-    k = int_param(request, "k", svc.settings.default_k, 1, svc.settings.max_k)
+    k = _k(svc)
     category = str_param(request, "category")
     return ok(
         _shape(svc.recommender.trending(k, category), bool_param(request, "explain"), category=category)

@@ -34,6 +34,26 @@ def _start_worker_and_api(ns: Namespace) -> str:
     return api
 
 
+def _view_until_personal(
+    producer: KafkaProducer, topics: Topics, api: str, user: str, item: str
+) -> tuple[dict, float]:
+    """Publish one view with plain kafka-python; return the first personalised answer and how long it took."""
+    producer.send(
+        topics.events,
+        key=user.encode(),
+        value=orjson.dumps({"event_id": f"v-{user}", "type": "view", "user_id": user, "item_id": item}),
+    )
+    producer.flush()
+    sent = time.monotonic()
+    after = wait_until(
+        lambda: (r := _recs(api, user))["strategy"] == "personalized" and r,
+        5,
+        interval=0.01,
+        what="personalised recommendations",
+    )
+    return after, time.monotonic() - sent
+
+
 def _applied(ns: Namespace) -> int:
     return sum(int(v) for k, v in ns.redis.hgetall(ns.keys.stats()).items() if k.startswith(b"applied:"))
 
@@ -71,20 +91,7 @@ def test_a_view_from_a_plain_kafka_producer_changes_recommendations_within_a_sec
     before = _recs(api, user)
     assert before["strategy"] == "popular"
 
-    producer.send(
-        topics.events,
-        key=user.encode(),
-        value=orjson.dumps({"event_id": f"v-{user}", "type": "view", "user_id": user, "item_id": "camera"}),
-    )
-    producer.flush()
-    sent = time.monotonic()
-    after = wait_until(
-        lambda: (r := _recs(api, user))["strategy"] == "personalized" and r,
-        5,
-        interval=0.01,
-        what="personalised recommendations",
-    )
-    elapsed = time.monotonic() - sent
+    after, elapsed = _view_until_personal(producer, topics, api, user, "camera")
     (ns.log_dir / "freshness.txt").write_text(f"view -> changed recommendations: {elapsed * 1000:.0f} ms\n")
     assert elapsed < 1.0, f"the view took {elapsed:.3f}s to show"
     ids = [row["item_id"] for row in after["items"]]
@@ -148,20 +155,7 @@ def test_a_view_on_an_item_from_replayed_real_data_changes_recommendations_withi
     user = f"new-{uuid.uuid4().hex[:6]}"
     assert _recs(api, user)["strategy"] == "popular"
     producer = KafkaProducer(bootstrap_servers=ns.settings.kafka_bootstrap, acks="all", linger_ms=0)
-    producer.send(
-        topics.events,
-        key=user.encode(),
-        value=orjson.dumps({"event_id": f"v-{user}", "type": "view", "user_id": user, "item_id": item}),
-    )
-    producer.flush()
-    sent = time.monotonic()
-    after = wait_until(
-        lambda: (r := _recs(api, user))["strategy"] == "personalized" and r,
-        5,
-        interval=0.01,
-        what="personalised recommendations",
-    )
-    elapsed = time.monotonic() - sent
+    after, elapsed = _view_until_personal(producer, topics, api, user, item)
     producer.close()
     (ns.log_dir / "freshness.txt").write_text(
         f"view on replayed item {item} -> changed: {elapsed * 1000:.0f} ms\n"
