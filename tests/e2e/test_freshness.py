@@ -113,10 +113,13 @@ def test_events_posted_to_the_api_reach_the_state(namespace: Namespace) -> None:
     ]
     resp = requests.post(f"{api}/v1/events", json=batch, timeout=10)
     assert resp.status_code == 202 and resp.json()["data"]["accepted"] == 6
+    # the catalog and the events travel on different topics, so either may land first: wait for both
     popular = wait_until(
-        lambda: (d := requests.get(f"{api}/v1/popular", timeout=5).json()["data"])["items"] and d,
+        lambda: (d := requests.get(f"{api}/v1/popular", timeout=5).json()["data"])["items"]
+        and d["items"][0]["title"]
+        and d,
         15,
-        what="the posted events to show in popular",
+        what="the posted events and the catalog record to show in popular",
     )
     top = popular["items"][0]
     assert (top["item_id"], top["title"], top["price"], top["category"]) == (
