@@ -49,6 +49,15 @@ def _publisher(ensure_topics: bool) -> Iterator[EventPublisher]:
         yield publisher
 
 
+def _fail_on_undelivered(failed: int) -> None:
+    """Exit non-zero when the broker did not acknowledge every record, so scripts do not take it for done."""
+    if failed:
+        typer.echo(
+            f"error: {failed} records were not acknowledged by Kafka (see the warnings above)", err=True
+        )
+        raise typer.Exit(1)
+
+
 @app.command()
 def worker() -> None:
     """Run a stream-processor worker: fold events from Kafka into Redis (run several to share partitions)."""
@@ -97,6 +106,7 @@ def replay(
     with _publisher(ensure_topics) as publisher:
         report = run_replay(publisher, dataset, limit=limit, rate=rate)
     typer.echo(f"replayed {report.events} events and {report.items} catalog records in {report.seconds:.1f}s")
+    _fail_on_undelivered(report.failed)
 
 
 @app.command()
@@ -116,6 +126,7 @@ def simulate(
     with _publisher(ensure_topics) as publisher:
         report = run_simulate(publisher, n_users=users, n_items=items, n_events=events, rate=rate, seed=seed)
     typer.echo(f"simulated {report.events} events over {report.items} catalog items in {report.seconds:.1f}s")
+    _fail_on_undelivered(report.failed)
 
 
 @app.command()

@@ -116,6 +116,7 @@ class PublishReport:
     events: int
     items: int
     seconds: float
+    failed: int = 0  # records the broker never acknowledged (flush() does not raise for them)
 
 
 class Pacer:
@@ -154,6 +155,7 @@ def publish_stream(
 ) -> PublishReport:
     """Publish a catalog, then events at ``rate`` per second, then flush: every producer program's loop."""
     started = time.monotonic()
+    failed_before = publisher.failed
     n_items = 0
     for item in catalog:
         publisher.publish_item(item)
@@ -166,7 +168,12 @@ def publish_stream(
         publisher.publish_event(event)
         n_events += 1
     publisher.flush()
-    return PublishReport(events=n_events, items=n_items, seconds=time.monotonic() - started)
+    return PublishReport(
+        events=n_events,
+        items=n_items,
+        seconds=time.monotonic() - started,
+        failed=publisher.failed - failed_before,
+    )
 
 
 def _with_progress(events: Iterable[Event], progress: bool, total: int | None, desc: str) -> Iterator[Event]:

@@ -120,3 +120,33 @@ def test_price_sensitive_shoppers_view_cheaper_items(catalog: list[CatalogItem],
         return cheap / len(views)
 
     assert share_below_median(True) > share_below_median(False) + 0.1
+
+
+class _RefusingPublisher:
+    """Counts records the way EventPublisher does, with the broker refusing every third event."""
+
+    def __init__(self) -> None:
+        self.failed = 0
+        self.events = 0
+
+    def publish_item(self, item: object) -> None:
+        pass
+
+    def publish_event(self, event: object) -> None:
+        self.events += 1
+        if self.events % 3 == 0:
+            self.failed += 1
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+
+def test_publish_stream_reports_records_the_broker_refused() -> None:
+    from streamrec.publisher import publish_stream
+
+    catalog = make_catalog(5, seed=1, ts_ms=1_700_000_000_000)
+    events = list(simulate_events(catalog, n_users=3, n_events=9, seed=1, start_ts_ms=1_700_000_000_000))
+    publisher = _RefusingPublisher()
+    publisher.failed = 4  # failures from before this publish are not this report's
+    report = publish_stream(publisher, catalog, events, progress=False)  # type: ignore[arg-type]
+    assert (report.events, report.items, report.failed) == (9, 5, 3)
