@@ -84,7 +84,6 @@ def register(app: faust.App, settings: Settings) -> WorkerCounters:
     events_topic = app.topic(topics.events, value_serializer="raw", key_serializer="raw")
     items_topic = app.topic(topics.items, value_serializer="raw", key_serializer="raw")
     dlq_topic = app.topic(topics.dlq, value_serializer="raw", key_serializer="raw")
-    app.streamrec_counters = counters  # type: ignore[attr-defined]
 
     async def send_dead(raw: RawMessage, reason_bytes: bytes) -> None:
         async def send() -> None:

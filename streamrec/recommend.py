@@ -21,7 +21,7 @@ from streamrec.settings import ScoringSettings
 from streamrec.state import StateReader
 
 TYPE_STRENGTH = {"remove_from_cart": 0, "view": 1, "add_to_cart": 2, "purchase": 3}
-NEIGHBOURS_READ = 50
+TERM_ITEMS_READ = 50
 TERMS_USED = 10
 
 
@@ -125,7 +125,7 @@ class Recommender:
             if TYPE_STRENGTH.get(entry.type, 0) > TYPE_STRENGTH[best]:
                 seed_types[entry.item_id] = entry.type
         terms = list(dict.fromkeys(t for _, ts in user.searches for t in ts))[:TERMS_USED]
-        term_items = self.reader.term_items(terms, NEIGHBOURS_READ)
+        term_items = self.reader.term_items(terms, TERM_ITEMS_READ)
         neighbours = self._normalised(list(seeds))
         candidates = score_personal(seeds, seed_types, neighbours, term_items, s.search_blend)
         excluded = set(exclude) | user.bought

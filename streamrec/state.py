@@ -152,10 +152,6 @@ class UserState:
     bought: set[str]
     searches: list[tuple[int, list[str]]]
 
-    @property
-    def is_known(self) -> bool:
-        return bool(self.history or self.searches or self.preferences)
-
 
 def _text(value: bytes | str | None) -> str | None:
     if value is None:
