@@ -74,12 +74,19 @@ class Recommender:
         k: int,
         category: str | None,
         exclude: set[str],
-        fallback_categories: Iterable[str],
+        fallback_from: Sequence[str],
         now: int,
         personal: str = "personalized",
     ) -> Answer:
-        """Filter by stock and category, then fill up from category popularity and overall popularity."""
-        catalog = self.reader.catalog([c.item_id for c in ranked])
+        """Filter by stock and category, then fill up from category popularity and overall popularity.
+
+        The fallback uses the categories of the ``fallback_from`` items, read with the candidates' records
+        in one round trip.
+        """
+        catalog = self.reader.catalog(list(dict.fromkeys([*(c.item_id for c in ranked), *fallback_from])))
+        fallback_categories = [
+            catalog[i]["category"] for i in fallback_from if catalog.get(i, {}).get("category")
+        ]
         picked: list[Ranked] = []
         taken = set(exclude)
         for c in ranked:
@@ -134,8 +141,7 @@ class Recommender:
         ranked = rank(candidates.values(), k * 3 + 20, excluded)
         # categories of what the user did and searched, for the fallback
         basis = list(seeds)[:10] + [i for items in term_items.values() for i in list(items)[:5]]
-        cats = [r.get("category", "") for r in self.reader.catalog(basis).values()]
-        return self._finish(ranked, k, category, excluded, [c for c in cats if c], now)
+        return self._finish(ranked, k, category, excluded, basis, now)
 
     def similar(self, item_id: str, k: int, user_id: str | None = None) -> Answer:
         """Items that shoppers acted on together with ``item_id``, popularity-normalised."""
@@ -149,9 +155,7 @@ class Recommender:
             for item, score in neighbours.items()
         ]
         ranked = rank(candidates, k * 3 + 20, excluded)
-        anchor = self.reader.catalog([item_id]).get(item_id, {})
-        cats = [anchor["category"]] if anchor.get("category") else []
-        return self._finish(ranked, k, None, excluded, cats, now, personal="item_to_item")
+        return self._finish(ranked, k, None, excluded, [item_id], now, personal="item_to_item")
 
     def popular(self, k: int, category: str | None = None) -> Answer:
         """The most popular items (time-decayed), overall or in one category."""
