@@ -1,0 +1,309 @@
+// The storefront's behaviour: every action is a real event sent to POST /v1/events, and the
+// recommendation rows are fetched from the public JSON API and refetched until they change.
+(() => {
+  "use strict";
+
+  const ROW_K = 8;
+  const AFTER_EVENT_MS = 1500; // how long rows are refetched after an event, waiting for a change
+  const POLL_MS = 4000; // background refresh, so other shoppers' actions show too
+  const LS_SHOPPER = "streamrec.shopper";
+  const params = new URLSearchParams(location.search);
+  const shopperInput = document.getElementById("shopper");
+  const rows = Array.from(document.querySelectorAll("[data-row]"));
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  function hexId(bytes) {
+    const b = new Uint8Array(bytes);
+    crypto.getRandomValues(b); // unlike crypto.randomUUID, also works on plain http to a LAN address
+    return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  }
+
+  function shopper() {
+    return localStorage.getItem(LS_SHOPPER) || "alice";
+  }
+
+  function sessionId() {
+    let id = sessionStorage.getItem("streamrec.session");
+    if (!id) {
+      id = "web-" + hexId(8);
+      sessionStorage.setItem("streamrec.session", id);
+    }
+    return id;
+  }
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "class") node.className = v;
+      else if (k.startsWith("data-")) node.dataset[k.slice(5).replace(/-(\w)/g, (_, c) => c.toUpperCase())] = v;
+      else node.setAttribute(k, v === true ? "" : v);
+    }
+    for (const child of children) if (child !== null && child !== undefined) node.append(child);
+    return node;
+  }
+
+  const money = (price) => (price === null || price === undefined || price === "" ? "" : "$" + Number(price).toFixed(2));
+
+  function localImage(item) {
+    const url = item.image_url || "";
+    return url.startsWith("/") && !url.startsWith("//") ? url : `/static/img/${encodeURIComponent(item.item_id)}.svg`;
+  }
+
+  // ---- events ---------------------------------------------------------------------------------
+
+  // the log of sent events survives page changes within the tab (sessionStorage)
+  const readLog = () => JSON.parse(sessionStorage.getItem("streamrec.log") || "[]");
+
+  function renderLog() {
+    const log = document.getElementById("event-log");
+    log.replaceChildren(...readLog().map(([text, failed]) => el("li", { class: failed ? "failed" : null }, text)));
+  }
+
+  function logLine(text, failed) {
+    sessionStorage.setItem("streamrec.log", JSON.stringify([[`${shopper()}: ${text}`, !!failed], ...readLog()].slice(0, 8)));
+    renderLog();
+  }
+
+  function describe(e) {
+    return e.type === "search" ? `search "${e.query}"` : `${e.type} ${e.item_id}`;
+  }
+
+  /** Send events for the current shopper; after the 202, refetch the rows until they change. */
+  async function send(events) {
+    const started = performance.now();
+    const user = shopper();
+    const session = sessionId();
+    const body = events.map((e) => {
+      const ev = { event_id: "web-" + hexId(12), user_id: user, session_id: session };
+      for (const [k, v] of Object.entries(e)) if (v !== null && v !== undefined && v !== "") ev[k] = v;
+      return ev;
+    });
+    const what = body.map(describe).join(", ") + (body[0].recommendation_id ? " (from a recommendation)" : "");
+    let resp;
+    try {
+      resp = await fetch("/v1/events", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+      });
+    } catch (err) {
+      logLine(`${what}: not sent (${err})`, true);
+      return false;
+    }
+    const ms = Math.round(performance.now() - started);
+    if (resp.status !== 202) {
+      let msg = resp.statusText;
+      try {
+        msg = (await resp.json()).msg;
+      } catch (_) {
+        /* keep the status text */
+      }
+      logLine(`${what}: ${resp.status} ${msg}`, true);
+      return false;
+    }
+    logLine(`${what} \u2192 202 in ${ms} ms`);
+    refreshAfterEvent(body[body.length - 1].type, started);
+    return true;
+  }
+
+  // ---- recommendation rows --------------------------------------------------------------------
+
+  function rowUrl(row) {
+    const user = encodeURIComponent(shopper());
+    if (row.dataset.row === "similar") {
+      return `/v1/items/${encodeURIComponent(row.dataset.itemId)}/similar?k=${ROW_K}&explain=true&user_id=${user}`;
+    }
+    return `/v1/users/${user}/recommendations?k=${ROW_K}&explain=true`;
+  }
+
+  function renderRow(row, data) {
+    row.dataset.rid = data.recommendation_id;
+    row.dataset.strategy = data.strategy;
+    row.dataset.items = data.items.map((i) => i.item_id).join(",");
+    const cards = row.querySelector(".cards");
+    cards.replaceChildren(
+      ...data.items.map((item) => {
+        const href = `/shop/p/${encodeURIComponent(item.item_id)}?rid=${data.recommendation_id}`;
+        return el(
+          "article",
+          { class: "card", "data-item-id": item.item_id, "data-title": item.title || item.item_id, "data-price": item.price ?? "" },
+          el("a", { class: "card-link", href }, el("img", { src: localImage(item), alt: "", width: 240, height: 240 }), el("h3", {}, item.title || item.item_id)),
+          el("p", { class: "meta" }, el("span", { class: "category" }, item.category || ""), el("span", { class: "price" }, money(item.price))),
+          el("p", { class: "reason" }, item.reason || ""),
+          el("button", { type: "button", class: "add", disabled: item.in_stock === false }, "Add to cart"),
+        );
+      }),
+    );
+    if (!data.items.length) cards.append(el("p", { class: "empty" }, "Nothing to recommend yet."));
+  }
+
+  function setMeta(row, text) {
+    row.querySelector(".row-meta").textContent = `${row.dataset.strategy || ""}${text ? " \u00b7 " + text : ""}`;
+  }
+
+  /** Fetch one row; render it only if its items or reasons changed. Returns whether it changed. */
+  async function loadRow(row) {
+    let resp;
+    try {
+      resp = await fetch(rowUrl(row), { cache: "no-store" });
+    } catch (_) {
+      row.querySelector(".row-meta").textContent = "the API is unreachable";
+      return false;
+    }
+    if (!resp.ok) {
+      row.querySelector(".row-meta").textContent = `unavailable (HTTP ${resp.status})`;
+      return false;
+    }
+    const data = (await resp.json()).data;
+    const signature = JSON.stringify([shopper(), data.items.map((i) => [i.item_id, i.reason])]);
+    if (signature === row.dataset.signature) return false;
+    row.dataset.signature = signature;
+    renderRow(row, data);
+    return true;
+  }
+
+  let busy = 0;
+
+  async function refreshAfterEvent(type, started) {
+    busy += 1;
+    try {
+      const pending = new Set(rows);
+      const deadline = performance.now() + AFTER_EVENT_MS;
+      while (pending.size && performance.now() < deadline) {
+        await Promise.all(
+          [...pending].map(async (row) => {
+            if (await loadRow(row)) {
+              pending.delete(row);
+              row.dataset.changedAfter = type;
+              setMeta(row, `updated ${Math.round(performance.now() - started)} ms after your ${type}`);
+            }
+          }),
+        );
+        if (pending.size) await sleep(60);
+      }
+    } finally {
+      busy -= 1;
+    }
+  }
+
+  async function loadAll(note) {
+    await Promise.all(
+      rows.map(async (row) => {
+        if ((await loadRow(row)) || note) setMeta(row, note || "");
+      }),
+    );
+  }
+
+  // ---- cart -----------------------------------------------------------------------------------
+
+  const cartKey = () => "streamrec.cart." + shopper();
+  const readCart = () => JSON.parse(localStorage.getItem(cartKey()) || "[]");
+  const writeCart = (cart) => localStorage.setItem(cartKey(), JSON.stringify(cart));
+
+  function renderCart() {
+    const cart = readCart();
+    document.querySelectorAll(".shopper-name").forEach((n) => (n.textContent = shopper()));
+    const list = document.getElementById("cart-items");
+    list.replaceChildren(
+      ...cart.map((line, index) =>
+        el(
+          "li",
+          { "data-item-id": line.item_id },
+          el("a", { href: `/shop/p/${encodeURIComponent(line.item_id)}` }, line.title),
+          el("span", { class: "price" }, money(line.price)),
+          el("button", { type: "button", class: "remove", "data-index": index, title: "Remove from cart" }, "\u00d7"),
+        ),
+      ),
+    );
+    document.getElementById("cart-empty").hidden = cart.length > 0;
+    document.getElementById("buy-all").disabled = cart.length === 0;
+    const total = cart.reduce((sum, line) => sum + (Number(line.price) || 0), 0);
+    document.getElementById("cart-total").textContent = money(total);
+  }
+
+  function cardInfo(node) {
+    const card = node.closest("[data-item-id]");
+    const row = node.closest("[data-row]");
+    return {
+      item_id: card.dataset.itemId,
+      title: card.dataset.title || card.dataset.itemId,
+      price: card.dataset.price === "" ? null : Number(card.dataset.price),
+      // a card in a recommendation row carries that answer's id; the product page carries the id it was opened from
+      rid: row ? row.dataset.rid : card.id === "product" ? params.get("rid") : null,
+    };
+  }
+
+  async function addToCart(info) {
+    const ok = await send([{ type: "add_to_cart", item_id: info.item_id, quantity: 1, price: info.price, recommendation_id: info.rid }]);
+    if (ok) {
+      writeCart([...readCart(), info]);
+      renderCart();
+    }
+  }
+
+  async function buy(lines) {
+    const ok = await send(
+      lines.map((l) => ({ type: "purchase", item_id: l.item_id, quantity: 1, price: l.price, recommendation_id: l.rid })),
+    );
+    if (ok) {
+      const bought = new Set(lines.map((l) => l.item_id));
+      writeCart(readCart().filter((l) => !bought.has(l.item_id)));
+      renderCart();
+    }
+  }
+
+  // ---- wiring ---------------------------------------------------------------------------------
+
+  document.addEventListener("click", (ev) => {
+    const target = ev.target.closest("button");
+    if (!target || target.disabled) return;
+    if (target.id === "buy-all") {
+      buy(readCart());
+    } else if (target.id === "buy-now") {
+      buy([cardInfo(target)]);
+    } else if (target.classList.contains("add")) {
+      addToCart(cardInfo(target));
+    } else if (target.classList.contains("remove")) {
+      const cart = readCart();
+      const [line] = cart.splice(Number(target.dataset.index), 1);
+      if (!line) return;
+      send([{ type: "remove_from_cart", item_id: line.item_id, quantity: 1, recommendation_id: line.rid }]).then((ok) => {
+        if (ok) {
+          writeCart(cart);
+          renderCart();
+        }
+      });
+    }
+  });
+
+  document.getElementById("search-form").addEventListener("submit", async (ev) => {
+    const query = document.getElementById("search-input").value.trim();
+    if (!query) return;
+    ev.preventDefault();
+    await send([{ type: "search", query }]);
+    location.href = `/shop/?q=${encodeURIComponent(query)}`;
+  });
+
+  shopperInput.value = shopper();
+  shopperInput.addEventListener("change", () => {
+    const name = shopperInput.value.trim();
+    if (!name || name === shopper()) return;
+    localStorage.setItem(LS_SHOPPER, name);
+    renderCart();
+    loadAll(`shopper switched to ${name}`);
+  });
+
+  renderCart();
+  renderLog();
+  const product = document.getElementById("product");
+  if (product) {
+    // opening a product page is a view; one opened from a recommendation carries that answer's id
+    loadAll().then(() => send([{ type: "view", item_id: product.dataset.itemId, recommendation_id: params.get("rid") }]));
+  } else {
+    loadAll();
+  }
+  setInterval(() => {
+    if (!busy && document.visibilityState === "visible") loadAll();
+  }, POLL_MS);
+})();
