@@ -84,4 +84,7 @@ def create_app(
     )
     errors.init_app(app)
     app.register_blueprint(views.bp)
+    from api import storefront  # the shop page
+
+    storefront.init_app(app)
     return app

@@ -179,6 +179,7 @@ def run_stack(
             print(
                 f"\nThe API is at {api_url}. Try:\n  curl '{api_url}/v1/popular?k=5'\n  curl '{api_url}/v1/trending?k=5'"
             )
+            print(f"\nThe storefront is at {api_url}/shop/ (open it in a browser)")
             if exit_after_demo:
                 return 0
             print("Press Ctrl-C to stop everything.")
