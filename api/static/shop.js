@@ -117,6 +117,16 @@
     return `/v1/users/${user}/recommendations?k=${ROW_K}&explain=true`;
   }
 
+  /** "bought together with 50" reads better as "bought together with Star Wars (1977)" when the page knows the title. */
+  function readableReason(reason) {
+    const match = /^(.* with )(.+)$/.exec(reason || "");
+    if (!match) return reason || "";
+    const card = Array.from(document.querySelectorAll("[data-item-id]")).find((n) => n.dataset.itemId === match[2] && n.dataset.title);
+    const line = readCart().find((l) => l.item_id === match[2]);
+    const title = card ? card.dataset.title : line ? line.title : null;
+    return title ? match[1] + title : reason;
+  }
+
   function renderRow(row, data) {
     row.dataset.rid = data.recommendation_id;
     row.dataset.strategy = data.strategy;
@@ -130,7 +140,7 @@
           { class: "card", "data-item-id": item.item_id, "data-title": item.title || item.item_id, "data-price": item.price ?? "" },
           el("a", { class: "card-link", href }, el("img", { src: localImage(item), alt: "", width: 240, height: 240 }), el("h3", {}, item.title || item.item_id)),
           el("p", { class: "meta" }, el("span", { class: "category" }, item.category || ""), el("span", { class: "price" }, money(item.price))),
-          el("p", { class: "reason" }, item.reason || ""),
+          el("p", { class: "reason" }, readableReason(item.reason)),
           el("button", { type: "button", class: "add", disabled: item.in_stock === false }, "Add to cart"),
         );
       }),
@@ -164,16 +174,18 @@
   }
 
   let busy = 0;
+  let lastEvent = 0;
 
   async function refreshAfterEvent(type, started) {
+    const mine = ++lastEvent; // a newer event takes over, so a change is credited to the event that caused it
     busy += 1;
     try {
       const pending = new Set(rows);
       const deadline = performance.now() + AFTER_EVENT_MS;
-      while (pending.size && performance.now() < deadline) {
+      while (pending.size && performance.now() < deadline && mine === lastEvent) {
         await Promise.all(
           [...pending].map(async (row) => {
-            if (await loadRow(row)) {
+            if (mine === lastEvent && (await loadRow(row))) {
               pending.delete(row);
               row.dataset.changedAfter = type;
               setMeta(row, `updated ${Math.round(performance.now() - started)} ms after your ${type}`);
@@ -218,8 +230,9 @@
     );
     document.getElementById("cart-empty").hidden = cart.length > 0;
     document.getElementById("buy-all").disabled = cart.length === 0;
-    const total = cart.reduce((sum, line) => sum + (Number(line.price) || 0), 0);
-    document.getElementById("cart-total").textContent = money(total);
+    const priced = cart.filter((line) => line.price !== null && line.price !== undefined);
+    const total = priced.reduce((sum, line) => sum + Number(line.price), 0);
+    document.getElementById("cart-total").textContent = priced.length ? money(total) : "\u2014";
   }
 
   function cardInfo(node) {
