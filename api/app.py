@@ -68,7 +68,7 @@ def create_app(
     test_config: dict[str, Any] | None = None,
 ) -> Flask:
     """Build the API. Tests pass their own settings, Redis client or publisher factory."""
-    from api import errors, views
+    from api import errors, observability, views
 
     settings = settings or Settings()
     app = Flask(__name__, static_folder=None)
@@ -78,11 +78,12 @@ def create_app(
     client = redis_client or redis.Redis.from_url(
         settings.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0, health_check_interval=10
     )
-    reader = StateReader(client, Keys(settings.redis_prefix), settings.scoring)
+    reader = observability.TimedReader(StateReader(client, Keys(settings.redis_prefix), settings.scoring))
     app.extensions["streamrec"] = Services(
         settings, client, Recommender(reader, settings.scoring), publisher_factory or kafka_publisher
     )
     errors.init_app(app)
+    observability.init_app(app)
     app.register_blueprint(views.bp)
     from api import storefront  # the shop page
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -24,6 +28,7 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             "keepalive": 5,
             "loglevel": settings.log_level.lower(),
             "accesslog": None,
+            "child_exit": _child_exit,
             **(options or {}),
         }
         super().__init__()
@@ -39,6 +44,41 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         return create_app(self.settings)
 
 
+def _child_exit(_server: Any, worker: Any) -> None:
+    """A gunicorn worker ended: its live gauges must stop counting (its counters stay summed in)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def metrics_dir(configured: str) -> tuple[Path, bool]:
+    """The directory gunicorn workers share metric files in, emptied of an earlier run's files.
+
+    Returns it and whether it is a temporary one this server made (and removes at exit). It must be
+    in the environment before any process imports prometheus_client, which reads it at import.
+    """
+    if configured:
+        path = Path(configured)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        made = False
+    else:
+        path = Path(tempfile.mkdtemp(prefix="streamrec-api-metrics-"))
+        made = True
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return path, made
+
+
 def serve(settings: Settings) -> None:
     """Run gunicorn in the foreground until SIGINT/SIGTERM."""
-    GunicornServer(settings).run()
+    from streamrec import logs
+
+    path, made = metrics_dir(settings.api_metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""))
+    try:
+        GunicornServer(
+            settings, {"logconfig_dict": logs.gunicorn_logconfig(settings.log_level, settings.log_format)}
+        ).run()
+    finally:
+        if made:
+            shutil.rmtree(path, ignore_errors=True)

@@ -12,6 +12,7 @@ import orjson
 from flask import Blueprint, Response, jsonify, request
 from redis.exceptions import RedisError
 
+from api import observability
 from api.app import Services, services
 from api.errors import (
     BATCH_TOO_LARGE,
@@ -23,6 +24,7 @@ from api.errors import (
     ApiError,
 )
 from api.params import bool_param, int_param, list_param, str_param
+from streamrec import metrics
 from streamrec.contract import CatalogItem, Event, Rejection, decode_event, decode_item
 from streamrec.recommend import Answer
 
@@ -67,8 +69,10 @@ def _shape(answer: Answer, explain: bool, **extra: Any) -> dict[str, Any]:
             row["reason"] = r.reason
             row["source"] = r.source
         items.append(row)
+    observability.count_answer(answer.strategy, len(items))
     return {
-        "recommendation_id": uuid.uuid4().hex,
+        # the id names its strategy, so a later event that cites it can be credited to that strategy
+        "recommendation_id": metrics.recommendation_id(answer.strategy, uuid.uuid4().hex),
         "strategy": answer.strategy,
         "model_version": answer.model_version,
         **extra,

@@ -6,7 +6,6 @@ subcommand), so the programs never import each other.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,10 +26,10 @@ app = typer.Typer(
 
 
 def _settings() -> Settings:
+    from streamrec import logs
+
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
     return settings
 
 
@@ -45,6 +44,9 @@ def _publisher(ensure_topics: bool) -> Iterator[EventPublisher]:
     topics = Topics(settings.topic_prefix)
     if ensure_topics:
         create(settings.kafka_bootstrap, topics, settings.partitions)
+    from streamrec import metrics
+
+    metrics.serve(settings.metrics_host, settings.producer_metrics_port, "producer")
     with EventPublisher(settings.kafka_bootstrap, topics) as publisher:
         yield publisher
 

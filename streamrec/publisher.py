@@ -17,8 +17,10 @@ from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from kafka.metrics.stats import Total
 from tqdm import tqdm
 
+from streamrec import metrics
 from streamrec.contract import CatalogItem, Event
 from streamrec.topics import Topics
 
@@ -50,6 +52,8 @@ class EventPublisher:
         config = {**PRODUCER_DEFAULTS, **producer_overrides, "bootstrap_servers": bootstrap}
         self._producer = KafkaProducer(**config)
         self._closed = False
+        self._metrics = metrics.producer()
+        _count_retries(self._producer, self._metrics.retried)
 
     def publish_event(self, event: Event) -> Any:
         """Queue one event on the events topic; its user_id is the key so a user's events stay ordered.
@@ -67,9 +71,9 @@ class EventPublisher:
         try:
             future = self._producer.send(topic, key=key, value=value)
         except KafkaError:
-            self._count(failed=1)
+            self._count(topic, failed=1)
             raise
-        future.add_callback(self._on_sent)
+        future.add_callback(self._on_sent, topic)
         future.add_errback(self._on_failed, topic)
         return future
 
@@ -95,18 +99,46 @@ class EventPublisher:
     ) -> None:
         self.close()
 
-    def _on_sent(self, _metadata: Any) -> None:
-        self._count(sent=1)
+    def _on_sent(self, topic: str, _metadata: Any) -> None:
+        self._count(topic, sent=1)
 
-    def _on_failed(self, exc: BaseException, topic: str) -> None:
-        self._count(failed=1)
+    def _on_failed(self, topic: str, exc: BaseException) -> None:
+        self._count(topic, failed=1)
         log.warning("could not publish to %s: %s", topic, exc)
 
-    def _count(self, sent: int = 0, failed: int = 0) -> None:
+    def _count(self, topic: str, sent: int = 0, failed: int = 0) -> None:
         # Callbacks run on the producer's I/O thread while callers read the counters on theirs.
         with self._lock:
             self.sent += sent
             self.failed += failed
+        kind = "events" if topic == self.topics.events else "items" if topic == self.topics.items else "other"
+        if sent:
+            self._metrics.sent.labels(kind).inc(sent)
+        if failed:
+            self._metrics.failed.labels(kind).inc(failed)
+
+
+class _PrometheusTotal(Total):  # type: ignore[misc]
+    """A kafka-python stat that also counts into a Prometheus counter (the client keeps only a rate)."""
+
+    def __init__(self, counter: Any) -> None:
+        super().__init__()
+        self._counter = counter
+
+    def record(self, config: Any, value: float, now: float) -> None:
+        super().record(config, value, now)
+        self._counter.inc(value)
+
+
+def _count_retries(producer: KafkaProducer, counter: Any) -> None:
+    """Hook the client's own retry sensor, which only offers a windowed rate, to a Prometheus counter."""
+    registry = getattr(producer, "_metrics", None)
+    sensor = registry.get_sensor("record-retries") if registry is not None else None
+    if sensor is None:
+        log.warning("this kafka-python has no record-retries sensor; producer retries are not counted")
+        return
+    name = registry.metric_name("record-retry-total", "producer-metrics", "Retried record sends (total).")
+    sensor.add(name, _PrometheusTotal(counter))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ topic names, key prefixes and scoring weights. Nothing is read at import: call `
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -105,8 +105,25 @@ class Settings(BaseSettings):
     )
     worker_session_timeout_s: float = Field(6.0, description="Consumer session timeout (short suits Tansu).")
     worker_data_dir: str = Field(".streamrec/worker", description="Faust's data directory.")
+    worker_metrics_port: int = Field(
+        9101, description="Port of the worker's Prometheus /metrics (0: none; one port per worker process)."
+    )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address the worker's and producers' /metrics listen on (0.0.0.0 in containers).",
+    )
+    producer_metrics_port: int = Field(
+        0, description="Port of replay's and simulate's Prometheus /metrics (0: none)."
+    )
+    api_metrics_dir: str = Field(
+        "",
+        description="Directory gunicorn workers share metric files in (PROMETHEUS_MULTIPROC_DIR); empty: a fresh temporary one.",
+    )
 
     log_level: str = Field("INFO", description="Log level of every program.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text, or as one JSON object per line (with request and event ids)."
+    )
 
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
 

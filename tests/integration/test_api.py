@@ -160,7 +160,8 @@ def test_recommendations_envelope_and_enriched_items(api: Api, redis_client: red
     assert set(payload) == {"code", "msg", "data"}
     assert (payload["code"], payload["msg"]) == (0, "ok")
     data = payload["data"]
-    assert len(data["recommendation_id"]) == 32
+    strategy, _, token = data["recommendation_id"].partition(".")  # names its strategy, for attribution
+    assert strategy == data["strategy"] and len(token) == 32
     assert data["strategy"] == "personalized"
     assert "model_version" in data
     assert data["user_id"] == "me"

@@ -1,0 +1,300 @@
+"""Every Prometheus metric streamrec exports, in one module: names, help texts, labels and buckets.
+
+Names follow ``streamrec_<part>_<name>_<unit>`` (parts: ``api``, ``worker``, ``producer``; the trainer's
+go under ``streamrec_trainer_`` in the section left for them below). Every label takes values from a
+fixed set: the helpers here map anything else to ``other``, so no request or event can create series.
+
+Defining a metric does no I/O. prometheus-client chooses between in-process values and gunicorn's
+multiprocess files when it is first imported (it reads ``PROMETHEUS_MULTIPROC_DIR`` then), so the API
+server sets that variable before anything imports this module (``api/server.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from functools import cache
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+from streamrec.contract import EventType
+
+log = logging.getLogger(__name__)
+
+OTHER = "other"
+
+# What the recommender reports as an answer's strategy (``Answer.strategy``); an answer's
+# recommendation_id starts with it, so events that cite the id can be credited to the strategy.
+STRATEGIES = ("personalized", "item_to_item", "category_popular", "popular", "trending", "empty")
+EVENT_TYPES = tuple(t.value for t in EventType)
+# Actions on a recommended item that count for online quality: a click, a cart add, a conversion.
+ATTRIBUTED_TYPES = ("view", "add_to_cart", "purchase")
+TOPIC_KINDS = ("events", "items", OTHER)
+RECOMMENDATION_ENDPOINTS = ("recommendations", "similar", "popular", "trending")
+RETRY_OPERATIONS = ("apply_events", "upsert_items", "dead_letter")
+RECOMMENDATION_ID = re.compile(r"^([a-z_]{1,32})\.[0-9a-f]{8,64}$")
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000)
+LAG_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    3600.0,
+    86400.0,
+)
+
+
+def bounded(value: str | None, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``allowed``, else ``other``: label values never come from input."""
+    return value if value in allowed else OTHER
+
+
+def recommendation_id(strategy: str, token: str) -> str:
+    """The id of a recommendation answer: ``<strategy>.<hex>``, so later events can name the strategy."""
+    return f"{strategy}.{token}"
+
+
+def strategy_of(rec_id: str | None) -> str:
+    """The strategy a recommendation_id was served by; ``other`` for ids streamrec did not make."""
+    match = RECOMMENDATION_ID.match(rec_id or "")
+    return bounded(match.group(1) if match else None, STRATEGIES)
+
+
+# --- API (``streamrec api``; gunicorn workers share values through PROMETHEUS_MULTIPROC_DIR) ---------
+
+
+@dataclass(frozen=True)
+class ApiMetrics:
+    requests: Counter
+    request_duration: Histogram
+    recommendations: Counter
+    recommended_items: Counter
+    empty_answers: Counter
+    redis_duration: Histogram
+
+
+@cache
+def api() -> ApiMetrics:
+    """The API's metrics, created (at zero where labels are known) the first time a process asks."""
+    m = ApiMetrics(
+        requests=Counter(
+            "streamrec_api_requests_total",
+            "HTTP requests answered, by endpoint (the URL rule, not the path), method and status.",
+            ["endpoint", "method", "status"],
+        ),
+        request_duration=Histogram(
+            "streamrec_api_request_duration_seconds",
+            "Time from a request's arrival to its answer, by endpoint, method and status.",
+            ["endpoint", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+        ),
+        recommendations=Counter(
+            "streamrec_api_recommendations_total",
+            "Recommendation answers served (impressions), by endpoint and strategy ('empty': no items).",
+            ["endpoint", "strategy"],
+        ),
+        recommended_items=Counter(
+            "streamrec_api_recommended_items_total",
+            "Items shown in recommendation answers, by strategy.",
+            ["strategy"],
+        ),
+        empty_answers=Counter(
+            "streamrec_api_empty_answers_total",
+            "Recommendation answers with no items at all, by endpoint.",
+            ["endpoint"],
+        ),
+        redis_duration=Histogram(
+            "streamrec_api_redis_duration_seconds",
+            "Time of one state read (one pipelined Redis round trip), by reader operation.",
+            ["operation"],
+            buckets=REDIS_BUCKETS,
+        ),
+    )
+    for endpoint in RECOMMENDATION_ENDPOINTS:
+        m.empty_answers.labels(endpoint)
+    for strategy in STRATEGIES:
+        m.recommended_items.labels(strategy)
+    producer()
+    return m
+
+
+# --- Worker (``streamrec worker``; one process each, its own /metrics port) ---------------------------
+
+
+@dataclass(frozen=True)
+class WorkerMetrics:
+    events: Counter
+    dedupe_hits: Counter
+    catalog_records: Counter
+    dead_letters: Counter
+    batch_size: Histogram
+    batch_duration: Histogram
+    event_lag: Histogram
+    batch_lag: Gauge
+    retries: Counter
+    attributed: Counter
+
+
+@cache
+def worker() -> WorkerMetrics:
+    """The worker's metrics, every known label combination created at zero so that dashboards and
+    alerts see the series before the first event."""
+    m = WorkerMetrics(
+        events=Counter(
+            "streamrec_worker_events_total",
+            "Events taken off the events topic, by type and outcome (folded by the state script, or dead_letter).",
+            ["type", "outcome"],
+        ),
+        dedupe_hits=Counter(
+            "streamrec_worker_dedupe_hits_total",
+            "Folded events whose event_id had been applied before, so they changed nothing (redeliveries, replays).",
+        ),
+        catalog_records=Counter(
+            "streamrec_worker_catalog_records_total",
+            "Catalog records taken off the items topic, by outcome (upserted, stale: an older ts lost, dead_letter).",
+            ["outcome"],
+        ),
+        dead_letters=Counter(
+            "streamrec_worker_dead_letters_total",
+            "Records sent to the dead-letter topic, by source topic and cause (invalid, refused by the state script).",
+            ["topic", "cause"],
+        ),
+        batch_size=Histogram(
+            "streamrec_worker_batch_size_records",
+            "Records per batch the worker processed, by topic.",
+            ["topic"],
+            buckets=BATCH_SIZE_BUCKETS,
+        ),
+        batch_duration=Histogram(
+            "streamrec_worker_batch_duration_seconds",
+            "Time to process one batch (decode, dead letters, Redis), by topic.",
+            ["topic"],
+            buckets=LATENCY_BUCKETS,
+        ),
+        event_lag=Histogram(
+            "streamrec_worker_event_lag_seconds",
+            "Event-time lag of each folded event: the wall clock when folded minus the event's ts.",
+            buckets=LAG_BUCKETS,
+        ),
+        batch_lag=Gauge(
+            "streamrec_worker_batch_lag_seconds",
+            "Event-time lag of the newest event in the latest batch: how far behind now the worker is.",
+        ),
+        retries=Counter(
+            "streamrec_worker_retries_total",
+            "Retried writes (Redis while it is unreachable, dead-letter sends), by operation.",
+            ["operation"],
+        ),
+        attributed=Counter(
+            "streamrec_worker_attributed_events_total",
+            "Applied events that carry a recommendation_id, by the strategy that served it and event type "
+            "(view: a click; add_to_cart; purchase: a conversion).",
+            ["strategy", "type"],
+        ),
+    )
+    for event_type in (*EVENT_TYPES, OTHER):
+        for outcome in ("folded", "dead_letter"):
+            m.events.labels(event_type, outcome)
+    for outcome in ("upserted", "stale", "dead_letter"):
+        m.catalog_records.labels(outcome)
+    for topic in ("events", "items"):
+        m.batch_size.labels(topic)
+        m.batch_duration.labels(topic)
+        for cause in ("invalid", "refused"):
+            m.dead_letters.labels(topic, cause)
+    for operation in RETRY_OPERATIONS:
+        m.retries.labels(operation)
+    for strategy in (*STRATEGIES, OTHER):
+        for event_type in ATTRIBUTED_TYPES:
+            m.attributed.labels(strategy, event_type)
+    return m
+
+
+# --- Producers (EventPublisher: in the API, ``streamrec replay`` and ``streamrec simulate``) ----------
+
+
+@dataclass(frozen=True)
+class ProducerMetrics:
+    sent: Counter
+    failed: Counter
+    retried: Counter
+
+
+@cache
+def producer() -> ProducerMetrics:
+    """The publisher's metrics (every process that publishes: the API, replay, simulate)."""
+    m = ProducerMetrics(
+        sent=Counter(
+            "streamrec_producer_records_sent_total",
+            "Records Kafka acknowledged, by topic (events, items, other).",
+            ["topic"],
+        ),
+        failed=Counter(
+            "streamrec_producer_records_failed_total",
+            "Records Kafka never acknowledged (or that could not be queued), by topic.",
+            ["topic"],
+        ),
+        retried=Counter(
+            "streamrec_producer_records_retried_total",
+            "Record sends the Kafka client retried after a transient broker error.",
+        ),
+    )
+    for topic in TOPIC_KINDS:
+        m.sent.labels(topic)
+        m.failed.labels(topic)
+    return m
+
+
+# --- Trainer: issue 3 adds its streamrec_trainer_* metrics here (last run, duration, model version,
+# offline metrics), built the same way, so that this module stays the one owner of every metric. -------
+
+
+def multiprocess_dir() -> str | None:
+    """The directory gunicorn workers share metric files in, when the API runs under gunicorn."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def exposition() -> bytes:
+    """This process's metrics in the text format; under gunicorn, every worker's values combined."""
+    directory = multiprocess_dir()
+    if directory is None:
+        return generate_latest(REGISTRY)
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    return generate_latest(registry)
+
+
+def serve(host: str, port: int, what: str) -> None:
+    """Serve this process's /metrics on ``port`` from a background thread (0: not at all).
+
+    A busy port is logged, not fatal: folding events matters more than being scraped, and Prometheus
+    reports the target down, which alerts.
+    """
+    if not port:
+        return
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port, addr=host)
+    except OSError as exc:
+        log.error("the %s's /metrics could not listen on %s:%d: %s", what, host, port, exc)
+        return
+    log.info("%s metrics on http://%s:%d/metrics", what, host, port)
