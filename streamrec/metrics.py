@@ -128,6 +128,9 @@ def api() -> ApiMetrics:
     )
     for endpoint in RECOMMENDATION_ENDPOINTS:
         m.empty_answers.labels(endpoint)
+        for strategy in STRATEGIES:
+            # at zero from the start, so that rate() sees a strategy's first impression too
+            m.recommendations.labels(endpoint, strategy)
     for strategy in STRATEGIES:
         m.recommended_items.labels(strategy)
     producer()
