@@ -5,6 +5,7 @@
 
   const ROW_K = 8;
   const AFTER_EVENT_MS = 1500; // how long rows are refetched after an event, waiting for a change
+  const SETTLE_MS = 150; // a changed row is read once more after this long
   const POLL_MS = 4000; // background refresh, so other shoppers' actions show too
   const LS_SHOPPER = "streamrec.shopper";
   const params = new URLSearchParams(location.search);
@@ -134,7 +135,7 @@
     const cards = row.querySelector(".cards");
     cards.replaceChildren(
       ...data.items.map((item) => {
-        const href = `/shop/p/${encodeURIComponent(item.item_id)}?rid=${data.recommendation_id}`;
+        const href = `/shop/p/${encodeURIComponent(item.item_id)}?rid=${encodeURIComponent(data.recommendation_id)}`;
         return el(
           "article",
           { class: "card", "data-item-id": item.item_id, "data-title": item.title || item.item_id, "data-price": item.price ?? "" },
@@ -188,7 +189,12 @@
             if (mine === lastEvent && (await loadRow(row))) {
               pending.delete(row);
               row.dataset.changedAfter = type;
-              setMeta(row, `updated ${Math.round(performance.now() - started)} ms after your ${type}`);
+              const text = `updated ${Math.round(performance.now() - started)} ms after your ${type}`;
+              setMeta(row, text);
+              // one more read shortly after: an answer ranked while the event was half read
+              // (user state before it, search items after it) is replaced at once
+              await sleep(SETTLE_MS);
+              if (mine === lastEvent && (await loadRow(row))) setMeta(row, text);
             }
           }),
         );

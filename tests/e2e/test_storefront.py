@@ -155,10 +155,15 @@ def test_a_shopper_searches_opens_a_product_adds_it_to_the_cart_and_the_recommen
             with page.expect_navigation():
                 page.click("#grid .card[data-item-id=camera] a.card-link")
             assert page.text_content("h1") == "Mirrorless camera"
+            # wait for the settled answer: the recommender reads user state and search items in two round
+            # trips, so one answer may straddle the view (the page reads a changed row once more)
             viewed = _wait_row(
-                page, "recs", lambda r: r["strategy"] == "personalized", "the row to react to the view"
+                page,
+                "recs",
+                lambda r: r["strategy"] == "personalized" and r["items"][:2] == ["lens", "tripod"],
+                "the row to react to the view",
             )
-            assert viewed["items"][:2] == ["lens", "tripod"] and "camera" not in viewed["items"]
+            assert "camera" not in viewed["items"]
             assert viewed["reasons"][0] == "viewed together with Mirrorless camera"  # the page shows titles
             similar = _wait_row(page, "similar", lambda r: r["items"], "customers also viewed")
             assert similar["items"][:2] == ["lens", "tripod"]
