@@ -69,6 +69,22 @@ def worker() -> None:
 
 
 @app.command()
+def topics(
+    partitions: Annotated[
+        int | None, typer.Option(help="Partitions of the events topic (default: STREAMREC_PARTITIONS).")
+    ] = None,
+    replication_factor: Annotated[int, typer.Option(help="Replicas of each topic.")] = 1,
+) -> None:
+    """Create the events, items and dead-letter topics if they are missing (a deployment's first step)."""
+    from streamrec.topics import Topics, ensure_topics
+
+    settings = _settings()
+    names = Topics(settings.topic_prefix)
+    ensure_topics(settings.kafka_bootstrap, names, partitions or settings.partitions, replication_factor)
+    typer.echo(f"topics ready: {names.events}, {names.items}, {names.dlq}")
+
+
+@app.command()
 def api(
     port: Annotated[int | None, typer.Option(help="Port (default: STREAMREC_API_PORT).")] = None,
     workers: Annotated[
