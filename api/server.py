@@ -77,7 +77,12 @@ def serve(settings: Settings) -> None:
     path, made = metrics_dir(settings.api_metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""))
     try:
         GunicornServer(
-            settings, {"logconfig_dict": logs.gunicorn_logconfig(settings.log_level, settings.log_format)}
+            settings,
+            {
+                "logconfig_dict": logs.dict_config(
+                    settings.log_level, settings.log_format, own=("gunicorn.error", "gunicorn.access")
+                )
+            },
         ).run()
     finally:
         if made:

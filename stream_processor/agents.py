@@ -22,7 +22,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream_processor.fold import RawMessage, dead_letter, decode_batch
-from streamrec import metrics
+from streamrec import logs, metrics
 from streamrec.contract import Event, Rejection
 from streamrec.keys import Keys
 from streamrec.settings import Settings
@@ -250,5 +250,13 @@ def run(settings: Settings) -> None:
 
     app = create_app(settings)
     metrics.serve(settings.metrics_host, settings.worker_metrics_port, "worker")
-    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
+    worker = faust.Worker(
+        app,
+        loglevel=settings.log_level.lower(),
+        quiet=True,
+        # text keeps Faust's own format (its partition tables); json replaces it with ours
+        logging_config=logs.dict_config(settings.log_level, "json")
+        if settings.log_format == "json"
+        else None,
+    )
     worker.execute_from_commandline()

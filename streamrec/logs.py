@@ -95,8 +95,11 @@ def configure(level: str, fmt: str = "text") -> None:
     root.setLevel(level.upper())
 
 
-def gunicorn_logconfig(level: str, fmt: str) -> dict[str, Any]:
-    """A ``logconfig_dict`` for gunicorn, so its own lines use the same format as the app's."""
+def dict_config(level: str, fmt: str, own: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` for programs that configure logging themselves (gunicorn's
+    ``logconfig_dict``, Faust's ``logging_config``), so their lines come out in the same format.
+    Loggers in ``own`` get the handler directly (those programs stop them from propagating)."""
+    handler = {"level": level.upper(), "handlers": ["stderr"]}
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -110,9 +113,6 @@ def gunicorn_logconfig(level: str, fmt: str) -> dict[str, Any]:
                 "stream": "ext://sys.stderr",
             }
         },
-        "root": {"level": level.upper(), "handlers": ["stderr"]},
-        "loggers": {
-            "gunicorn.error": {"level": level.upper(), "handlers": ["stderr"], "propagate": False},
-            "gunicorn.access": {"level": level.upper(), "handlers": ["stderr"], "propagate": False},
-        },
+        "root": handler,
+        "loggers": {name: {**handler, "propagate": False} for name in own},
     }

@@ -297,6 +297,10 @@ def test_every_dashboard_panel_and_alert_expression_has_data(namespace: Namespac
         json.loads(line) for line in (ns.log_dir / "api.log").read_text().splitlines() if line.startswith("{")
     ]
     assert any(line.get("request_id") and line.get("endpoint") == "/v1/events" for line in lines)
+    worker_lines = [
+        json.loads(x) for x in (ns.log_dir / "worker.log").read_text().splitlines() if x.startswith("{")
+    ]
+    assert any(line.get("reason", "").startswith("not valid JSON") for line in worker_lines)
 
 
 def test_with_bool_keeps_label_matchers_and_strings() -> None:
