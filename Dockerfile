@@ -8,8 +8,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/streamrec
 WORKDIR /src
 COPY . .
-RUN /opt/streamrec/bin/pip install . \
-    && find /opt/streamrec -name '__pycache__' -prune -exec rm -rf {} +
+RUN /opt/streamrec/bin/pip install .
 
 # --- runtime: the virtualenv only, run as an unprivileged user ---------------------------------------
 FROM python:3.11-slim-bookworm AS runtime
@@ -20,7 +19,6 @@ RUN groupadd --system --gid 10001 streamrec \
 COPY --from=build /opt/streamrec /opt/streamrec
 ENV PATH=/opt/streamrec/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
     STREAMREC_API_HOST=0.0.0.0 \
     STREAMREC_METRICS_HOST=0.0.0.0 \
     STREAMREC_WORKER_DATA_DIR=/app/data/worker \
