@@ -192,6 +192,7 @@ def register(app: faust.App, settings: Settings) -> WorkerCounters:
             observe_events(m, folded, int(time.time() * 1000))
             for e in cited:
                 if e.event_id not in seen and e.event_id not in refused:
+                    seen.add(e.event_id)  # the same id twice in one batch is applied once
                     m.attributed.labels(metrics.strategy_of(e.recommendation_id), e.type.value).inc()
         counters.batches += 1
         m.batch_size.labels(topic).observe(len(raw))

@@ -91,6 +91,7 @@ def test_worker_counts_events_dedupe_dead_letters_lag_and_attribution(namespace:
     for row in cited[:3]:
         row["recommendation_id"] = rec["recommendation_id"]
     cited.append({**cited[0], "event_id": "c5", "recommendation_id": "made-up-id"})
+    cited.append(dict(cited[0]))  # the same event twice in one batch
     assert requests.post(f"{api}/v1/events", json=cited, timeout=10).status_code == 202
     # a redelivery of c1 (same event_id) and a malformed record straight onto the topic
     assert requests.post(f"{api}/v1/events", json=[cited[0]], timeout=10).status_code == 202
@@ -103,20 +104,20 @@ def test_worker_counts_events_dedupe_dead_letters_lag_and_attribution(namespace:
             value(now, "streamrec_worker_events_total", type=t, outcome="folded") for t in metrics.EVENT_TYPES
         )
         dead = value(now, "streamrec_worker_dead_letters_total", topic="events", cause="invalid")
-        return now if folded == 9 and dead == 1 else None
+        return now if folded == 10 and dead == 1 else None
 
-    after = wait_until(settled, 30, interval=0.2, what="9 folded events and 1 dead letter")
+    after = wait_until(settled, 30, interval=0.2, what="10 folded events and 1 dead letter")
     assert isinstance(after, dict)
-    assert value(after, "streamrec_worker_events_total", type="view", outcome="folded") == 7
+    assert value(after, "streamrec_worker_events_total", type="view", outcome="folded") == 8
     assert value(after, "streamrec_worker_events_total", type="view", outcome="dead_letter") == 1
-    assert value(after, "streamrec_worker_dedupe_hits_total") == 1
+    assert value(after, "streamrec_worker_dedupe_hits_total") == 2
     for event_type in ("view", "add_to_cart", "purchase"):
         # the redelivered view is not counted twice; the made-up id goes to 'other'
         assert (
             value(after, "streamrec_worker_attributed_events_total", strategy="popular", type=event_type) == 1
         )
     assert value(after, "streamrec_worker_attributed_events_total", strategy="other", type="view") == 1
-    assert value(after, "streamrec_worker_event_lag_seconds_count") == 9
+    assert value(after, "streamrec_worker_event_lag_seconds_count") == 10
     assert 0 <= value(after, "streamrec_worker_batch_lag_seconds") < 60
     assert value(after, "streamrec_worker_batch_size_records_count", topic="events") >= 1
     assert value(after, "streamrec_worker_batch_duration_seconds_count", topic="events") >= 1
