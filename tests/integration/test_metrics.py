@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -123,6 +125,12 @@ def test_worker_counts_events_dedupe_dead_letters_lag_and_attribution(namespace:
     assert value(after, "streamrec_worker_batch_duration_seconds_count", topic="events") >= 1
 
 
+def gunicorn_workers(arbiter: int) -> list[int]:
+    """The pids of the gunicorn workers the arbiter (``streamrec api``) has forked."""
+    path = Path(f"/proc/{arbiter}/task/{arbiter}/children")
+    return [int(pid) for pid in path.read_text().split()]
+
+
 def served_per_process(metrics_dir: Path, rule: str) -> list[float]:
     """Recommendation requests each gunicorn worker counted, read from its own multiprocess file."""
     counts = []
@@ -201,6 +209,20 @@ def test_api_metrics_combine_gunicorn_workers_and_label_by_url_rule(
     assert resp.headers["X-Request-ID"] == "req-42"
     log = (ns.log_dir / "api.log").read_text()
     assert "req-42" in log
+
+    # a gunicorn worker that ends (and is replaced) takes none of the counts with it
+    arbiter = ns.procs[-1].proc.pid
+    before = gunicorn_workers(arbiter)
+    assert len(before) == 2, before
+    os.kill(before[0], signal.SIGTERM)
+    wait_until(
+        lambda: len(now := gunicorn_workers(arbiter)) == 2 and before[0] not in now,
+        30,
+        interval=0.1,
+        what="gunicorn to replace the worker",
+    )
+    samples = scrape(f"{api}/metrics")
+    assert value(samples, "streamrec_api_requests_total", endpoint=rule, method="GET", status="200") == n
 
 
 def test_publisher_counts_sends_and_the_clients_retries(namespace: Namespace) -> None:
