@@ -70,6 +70,14 @@
     return e.type === "search" ? `search "${e.query}"` : `${e.type} ${e.item_id}`;
   }
 
+  /** JSON headers, with the publishable ("events" role) API key the server put in the page, if any. */
+  function writeHeaders() {
+    const key = document.querySelector('meta[name="streamrec-api-key"]');
+    const headers = { "Content-Type": "application/json" };
+    if (key && key.content) headers["X-API-Key"] = key.content;
+    return headers;
+  }
+
   /** Send events for the current shopper; after the 202, refetch the rows until they change. */
   async function send(events) {
     const started = performance.now();
@@ -85,7 +93,7 @@
     try {
       resp = await fetch("/v1/events", {
         method: "POST",
-        headers: { "Content-Type": "application/json" },
+        headers: writeHeaders(),
         body: JSON.stringify(body),
       });
     } catch (err) {

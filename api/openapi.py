@@ -1,0 +1,390 @@
+"""``GET /openapi.json`` (an OpenAPI 3.1 document of this API) and ``GET /docs`` (it, as one local page).
+
+The request bodies' schemas are generated from the contract's pydantic models, and each operation's
+summary is its view's docstring, so neither can drift from the code; a test checks that the documented
+paths and methods are exactly the app's URL rules (``documented_rules``). The docs page is rendered
+here, with no script and nothing loaded from outside this server.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify
+
+from streamrec.contract import CatalogItem, Event
+from streamrec.settings import Settings
+
+bp = Blueprint("docs", __name__)
+
+# endpoints that are not part of the JSON API: the storefront's HTML pages and its static files
+UNDOCUMENTED_PREFIXES = ("storefront.", "static")
+REF = "#/components/schemas/{model}"
+
+
+def _schemas() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for model in (Event, CatalogItem):
+        schema = model.model_json_schema(by_alias=True, ref_template=REF)
+        out.update(schema.pop("$defs", {}))
+        out[model.__name__] = schema
+    nullable_str = {"type": ["string", "null"]}
+    out.update(
+        {
+            "Error": {
+                "type": "object",
+                "required": ["code", "msg"],
+                "properties": {
+                    "code": {"type": "integer", "description": "stable error number (README: error codes)"},
+                    "msg": {"type": "string", "description": "what is wrong, for a person"},
+                    "details": {"description": "per-record or per-check details, or null"},
+                },
+            },
+            "RecommendedItem": {
+                "type": "object",
+                "required": ["item_id", "score", "in_stock"],
+                "properties": {
+                    "item_id": {"type": "string"},
+                    "score": {"type": "number"},
+                    "title": nullable_str,
+                    "price": {"type": ["number", "null"]},
+                    "image_url": nullable_str,
+                    "category": nullable_str,
+                    "in_stock": {"type": "boolean"},
+                    "reason": nullable_str,
+                    "source": nullable_str,
+                },
+            },
+            "Answer": {
+                "type": "object",
+                "required": ["recommendation_id", "strategy", "model_version", "items"],
+                "properties": {
+                    "recommendation_id": {"type": "string"},
+                    "strategy": {"type": "string"},
+                    "model_version": nullable_str,
+                    "user_id": {"type": "string"},
+                    "item_id": {"type": "string"},
+                    "category": nullable_str,
+                    "items": {"type": "array", "items": {"$ref": REF.format(model="RecommendedItem")}},
+                },
+            },
+            "Accepted": {
+                "type": "object",
+                "required": ["accepted"],
+                "properties": {
+                    "accepted": {"type": "integer", "minimum": 1},
+                    "event_ids": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            "Status": {
+                "type": "object",
+                "required": ["status"],
+                "properties": {"status": {"type": "string"}},
+            },
+        }
+    )
+    return out
+
+
+def _ok(schema: str, status: str = "200", what: str = "OK") -> dict[str, Any]:
+    body = {
+        "type": "object",
+        "required": ["code", "msg", "data"],
+        "properties": {
+            "code": {"const": 0},
+            "msg": {"const": "ok"},
+            "data": {"$ref": REF.format(model=schema)},
+        },
+    }
+    return {status: {"description": what, "content": {"application/json": {"schema": body}}}}
+
+
+ERRORS = {
+    "400": "bad JSON, wrong types, unknown fields or a bad query parameter",
+    "401": "no API key, or not a valid one (when keys are configured)",
+    "403": "the key's role may not do this",
+    "404": "no such path (an id holding '/', say)",
+    "413": "the body or the batch is too large",
+    "415": "the body is not application/json",
+    "429": "too many writes for this key; see Retry-After",
+    "503": "Redis or Kafka is unavailable; retry",
+}
+
+
+def _errors(*statuses: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for status in statuses:
+        out[status] = {
+            "description": ERRORS[status],
+            "content": {"application/json": {"schema": {"$ref": REF.format(model="Error")}}},
+        }
+        if status == "429":
+            out[status]["headers"] = {
+                "Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}
+            }
+    return out
+
+
+def _query(name: str, schema: dict[str, Any], what: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": what}
+
+
+def _path(name: str, what: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": what}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _write_security() -> list[dict[str, list[str]]]:
+    # keys are optional while none is configured (the local stack), hence the empty alternative
+    return [{"bearer": []}, {"apiKey": []}, {}]
+
+
+def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
+    """(Flask endpoint, method) -> the operation; the path comes from the app's own URL map."""
+    k = _query("k", {"type": "integer", "minimum": 1, "maximum": settings.max_k}, "how many items")
+    category = _query("category", {"type": "string", "maxLength": 128}, "only items of this category")
+    explain = _query("explain", {"type": "boolean"}, "add each item's reason and source")
+    reads = {**_errors("400", "503")}
+    event = {"$ref": REF.format(model="Event")}
+    item = {"$ref": REF.format(model="CatalogItem")}
+    events_body = {
+        "oneOf": [event, {"type": "array", "items": event, "minItems": 1, "maxItems": settings.max_batch}]
+    }
+    items_body = {"type": "array", "items": item, "minItems": 1, "maxItems": settings.max_batch}
+    write_errors = _errors("400", "401", "403", "413", "415", "429", "503")
+    admin_errors = _errors("400", "401", "403", "503")
+    version_body = {
+        "type": "object",
+        "required": ["version"],
+        "properties": {"version": {"type": "string", "minLength": 1, "maxLength": 128}},
+        "additionalProperties": False,
+    }
+    ops: dict[tuple[str, str], dict[str, Any]] = {
+        ("v1.recommendations", "get"): {
+            "parameters": [
+                _path("user_id", "the shopper"),
+                k,
+                category,
+                _query("exclude", {"type": "string"}, "item ids to leave out, comma-separated"),
+                explain,
+            ],
+            "responses": {**_ok("Answer"), **reads, **_errors("404")},
+        },
+        ("v1.similar", "get"): {
+            "parameters": [
+                _path("item_id", "the item"),
+                k,
+                _query("user_id", {"type": "string", "maxLength": 128}, "leave out what this user bought"),
+                explain,
+            ],
+            "responses": {**_ok("Answer"), **reads, **_errors("404")},
+        },
+        ("v1.popular", "get"): {
+            "parameters": [k, category, explain],
+            "responses": {**_ok("Answer"), **reads},
+        },
+        ("v1.trending", "get"): {
+            "parameters": [k, category, explain],
+            "responses": {**_ok("Answer"), **reads},
+        },
+        ("v1.post_events", "post"): {
+            "requestBody": _body(events_body),
+            "security": _write_security(),
+            "responses": {**_ok("Accepted", "202", "Kafka acknowledged every event"), **write_errors},
+        },
+        ("v1.put_item", "put"): {
+            "parameters": [_path("item_id", "the item")],
+            "requestBody": _body(item),
+            "security": _write_security(),
+            "responses": {
+                **_ok("Accepted", "202", "Kafka acknowledged the record"),
+                **write_errors,
+                **_errors("404"),
+            },
+        },
+        ("v1.post_items", "post"): {
+            "requestBody": _body(items_body),
+            "security": _write_security(),
+            "responses": {**_ok("Accepted", "202", "Kafka acknowledged every record"), **write_errors},
+        },
+        ("v1.healthz", "get"): {"responses": _ok("Status")},
+        ("v1.readyz", "get"): {"responses": {**_ok("Status"), **_errors("503")}},
+        ("v1.placeholder_image", "get"): {
+            "parameters": [_path("item_id", "the item")],
+            "responses": {
+                "200": {
+                    "description": "an SVG drawing",
+                    "content": {"image/svg+xml": {"schema": {"type": "string"}}},
+                },
+                **_errors("404"),
+            },
+        },
+        ("observability.metrics_endpoint", "get"): {
+            "responses": {
+                "200": {
+                    "description": "Prometheus text format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            }
+        },
+        ("docs.openapi_json", "get"): {
+            "responses": {
+                "200": {
+                    "description": "this document",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            }
+        },
+        ("docs.docs_page", "get"): {
+            "responses": {
+                "200": {
+                    "description": "this document as a page",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                }
+            }
+        },
+        ("admin.activate_model", "post"): {
+            "requestBody": _body(version_body),
+            "security": [{"bearer": []}, {"apiKey": []}],
+            "responses": {**_ok("Status"), **admin_errors, **_errors("404")},
+        },
+        ("admin.rollback_model", "post"): {
+            "security": [{"bearer": []}, {"apiKey": []}],
+            "responses": {**_ok("Status"), **admin_errors, **_errors("404")},
+        },
+    }
+    return ops
+
+
+def documented_rules(app: Flask) -> list[tuple[str, str, str]]:
+    """(OpenAPI path, method, endpoint) of every URL rule this document must describe."""
+    out = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint.startswith(UNDOCUMENTED_PREFIXES):
+            continue
+        path = rule.rule.replace("<", "{").replace(">", "}")
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            out.append((path, method.lower(), rule.endpoint))
+    return out
+
+
+def document(app: Flask, settings: Settings) -> dict[str, Any]:
+    """The OpenAPI document of ``app``: every documented rule, with its view's docstring as summary."""
+    ops = _operations(settings)
+    paths: dict[str, dict[str, Any]] = {}
+    for path, method, endpoint in documented_rules(app):
+        op = ops.get((endpoint, method))
+        if op is None:
+            continue  # the drift test names it
+        doc = (app.view_functions[endpoint].__doc__ or "").strip()
+        paths.setdefault(path, {})[method] = {
+            "operationId": endpoint.replace(".", "_"),
+            "summary": doc.splitlines()[0] if doc else endpoint,
+            "tags": [endpoint.split(".")[0]],
+            **({"security": []} if "security" not in op else {}),
+            **op,
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "streamrec",
+            "version": "1",
+            "description": "Real-time recommendations for online shops. Every answer is "
+            '{"code": 0, "msg": "ok", "data": ...}; every error {"code", "msg", "details"}.',
+        },
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+        },
+    }
+
+
+@bp.get("/openapi.json")
+def openapi_json():  # type: ignore[no-untyped-def]
+    """The OpenAPI 3.1 document of this API."""
+    return jsonify(current_app.extensions["streamrec.openapi"])
+
+
+@bp.get("/docs")
+def docs_page():  # type: ignore[no-untyped-def]
+    """The API documentation as one page, rendered here from the OpenAPI document."""
+    return Response(render(current_app.extensions["streamrec.openapi"]), mimetype="text/html")
+
+
+def _schema_text(schema: dict[str, Any]) -> str:
+    if "$ref" in schema:
+        return schema["$ref"].rsplit("/", 1)[-1]
+    for alternatives in ("oneOf", "anyOf"):
+        if alternatives in schema:
+            return " or ".join(_schema_text(s) for s in schema[alternatives])
+    if schema.get("type") == "array":
+        return f"array of {_schema_text(schema.get('items', {}))}"
+    kind = schema.get("type", "any")
+    return " | ".join(kind) if isinstance(kind, list) else str(kind)
+
+
+def render(doc: dict[str, Any]) -> str:
+    """A plain HTML page of the document: each operation with its parameters, body and answers."""
+    e = html.escape
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>streamrec API</title>",
+        "<style>body{font-family:sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
+        "code{background:#f3f3f3;padding:0 .2rem}section{border-top:1px solid #ddd;padding:.5rem 0}"
+        "table{border-collapse:collapse}td,th{padding:.1rem .6rem;text-align:left;vertical-align:top}</style>",
+        "</head><body>",
+        f"<h1>{e(doc['info']['title'])} API</h1><p>{e(doc['info']['description'])}</p>",
+        "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a> (OpenAPI 3.1).</p>",
+    ]
+    for path, methods in doc["paths"].items():
+        for method, op in methods.items():
+            parts.append(
+                f"<section id='{e(op['operationId'])}'><h2><code>{method.upper()} {e(path)}</code></h2>"
+            )
+            parts.append(f"<p>{e(op['summary'])}</p>")
+            if op.get("security"):
+                parts.append(
+                    "<p>Needs an API key (<code>Authorization: Bearer …</code> or <code>X-API-Key</code>).</p>"
+                )
+            params = op.get("parameters", [])
+            if params:
+                parts.append("<table><tr><th>parameter</th><th>in</th><th>type</th><th>meaning</th></tr>")
+                for p in params:
+                    parts.append(
+                        f"<tr><td><code>{e(p['name'])}</code></td><td>{e(p['in'])}</td>"
+                        f"<td>{e(_schema_text(p['schema']))}</td><td>{e(p.get('description', ''))}</td></tr>"
+                    )
+                parts.append("</table>")
+            if "requestBody" in op:
+                schema = next(iter(op["requestBody"]["content"].values()))["schema"]
+                parts.append(f"<p>Body: <code>{e(_schema_text(schema))}</code> (JSON)</p>")
+            answers = ", ".join(f"{s} {e(r['description'])}" for s, r in op["responses"].items())
+            parts.append(f"<p>Answers: {answers}</p></section>")
+    parts.append("<h2>Schemas</h2>")
+    for name, schema in doc["components"]["schemas"].items():
+        props = schema.get("properties", {})
+        if not props:
+            continue
+        required = set(schema.get("required", []))
+        rows = "".join(
+            f"<tr><td><code>{e(field)}</code>{' *' if field in required else ''}</td>"
+            f"<td>{e(_schema_text(s))}</td><td>{e(str(s.get('description', '')))}</td></tr>"
+            for field, s in props.items()
+        )
+        parts.append(f"<section id='schema-{e(name)}'><h3>{e(name)}</h3><table>{rows}</table></section>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    """Register the two routes; the document is built once, after every other blueprint is in."""
+    app.register_blueprint(bp)
+    app.extensions["streamrec.openapi"] = document(app, settings)
