@@ -7,13 +7,22 @@ person can read, which the worker sends to the dead-letter topic and the API ret
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 # Event times before 1995 or more than a day ahead are refused: they are almost always seconds sent
@@ -30,8 +39,27 @@ class EventType(StrEnum):
     PURCHASE = "purchase"
 
 
-Id64 = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
-Id128 = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _no_control_characters(value: str) -> str:
+    """Ids become Redis key names inside the state script, whose string formatting stops at a NUL:
+    "a\x00b" and "a\x00c" would share one key (and one dedupe claim), so control characters are refused."""
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters (such as NUL, tab or newline)")
+    return value
+
+
+Id64 = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64, strip_whitespace=True),
+    AfterValidator(_no_control_characters),
+]
+Id128 = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=128, strip_whitespace=True),
+    AfterValidator(_no_control_characters),
+]
 Query = Annotated[str, StringConstraints(min_length=1, max_length=512, strip_whitespace=True)]
 ShortText = Annotated[str, StringConstraints(max_length=128)]
 
@@ -86,7 +114,7 @@ class CatalogItem(BaseModel):
     item_id: Id128
     title: Annotated[str, StringConstraints(max_length=512)] = ""
     description: Annotated[str, StringConstraints(max_length=4096)] = ""
-    category: Annotated[str, StringConstraints(max_length=128)] = ""
+    category: Annotated[str, StringConstraints(max_length=128), AfterValidator(_no_control_characters)] = ""
     price: Annotated[float, Field(ge=0, le=1e12)] | None = None
     image_url: Annotated[str, StringConstraints(max_length=2048)] = ""
     in_stock: bool = True

@@ -1,0 +1,127 @@
+"""Hostile and unusual input against the real API under gunicorn, with a real worker behind it: odd ids
+travel all the way into Redis and back, bad bodies get a 4xx that says what is wrong, never a 5xx."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from urllib.parse import quote
+
+import pytest
+import requests
+
+from streamrec.topics import Topics, ensure_topics
+from tests.conftest import Namespace, wait_until
+
+pytestmark = [pytest.mark.broker, pytest.mark.redis]
+
+
+def _start(ns: Namespace, worker: bool = True) -> str:
+    ensure_topics(ns.settings.kafka_bootstrap, Topics(ns.settings.topic_prefix), 2)
+    if worker:
+        ns.start("worker", "worker")
+    ns.start("api", "api")
+    api = f"http://127.0.0.1:{ns.settings.api_port}"
+    wait_until(lambda: _status(f"{api}/readyz") == 200, 30, what="the API")
+    return api
+
+
+def _status(url: str) -> int:
+    try:
+        return requests.get(url, timeout=2).status_code
+    except requests.RequestException:
+        return 0
+
+
+def _post(api: str, body: bytes | str, ctype: str = "application/json") -> requests.Response:
+    data = body.encode() if isinstance(body, str) else body
+    return requests.post(f"{api}/v1/events", data=data, headers={"Content-Type": ctype}, timeout=30)
+
+
+def test_odd_ids_go_through_the_pipeline_and_back(namespace: Namespace) -> None:
+    api = _start(namespace)
+    tag = uuid.uuid4().hex[:6]
+    user = f"ユーザー😀|{tag}:%s%%"  # wide, astral, and characters the state script and keys treat specially
+    items = [f"商品-{tag}-1", f"item|{tag}|2", "x" * 128, f"é{tag}/3"]
+    ts = int(time.time() * 1000) - 60_000
+    events = [
+        {"event_id": f"{tag}-{n}-ü", "type": "view", "user_id": user, "item_id": item, "ts": ts + n}
+        for n, item in enumerate(items)
+    ]
+    other = f"{tag}-other"
+    events += [
+        {"event_id": f"{tag}-o{n}", "type": "view", "user_id": other, "item_id": item, "ts": ts + 10 + n}
+        for n, item in enumerate(items[:2])
+    ]
+    assert requests.post(f"{api}/v1/events", json=events, timeout=30).status_code == 202
+    # the other shopper viewed items 1 and 2; the odd user viewed all four, so ranks from what they saw
+    url = f"{api}/v1/items/{quote(items[0], safe='')}/similar"
+    similar = wait_until(
+        lambda: (r := requests.get(url, params={"k": 5}, timeout=10).json()["data"])["items"] and r,
+        30,
+        what="the odd ids folded",
+    )
+    assert {i["item_id"] for i in similar["items"]} >= {items[1]}
+    assert similar["item_id"] == items[0]
+    answer = requests.get(
+        f"{api}/v1/users/{quote(user, safe='')}/recommendations", params={"explain": "true"}, timeout=10
+    )
+    assert answer.status_code == 200 and answer.json()["data"]["user_id"] == user
+    history = namespace.redis.lrange(namespace.keys.history(user), 0, -1)
+    assert len(history) == len(items)  # one key per odd user, every view in it
+    # ids one character too long are refused naming the field; a 10,000-character path id is just unknown
+    too_long = dict(events[0], event_id=uuid.uuid4().hex, item_id="y" * 129)
+    refused = requests.post(f"{api}/v1/events", json=too_long, timeout=10)
+    assert refused.status_code == 400 and "item_id" in refused.json()["msg"]
+    long_path = requests.get(f"{api}/v1/users/{'z' * 3000}/recommendations", timeout=10)
+    assert long_path.status_code == 200 and long_path.json()["data"]["strategy"] in {"popular", "empty"}
+
+
+BAD_BODIES = (
+    (
+        '{"event_id": "a", "type": "view", "user_id": "u", "item_id": "i", "ts": "1700000000000"}',
+        400,
+        "ts",
+    ),
+    ('{"event_id": "a", "type": "view", "user_id": "u", "item_id": "i", "price": "free"}', 400, "price"),
+    (
+        '{"event_id": "a", "type": "view", "user_id": "u", "item_id": "i", "colour": "red"}',
+        400,
+        "colour: is not a field",
+    ),
+    (
+        '{"event_id": "a\\u0000b", "type": "view", "user_id": "u", "item_id": "i"}',
+        400,
+        "control characters",
+    ),
+    ('{"event_id": "a", "type": "view", "user_id": 7, "item_id": "i"}', 400, "user_id"),
+    (
+        '{"event_id": "a", "type": "view", "user_id": "u", "item_id": "i", "price": NaN}',
+        400,
+        "not valid JSON",
+    ),
+    ("[" * 100_000 + "]" * 100_000, 400, "not valid JSON"),
+    ("\udcff".encode("utf-8", "surrogatepass"), 400, "not valid JSON"),
+    ('"just a string"', 400, "expected a JSON object"),
+    ("[1, null, {}]", 400, "3 of 3 events invalid"),
+)
+
+
+def test_bad_bodies_get_a_400_that_names_the_problem(namespace: Namespace) -> None:
+    api = _start(namespace, worker=False)
+    for body, status, says in BAD_BODIES:
+        resp = _post(api, body)
+        assert resp.status_code == status, (body[:80], resp.text)
+        assert says in resp.json()["msg"], (body[:80], resp.json())
+
+
+def test_oversized_and_mistyped_bodies_at_the_real_server(namespace: Namespace) -> None:
+    api = _start(namespace, worker=False)
+    huge = _post(api, b'{"pad": "' + b"x" * (5 * 1024 * 1024) + b'"}')
+    assert huge.status_code == 413 and huge.json()["code"] == 1413
+    form = _post(api, "event_id=a", "application/x-www-form-urlencoded")
+    assert form.status_code == 415 and "application/json" in form.json()["msg"]
+    batch = [{"event_id": f"b{n}", "type": "view", "user_id": "u", "item_id": "i"} for n in range(1001)]
+    too_many = requests.post(f"{api}/v1/events", json=batch, timeout=30)
+    assert too_many.status_code == 413 and "at most 1000" in too_many.json()["msg"]
+    assert _status(f"{api}/healthz") == 200  # and the server is still there
