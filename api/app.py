@@ -12,6 +12,7 @@ from flask import Flask
 
 from streamrec.contract import CatalogItem, Event
 from streamrec.keys import Keys
+from streamrec.modelstore import ModelStore
 from streamrec.recommend import Recommender
 from streamrec.settings import Settings
 from streamrec.state import StateReader
@@ -80,7 +81,10 @@ def create_app(
     )
     reader = observability.TimedReader(StateReader(client, Keys(settings.redis_prefix), settings.scoring))
     app.extensions["streamrec"] = Services(
-        settings, client, Recommender(reader, settings.scoring), publisher_factory or kafka_publisher
+        settings,
+        client,
+        Recommender(reader, settings.scoring, ModelStore(client, Keys(settings.redis_prefix))),
+        publisher_factory or kafka_publisher,
     )
     errors.init_app(app)
     observability.init_app(app)

@@ -6,7 +6,8 @@ subcommand), so the programs never import each other.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -16,6 +17,9 @@ import typer
 from streamrec.settings import Settings
 
 if TYPE_CHECKING:
+    import redis
+
+    from streamrec.keys import Keys
     from streamrec.publisher import EventPublisher
 
 app = typer.Typer(
@@ -168,6 +172,249 @@ def up(
     from streamrec.stack import run_stack
 
     raise typer.Exit(run_stack(_settings(), dataset, limit, workers, data_dir, exit_after_demo))
+
+
+@contextmanager
+def _eval_redis(url: str | None) -> Iterator[tuple[redis.Redis, Keys]]:
+    """An empty keyspace: a throwaway local redis-server, or a fresh prefix on ``url`` (deleted after)."""
+    import tempfile
+    import uuid
+
+    import redis as redis_lib
+
+    from streamrec.keys import Keys
+    from streamrec.localstack import LOOPBACK, free_port, start_redis
+
+    if url:
+        client = redis_lib.Redis.from_url(url)
+        keys = Keys(f"eval-{uuid.uuid4().hex[:8]}")
+        try:
+            yield client, keys
+        finally:
+            for batch in _chunks(client.scan_iter(keys.pattern(), count=1000), 1000):
+                client.delete(*batch)
+        return
+    with tempfile.TemporaryDirectory(prefix="streamrec-eval-") as tmp:
+        port = free_port()
+        server = start_redis(port, Path(tmp), appendonly=False)
+        try:
+            yield redis_lib.Redis(host=LOOPBACK, port=port), Keys("sr")
+        finally:
+            server.stop()
+
+
+def _chunks(iterable, size: int):  # type: ignore[no-untyped-def]
+    batch = []
+    for x in iterable:
+        batch.append(x)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@app.command("eval")
+def evaluate(
+    dataset: Annotated[Path, typer.Option(help="The interaction file (or, for 'multi', its folder).")],
+    format: Annotated[
+        str, typer.Option("--format", help="seq | movielens | session | multi (see 'streamrec eval --help').")
+    ],
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")
+    ] = None,
+    models: Annotated[
+        str,
+        typer.Option(help="Comma-separated: streamrec, streamrec-live, popularity, bm25, cosine, als, ease."),
+    ] = ",".join(("streamrec", "streamrec-live", "popularity", "bm25", "cosine", "als", "ease")),
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Use this Redis (a fresh key prefix, deleted after) instead of a throwaway local one."
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Offline evaluation: hold out each user's last action, rank every item, report HR@10, NDCG@10, coverage.
+
+    Formats: seq = 'user item1 item2 ...' per line in time order; movielens = a RecBole .inter file;
+    session = TSV 'SessionId ItemId Time' with a header; multi = a Beibei-style folder with train.txt
+    (purchases), cart.txt (cart adds) and test.txt (held-out purchases).
+    """
+    import json
+
+    from trainer import evaluate as offline
+    from trainer.ranking_metrics import table
+    from trainer.splits import load_split
+
+    settings = _settings()
+    try:
+        split = load_split(dataset, format)
+        wanted = [m.strip() for m in models.split(",") if m.strip()]
+        unknown = set(wanted) - set(offline.MODELS)
+        if unknown:
+            raise ValueError(
+                f"unknown model(s) {', '.join(sorted(unknown))}: use {', '.join(offline.MODELS)}"
+            )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"{split.name}: {split.n_events:,} events, {len(split.train):,} users, {len(split.items):,} items, "
+        f"{len(split.targets):,} held out"
+    )
+    started = time.perf_counter()
+    with _eval_redis(redis_url) as (client, keys):
+        results = offline.run(split, client, keys, settings.scoring, wanted, say=typer.echo, bar=progress)
+    typer.echo("\n" + table(results))
+    typer.echo(f"\ntotal {time.perf_counter() - started:.1f}s")
+    if json_out:
+        json_out.write_text(
+            json.dumps({"dataset": str(dataset), "results": [r.as_dict() for r in results]}, indent=2) + "\n"
+        )
+
+
+@app.command()
+def tune(
+    dataset: Annotated[Path, typer.Option(help="The interaction file (or, for 'multi', its folder).")],
+    format: Annotated[str, typer.Option("--format", help="seq | movielens | session | multi.")],
+    redis_url: Annotated[
+        str | None, typer.Option(help="Use this Redis (fresh key prefixes) instead of a throwaway local one.")
+    ] = None,
+) -> None:
+    """Tune the streaming model's settings on a validation split carved from the training data."""
+    from trainer.splits import load_split
+    from trainer.tune import tune as run_tune
+
+    settings = _settings()
+    try:
+        split = load_split(dataset, format)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    rows = run_tune(split, settings.scoring, lambda: _eval_redis(redis_url), say=typer.echo)
+    best, result = rows[0]
+    typer.echo(f"best: {best} (validation HR@10 {result.hr_at_10:.4f}, NDCG@10 {result.ndcg_at_10:.4f})")
+
+
+@app.command()
+def train(
+    dataset: Annotated[
+        Path | None,
+        typer.Option(help="Train from this file instead of the event log (see 'streamrec eval')."),
+    ] = None,
+    format: Annotated[str, typer.Option("--format", help="The dataset's format, with --dataset.")] = "seq",
+    activate: Annotated[bool, typer.Option(help="Switch the API to the new model at once.")] = True,
+) -> None:
+    """Build a batch model from the event log (Kafka, from the beginning) or a dataset, and publish it to Redis."""
+    import redis as redis_lib
+
+    from streamrec.keys import Keys
+    from streamrec.modelstore import ModelStore
+    from streamrec.topics import Topics
+    from trainer import eventlog
+    from trainer.splits import leave_last_out, load_split
+    from trainer.train import train_and_publish
+
+    settings = _settings()
+    try:
+        if dataset is not None:
+            split = load_split(dataset, format)
+        else:
+            topic = Topics(settings.topic_prefix).events
+            with tqdm_bar("read event log", "ev") as bar:
+                users, rejected = eventlog.read_actions(settings.kafka_bootstrap, topic, on_batch=bar)
+            typer.echo(
+                f"read {sum(len(a) for a in users.values()):,} events from {topic} ({rejected} invalid skipped)"
+            )
+            split = leave_last_out(topic, users.items())
+        if not split.targets:
+            raise ValueError("no user has two or more actions yet: nothing to choose a model on")
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    store = ModelStore(redis_lib.Redis.from_url(settings.redis_url), Keys(settings.redis_prefix))
+    report = train_and_publish(split, store, settings.scoring, activate=activate, progress=typer.echo)
+    state = "active" if report.activated else "published (not active)"
+    typer.echo(
+        f"model {report.version} {state}: {report.config.name}, held-out HR@10 {report.test.hr_at_10:.4f} "
+        f"NDCG@10 {report.test.ndcg_at_10:.4f}, trained on {report.events:,} events"
+    )
+
+
+@contextmanager
+def tqdm_bar(desc: str, unit: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar fed with running totals."""
+    from tqdm import tqdm
+
+    with tqdm(desc=desc, unit=unit) as bar:
+
+        def update(total: int) -> None:
+            bar.update(total - bar.n)
+
+        yield update
+
+
+model_app = typer.Typer(
+    help="List, switch and roll back the batch models the API blends in.", no_args_is_help=True
+)
+app.add_typer(model_app, name="model")
+
+
+def _store():  # type: ignore[no-untyped-def]
+    import redis as redis_lib
+
+    from streamrec.keys import Keys
+    from streamrec.modelstore import ModelStore
+
+    settings = _settings()
+    return ModelStore(redis_lib.Redis.from_url(settings.redis_url), Keys(settings.redis_prefix))
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """Published model versions, newest first; '*' marks the active one."""
+    for info in _store().versions():
+        test = info.meta.get("test", {})
+        typer.echo(
+            f"{'*' if info.active else ' '} {info.version}  {info.meta.get('family')} {info.meta.get('params')}"
+            f"  test HR@10 {test.get('hr_at_10', float('nan')):.4f}  items {info.meta.get('items')}"
+        )
+
+
+@model_app.command("activate")
+def model_activate(
+    version: Annotated[str, typer.Argument(help="A version from 'streamrec model list'.")],
+) -> None:
+    """Switch the API to a published version (atomic)."""
+    from streamrec.modelstore import ModelError
+
+    try:
+        _store().activate(version)
+    except ModelError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"active model: {version}")
+
+
+@model_app.command("rollback")
+def model_rollback() -> None:
+    """Switch back to the version that was active before the current one."""
+    from streamrec.modelstore import ModelError
+
+    try:
+        version = _store().rollback()
+    except ModelError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"active model: {version}")
+
+
+@model_app.command("off")
+def model_off() -> None:
+    """Serve from the live state alone until a model is activated again."""
+    _store().deactivate()
+    typer.echo("no active model: answers come from the live state alone")
 
 
 @app.command("settings")

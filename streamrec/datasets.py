@@ -149,7 +149,7 @@ def dataset_events(
     base = now_ms() if base_ts_ms is None else base_ts_ms
     loaded = _LOADERS[name](directory)
     users = _take_users(loaded.users, limit)
-    timed = _shift_to(users, base) if loaded.real_times else _schedule(users, base)
+    timed = _shift_to(users, base) if loaded.real_times else schedule(users, base)
     item_ids = dict.fromkeys(item for _, actions in timed for _, item, _ in actions)
     catalog = loaded.describe(item_ids, base)
     return catalog, _merge_events(name, timed, loaded.sessions)
@@ -194,7 +194,7 @@ def _shift_to(users: list[UserLog], base_ts_ms: int) -> list[UserLog]:
     return [(user, [(t, item, ts + shift) for t, item, ts in actions]) for user, actions in users]
 
 
-def _schedule(users: list[UserLog], base_ts_ms: int) -> list[UserLog]:
+def schedule(users: list[UserLog], base_ts_ms: int) -> list[UserLog]:
     """Synthetic times: each user's actions a minute apart, users' starts spread over a window ending at base.
 
     Users start in dataset order, the last one finishing exactly at ``base_ts_ms``, so replay interleaves

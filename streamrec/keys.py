@@ -36,6 +36,12 @@ def _templates(p: str) -> dict[str, str]:
         "dedupe": f"{p}:e:%s",  # STRING, one per applied event_id, expires
         "clock": f"{p}:clock",  # STRING: newest event time folded in (epoch ms): the state's "now"
         "stats": f"{p}:stats",  # HASH of counters: applied:<type>, items
+        # batch models published by the trainer (see modelstore.py)
+        "model_active": f"{p}:model:active",  # STRING: the version the API blends in
+        "model_versions": f"{p}:model:versions",  # ZSET version -> publish time (ms)
+        "model_log": f"{p}:model:log",  # LIST of activated versions, newest first (for rollback)
+        "model_meta": f"{p}:model:%s:meta",  # HASH: family, params, figures, sizes
+        "model_neighbours": f"{p}:model:%s:nb",  # HASH item -> JSON [[neighbour ids], [weights]]
     }
 
 
@@ -95,6 +101,21 @@ class Keys:
 
     def stats(self) -> str:
         return self._k("stats")
+
+    def model_active(self) -> str:
+        return self._k("model_active")
+
+    def model_versions(self) -> str:
+        return self._k("model_versions")
+
+    def model_log(self) -> str:
+        return self._k("model_log")
+
+    def model_meta(self, version: str) -> str:
+        return self._k("model_meta", version)
+
+    def model_neighbours(self, version: str) -> str:
+        return self._k("model_neighbours", version)
 
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this deployment."""

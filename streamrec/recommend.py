@@ -10,8 +10,10 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from streamrec.modelstore import ModelStore
 from streamrec.scoring import (
     Candidate,
+    blend,
     history_seeds,
     normalised_neighbours,
     rank,
@@ -52,9 +54,18 @@ def _usable(record: dict[str, str] | None, category: str | None) -> bool:
 class Recommender:
     """Ranks from one state reader with one set of scoring settings."""
 
-    def __init__(self, reader: StateReader, scoring: ScoringSettings) -> None:
+    def __init__(
+        self, reader: StateReader, scoring: ScoringSettings, models: ModelStore | None = None
+    ) -> None:
         self.reader = reader
         self.scoring = scoring
+        self.models = models
+
+    def _batch(self, seeds: Sequence[str]) -> tuple[str | None, dict[str, dict[str, float]]]:
+        """The active batch model's neighbours of ``seeds``, unless blending is off or there is no model."""
+        if self.models is None or self.scoring.model_blend <= 0 or not seeds:
+            return None, {}
+        return self.models.neighbours(seeds)
 
     def now(self) -> int:
         """The state's clock (event time), or the wall clock before any event."""
@@ -77,6 +88,7 @@ class Recommender:
         fallback_from: Sequence[str],
         now: int,
         personal: str = "personalized",
+        model_version: str | None = None,
     ) -> Answer:
         """Filter by stock and category, then fill up from category popularity and overall popularity.
 
@@ -112,10 +124,13 @@ class Recommender:
                     picked.append(Ranked(item, score, reason, source))
                     taken.add(item)
         strategy = picked[0].source if picked else "empty"
-        if strategy in {"item_to_item", "search"}:
+        if strategy in {"item_to_item", "search", "model"}:
             strategy = personal
         return Answer(
-            strategy, picked, {i.item_id: catalog[i.item_id] for i in picked if i.item_id in catalog}
+            strategy,
+            picked,
+            {i.item_id: catalog[i.item_id] for i in picked if i.item_id in catalog},
+            model_version,
         )
 
     def for_user(
@@ -135,13 +150,19 @@ class Recommender:
         term_items = self.reader.term_items(terms, TERM_ITEMS_READ)
         neighbours = self._normalised(list(seeds))
         candidates = score_personal(seeds, seed_types, neighbours, term_items, s.search_blend)
+        version, batch = self._batch(list(seeds))
+        if batch:
+            from_model = score_personal(seeds, seed_types, batch, {}, 0.0)
+            candidates = blend(candidates, from_model, s.model_blend)
         excluded = set(exclude) | user.bought
         if s.exclude_seen:
             excluded |= {e.item_id for e in user.history} | set(user.preferences)
         ranked = rank(candidates.values(), k * 3 + 20, excluded)
         # categories of what the user did and searched, for the fallback
         basis = list(seeds)[:10] + [i for items in term_items.values() for i in list(items)[:5]]
-        return self._finish(ranked, k, category, excluded, basis, now)
+        return self._finish(
+            ranked, k, category, excluded, basis, now, model_version=version if batch else None
+        )
 
     def similar(self, item_id: str, k: int, user_id: str | None = None) -> Answer:
         """Items that shoppers acted on together with ``item_id``, popularity-normalised."""
@@ -150,12 +171,21 @@ class Recommender:
         excluded = {item_id}
         if user_id:
             excluded |= self.reader.user(user_id, now).bought
-        candidates = [
-            Candidate(item, score, "customers also viewed", "item_to_item")
+        candidates = {
+            item: Candidate(item, score, "customers also viewed", "item_to_item")
             for item, score in neighbours.items()
-        ]
-        ranked = rank(candidates, k * 3 + 20, excluded)
-        return self._finish(ranked, k, None, excluded, [item_id], now, personal="item_to_item")
+        }
+        version, batch = self._batch([item_id])
+        if batch:
+            from_model = {
+                item: Candidate(item, w, "customers also bought", "model")
+                for item, w in batch.get(item_id, {}).items()
+            }
+            candidates = blend(candidates, from_model, self.scoring.model_blend)
+        ranked = rank(candidates.values(), k * 3 + 20, excluded)
+        return self._finish(
+            ranked, k, None, excluded, [item_id], now, "item_to_item", version if batch else None
+        )
 
     def popular(self, k: int, category: str | None = None) -> Answer:
         """The most popular items (time-decayed), overall or in one category."""

@@ -166,6 +166,29 @@ def score_personal(
     return out
 
 
+def blend(
+    live: Mapping[str, Candidate], batch: Mapping[str, Candidate], weight: float
+) -> dict[str, Candidate]:
+    """Mix live-state and batch-model candidates: each side scaled to a top score of one, then weighted.
+
+    ``weight`` is the batch model's share (0 = live state alone, 1 = batch model alone). Each item keeps
+    the reason of whichever side contributed more.
+    """
+    live_top = max((c.score for c in live.values()), default=0.0) or 1.0
+    batch_top = max((c.score for c in batch.values()), default=0.0) or 1.0
+    out: dict[str, Candidate] = {}
+    for item in dict.fromkeys([*live, *batch]):
+        cand = Candidate(item)
+        if item in live and weight < 1:
+            c = live[item]
+            cand.add((1.0 - weight) * c.score / live_top, c.reason, c.source)
+        if item in batch and weight > 0:
+            c = batch[item]
+            cand.add(weight * c.score / batch_top, c.reason, "model")
+        out[item] = cand
+    return out
+
+
 def rank(
     candidates: Iterable[Candidate], k: int, exclude: set[str], allowed: set[str] | None = None
 ) -> list[Candidate]:

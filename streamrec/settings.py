@@ -61,6 +61,12 @@ class ScoringSettings(BaseSettings):
     history_used: int = Field(10, description="Recent history items that seed personal recommendations.")
     history_position_decay: float = Field(0.85, description="Seed weight falls by this factor per step back.")
     search_blend: float = Field(0.5, description="Weight of search-term candidates in personal scores.")
+    model_blend: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Share of the active batch model in personal and similar-item scores (0 = live state only).",
+    )
     exclude_seen: bool = Field(
         True, description="Leave items the user already interacted with out of answers."
     )

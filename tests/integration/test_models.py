@@ -1,0 +1,107 @@
+"""Batch models in a real Redis: publish, atomic switch, rollback, and the API blending them in."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import orjson
+import pytest
+import redis
+
+from api.app import create_app
+from streamrec.contract import Event, EventType, now_ms
+from streamrec.keys import Keys
+from streamrec.localstack import ManagedProcess
+from streamrec.modelstore import KEEP_VERSIONS, ModelError, ModelStore
+from streamrec.settings import ScoringSettings, Settings
+from streamrec.state import StateWriter
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def keys(redis_client: redis.Redis) -> Iterator[Keys]:
+    k = Keys(f"t{uuid.uuid4().hex[:8]}")
+    yield k
+    for key in redis_client.scan_iter(match=k.pattern(), count=1000):
+        redis_client.delete(key)
+
+
+def publish(store: ModelStore, version: str, table: dict[str, dict[str, float]]) -> None:
+    rows = {item: (list(nbrs), list(nbrs.values())) for item, nbrs in table.items()}
+    store.publish(version, rows, {"family": "ease", "params": {"lambda": 50}})
+
+
+def test_publish_activate_and_rollback(redis_client: redis.Redis, keys: Keys) -> None:
+    store = ModelStore(redis_client, keys)
+    publish(store, "v1", {"a": {"b": 2.0, "c": 1.0}})
+    assert store.active() is None and store.neighbours(["a"]) == (None, {})  # published is not yet served
+    store.activate("v1")
+    assert store.neighbours(["a", "zz"]) == ("v1", {"a": {"b": 2.0, "c": 1.0}})
+    publish(store, "v2", {"a": {"d": 1.0}})
+    store.activate("v2")
+    assert store.neighbours(["a"]) == ("v2", {"a": {"d": 1.0}})
+    assert store.rollback() == "v1"
+    assert store.neighbours(["a"])[0] == "v1"
+    with pytest.raises(ModelError, match="no earlier model version"):
+        store.rollback()
+    infos = store.versions()
+    assert [i.version for i in infos] == ["v2", "v1"] and [i.active for i in infos] == [False, True]
+    assert infos[0].meta == {"family": "ease", "params": {"lambda": 50}, "items": 1}
+    with pytest.raises(ModelError, match="no published model version 'nope'"):
+        store.activate("nope")
+    with pytest.raises(ModelError, match="already exists"):
+        publish(store, "v1", {})
+    store.deactivate()
+    assert store.neighbours(["a"]) == (None, {})
+
+
+def test_old_versions_are_pruned_but_never_the_active_one(redis_client: redis.Redis, keys: Keys) -> None:
+    store = ModelStore(redis_client, keys)
+    publish(store, "v00", {"a": {"b": 1.0}})
+    store.activate("v00")
+    for n in range(1, KEEP_VERSIONS + 3):
+        publish(store, f"v{n:02d}", {"a": {"b": 1.0}})
+    versions = [i.version for i in store.versions()]
+    assert "v00" in versions and store.active() == "v00"
+    assert "v01" not in versions and len(versions) == KEEP_VERSIONS + 1
+    assert not redis_client.exists(keys.model_neighbours("v01"), keys.model_meta("v01"))
+
+
+def test_the_api_blends_the_active_model_and_reports_its_version(
+    redis_server: ManagedProcess, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """Live state says a -> b; the batch model says a -> m. The blend weight decides, the answer names the model."""
+    t = now_ms() - 60_000
+    writer = StateWriter(redis_client, keys, ScoringSettings())
+    writer.apply(
+        [
+            Event(event_id=f"{keys.prefix}-{n}", type=EventType.VIEW, user_id=u, item_id=i, ts=t + n)
+            for n, (u, i) in enumerate([("s1", "a"), ("s1", "b"), ("me", "a")])
+        ]
+    )
+    store = ModelStore(redis_client, keys)
+    publish(store, "v7", {"a": {"m": 3.0, "b": 0.5}})
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+
+    def answer(blend: float, path: str) -> dict:
+        settings = Settings(
+            redis_prefix=keys.prefix, redis_url=url, scoring=ScoringSettings(model_blend=blend)
+        )
+        resp = create_app(settings).test_client().get(path)
+        assert resp.status_code == 200, resp.data
+        return orjson.loads(resp.data)["data"]
+
+    live = answer(0.5, "/v1/users/me/recommendations?k=2&explain=true")
+    assert live["model_version"] is None and live["items"][0]["item_id"] == "b"  # no active model yet
+    store.activate("v7")
+    blended = answer(0.7, "/v1/users/me/recommendations?k=2&explain=true")
+    assert blended["model_version"] == "v7"
+    assert [r["item_id"] for r in blended["items"]] == ["m", "b"]
+    assert blended["items"][0]["source"] == "model" and blended["strategy"] == "personalized"
+    assert answer(0.0, "/v1/users/me/recommendations?k=1")["model_version"] is None
+    similar = answer(0.7, "/v1/items/a/similar?k=2")
+    assert similar["model_version"] == "v7" and similar["items"][0]["item_id"] == "m"
+    store.deactivate()
+    assert answer(0.7, "/v1/users/me/recommendations?k=2")["model_version"] is None
