@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any
 
-from flask import Blueprint, Flask, Response, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 
 from streamrec import logs, metrics
 
@@ -27,7 +27,9 @@ UNMATCHED = "unmatched"
 @bp.get("/metrics")
 def metrics_endpoint():  # type: ignore[no-untyped-def]
     """Prometheus metrics of every gunicorn worker of this API, combined."""
-    return Response(metrics.exposition(), mimetype="text/plain; version=0.0.4; charset=utf-8")
+    store = current_app.extensions["streamrec"].recommender.models
+    extra = [metrics.TrainerCollector(store.versions)] if store is not None else []
+    return Response(metrics.exposition(*extra), mimetype="text/plain; version=0.0.4; charset=utf-8")
 
 
 def _request_id() -> str:

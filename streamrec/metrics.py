@@ -16,6 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
@@ -264,8 +265,58 @@ def producer() -> ProducerMetrics:
     return m
 
 
-# --- Trainer: issue 3 adds its streamrec_trainer_* metrics here (last run, duration, model version,
-# offline metrics), built the same way, so that this module stays the one owner of every metric. -------
+# --- Trainer (a batch job: its figures live with the model it published in Redis, and the API exports
+# them on every scrape, so they survive the job and need no push gateway) ---------------------------------
+
+
+class TrainerCollector:
+    """``streamrec_trainer_*`` gauges read from the model store at scrape time.
+
+    ``versions`` returns the published models (``ModelStore.versions``): newest first, each with
+    ``version``, ``published_ms``, ``active`` and ``meta``. Only the active model carries a version label,
+    so the series stay bounded however many models are trained.
+    """
+
+    def __init__(self, versions: Any) -> None:
+        self.versions = versions
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        try:
+            infos = list(self.versions())
+        except Exception as exc:  # a scrape must not fail because Redis is down; the API's own metrics say so
+            log.warning("trainer metrics unavailable: %s", exc)
+            return
+        last_run = GaugeMetricFamily(
+            "streamrec_trainer_last_run_timestamp_seconds", "When the newest model was published (Unix time)."
+        )
+        duration = GaugeMetricFamily(
+            "streamrec_trainer_run_duration_seconds", "How long the newest model's training run took."
+        )
+        active = GaugeMetricFamily(
+            "streamrec_trainer_active_model_info",
+            "1 for the model the API blends in, labelled with its version and family.",
+            labels=["version", "family"],
+        )
+        offline = GaugeMetricFamily(
+            "streamrec_trainer_offline_metric_ratio",
+            "The active model's held-out figures from its training run (HR@10, NDCG@10).",
+            labels=["metric"],
+        )
+        published = GaugeMetricFamily("streamrec_trainer_models_published", "Model versions kept in Redis.")
+        published.add_metric([], len(infos))
+        if infos:
+            last_run.add_metric([], infos[0].published_ms / 1000)
+            duration.add_metric([], float(infos[0].meta.get("train_seconds", 0.0)))
+        for info in infos:
+            if info.active:
+                active.add_metric([info.version, str(info.meta.get("family", ""))], 1)
+                test = info.meta.get("test") or {}
+                for name in ("hr_at_10", "ndcg_at_10"):
+                    if name in test:
+                        offline.add_metric([name], float(test[name]))
+        yield from (last_run, duration, active, offline, published)
 
 
 def multiprocess_dir() -> str | None:
@@ -273,16 +324,26 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
-def exposition() -> bytes:
-    """This process's metrics in the text format; under gunicorn, every worker's values combined."""
+def exposition(*extra: Any) -> bytes:
+    """This process's metrics in the text format; under gunicorn, every worker's values combined.
+
+    ``extra`` collectors (read at scrape time, such as ``TrainerCollector``) are appended.
+    """
     directory = multiprocess_dir()
     if directory is None:
-        return generate_latest(REGISTRY)
-    from prometheus_client import multiprocess
+        text = generate_latest(REGISTRY)
+    else:
+        from prometheus_client import multiprocess
 
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=directory)
-    return generate_latest(registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)
+        text = generate_latest(registry)
+    if extra:
+        registry = CollectorRegistry()
+        for collector in extra:
+            registry.register(collector)
+        text += generate_latest(registry)
+    return text
 
 
 def serve(host: str, port: int, what: str) -> None:

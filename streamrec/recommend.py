@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from streamrec.modelstore import ModelStore
 from streamrec.scoring import (
     Candidate,
+    add_repeats,
     blend,
     history_seeds,
     normalised_neighbours,
@@ -124,7 +125,7 @@ class Recommender:
                     picked.append(Ranked(item, score, reason, source))
                     taken.add(item)
         strategy = picked[0].source if picked else "empty"
-        if strategy in {"item_to_item", "search", "model"}:
+        if strategy in {"item_to_item", "search", "model", "repeat"}:
             strategy = personal
         return Answer(
             strategy,
@@ -157,6 +158,8 @@ class Recommender:
         excluded = set(exclude) | user.bought
         if s.exclude_seen:
             excluded |= {e.item_id for e in user.history} | set(user.preferences)
+        else:
+            candidates = add_repeats(candidates, user.preferences, seed_types, s.repeat_blend)
         ranked = rank(candidates.values(), k * 3 + 20, excluded)
         # categories of what the user did and searched, for the fallback
         basis = list(seeds)[:10] + [i for items in term_items.values() for i in list(items)[:5]]

@@ -189,6 +189,32 @@ def blend(
     return out
 
 
+REPEAT_REASON = {"add_to_cart": "still in your cart", "purchase": "buy it again"}
+
+
+def add_repeats(
+    candidates: dict[str, Candidate],
+    preferences: Mapping[str, float],
+    seed_types: Mapping[str, str],
+    weight: float,
+) -> dict[str, Candidate]:
+    """Offer the user's own items back (carted, viewed), scaled so the strongest matches the best candidate.
+
+    Used when seen items are not excluded: an item waiting in the cart is often the next purchase.
+    """
+    top_pref = max((v for v in preferences.values() if v > 0), default=0.0)
+    if weight <= 0 or top_pref <= 0:
+        return candidates
+    scale = weight * (max((c.score for c in candidates.values()), default=0.0) or 1.0) / top_pref
+    for item, pref in preferences.items():
+        if pref > 0:
+            cand = candidates.setdefault(item, Candidate(item))
+            cand.add(
+                scale * pref, REPEAT_REASON.get(seed_types.get(item, ""), "you looked at this"), "repeat"
+            )
+    return candidates
+
+
 def rank(
     candidates: Iterable[Candidate], k: int, exclude: set[str], allowed: set[str] | None = None
 ) -> list[Candidate]:

@@ -70,6 +70,11 @@ class ScoringSettings(BaseSettings):
     exclude_seen: bool = Field(
         True, description="Leave items the user already interacted with out of answers."
     )
+    repeat_blend: float = Field(
+        1.0,
+        ge=0.0,
+        description="With exclude_seen off: weight of the user's own not-yet-bought items (cart, views) among candidates.",
+    )
 
     def type_weights(self) -> dict[str, float]:
         """The weight of each event type, as the state script wants it."""

@@ -195,6 +195,7 @@ def train_and_publish(
     The published model has seen all the data (the held-out items too): the test figure is the estimate
     of how a model trained this way does on actions it has not seen.
     """
+    started = time.perf_counter()
     config, validation = select(split, scoring, configs, progress)
     m = Matrix.from_split(split)
     t0 = time.perf_counter()
@@ -211,7 +212,14 @@ def train_and_publish(
     store.publish(
         version,
         model.neighbours,
-        model.meta({"test": test.as_dict(), "events": full.n_events, "source": split.name}),
+        model.meta(
+            {
+                "test": test.as_dict(),
+                "events": full.n_events,
+                "source": split.name,
+                "train_seconds": round(time.perf_counter() - started, 2),
+            }
+        ),
     )
     if activate:
         store.activate(version)

@@ -105,3 +105,20 @@ def test_the_api_blends_the_active_model_and_reports_its_version(
     assert similar["model_version"] == "v7" and similar["items"][0]["item_id"] == "m"
     store.deactivate()
     assert answer(0.7, "/v1/users/me/recommendations?k=2")["model_version"] is None
+
+
+def test_the_api_exports_the_trainers_figures_from_the_active_model(
+    redis_server: ManagedProcess, redis_client: redis.Redis, keys: Keys
+) -> None:
+    store = ModelStore(redis_client, keys)
+    settings = Settings(redis_prefix=keys.prefix, redis_url=f"redis://127.0.0.1:{redis_server.port}/0")
+    client = create_app(settings).test_client()
+    assert b"streamrec_trainer_models_published 0.0" in client.get("/metrics").data
+    meta = {"family": "ease", "test": {"hr_at_10": 0.1, "ndcg_at_10": 0.06}, "train_seconds": 42.5}
+    store.publish("v1", {"a": (["b"], [1.0])}, meta)
+    store.activate("v1")
+    text = client.get("/metrics").data.decode()
+    assert 'streamrec_trainer_active_model_info{family="ease",version="v1"} 1.0' in text
+    assert 'streamrec_trainer_offline_metric_ratio{metric="hr_at_10"} 0.1' in text
+    assert "streamrec_trainer_run_duration_seconds 42.5" in text
+    assert "streamrec_trainer_last_run_timestamp_seconds" in text

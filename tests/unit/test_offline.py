@@ -175,3 +175,14 @@ def test_blend_scales_each_side_and_keeps_the_stronger_reason() -> None:
     assert out["b"].source == "model"
     assert out["c"].score == pytest.approx(0.25)
     assert {k: c.score for k, c in blend(live, batch, 0.0).items() if c.score} == {"a": 1.0, "b": 0.5}
+
+
+def test_repeats_offer_the_users_own_items_scaled_to_the_best_candidate() -> None:
+    from streamrec.scoring import add_repeats
+
+    cands = {"x": Candidate("x", 2.0, "viewed with a", "item_to_item")}
+    out = add_repeats(cands, {"cart": 3.0, "seen": 1.0, "gone": -1.0}, {"cart": "add_to_cart"}, 1.0)
+    assert out["cart"].score == pytest.approx(2.0) and out["cart"].reason == "still in your cart"
+    assert out["seen"].score == pytest.approx(2.0 / 3) and out["seen"].reason == "you looked at this"
+    assert "gone" not in out
+    assert add_repeats({}, {"a": 1.0}, {}, 0.0) == {}
