@@ -76,7 +76,7 @@ def test_schemathesis_finds_no_5xx_and_no_answer_off_the_document(namespace: Nam
             "--max-examples",
             "40",
             "--workers",
-            "2",
+            "1",  # its threads can trip CPython 3.11's "AST constructor recursion depth mismatch"
             "--seed",
             str(uuid.uuid4().int % 2**31),
             "--generation-database",
