@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,21 @@ class Services:
                 self._publisher = self.publisher_factory(self.settings)
             return self._publisher
 
+    def discard_publisher(self, broken: Publisher) -> None:
+        """Drop a publisher whose delivery failed; the next write builds a new one.
+
+        A producer's fatal error does not heal (an idempotent producer whose broker lost its state, as
+        Tansu's memory storage does on restart, stays failed), and records it still holds were answered
+        503, so their senders retry: nothing acknowledged is dropped with it.
+        """
+        with self._lock:
+            if self._publisher is broken:
+                self._publisher = None
+        close = getattr(broken, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):  # it failed already; closing must not fail the request
+                close(timeout=0)
+
 
 def services() -> Services:
     from flask import current_app
@@ -92,4 +108,9 @@ def create_app(
     from api import storefront  # the shop page
 
     storefront.init_app(app)
+    from api import admin, openapi, security  # keys, rate limits, CORS; admin actions; the API's document
+
+    security.init_app(app, settings)
+    app.register_blueprint(admin.bp)
+    openapi.init_app(app, settings)
     return app

@@ -168,15 +168,18 @@ def _decode_all(rows: list[Any], decode, code: int, what: str) -> list:  # type:
 def _publish(records: list[Event] | list[CatalogItem]) -> None:
     """Publish events or catalog records and wait until Kafka acknowledged all of them."""
     svc = services()
+    publisher = None
     try:
+        publisher = svc.publisher
         futures = [
-            svc.publisher.publish_event(r) if isinstance(r, Event) else svc.publisher.publish_item(r)
-            for r in records
+            publisher.publish_event(r) if isinstance(r, Event) else publisher.publish_item(r) for r in records
         ]
-        svc.publisher.flush(timeout=10)
+        publisher.flush(timeout=10)
         for future in futures:
             future.get(timeout=10)  # flush() does not raise for a delivery that failed; get() does
     except Exception as exc:  # kafka-python raises many types; the caller needs one answer
+        if publisher is not None:
+            svc.discard_publisher(publisher)  # a fresh producer for the next write (see Services)
         raise ApiError(
             503, UNAVAILABLE, "the event stream (Kafka) did not accept the data; retry", str(exc)
         ) from None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 HOUR_MS = 3_600_000
@@ -32,7 +32,7 @@ class ScoringSettings(BaseSettings):
     cooc_window: int = Field(5, description="How many previous actions a new action is paired with.")
     cooc_position_decay: float = Field(0.7, description="Pair weight falls by this factor per step apart.")
     cooc_backward_weight: float = Field(
-        0.5, description="Weight of the reverse direction (new item -> older)."
+        0.3, description="Weight of the reverse direction (new item -> older)."
     )
     cooc_max_gap_ms: int = Field(DAY_MS, description="Actions further apart than this are not paired.")
     neighbours_max: int = Field(100, description="Neighbours kept per item (memory is O(items x this)).")
@@ -59,7 +59,7 @@ class ScoringSettings(BaseSettings):
     dedupe_ttl_s: int = Field(7 * 86_400, description="How long an event_id is remembered for deduplication.")
 
     history_used: int = Field(10, description="Recent history items that seed personal recommendations.")
-    history_position_decay: float = Field(0.85, description="Seed weight falls by this factor per step back.")
+    history_position_decay: float = Field(0.7, description="Seed weight falls by this factor per step back.")
     search_blend: float = Field(0.5, description="Weight of search-term candidates in personal scores.")
     model_blend: float = Field(
         0.5,
@@ -130,6 +130,21 @@ class Settings(BaseSettings):
         "",
         description="Directory gunicorn workers share metric files in (PROMETHEUS_MULTIPROC_DIR); empty: a fresh temporary one.",
     )
+
+    api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="API keys, 'name=secret[:role]' (role events, write or admin) separated by commas (empty: writes open, admin closed).",
+    )
+    api_keys_file: str = Field(
+        "", description="A file (mounted secret) with more API keys, one entry per line."
+    )
+    cors_origins: str = Field(
+        "", description="Origins whose pages may call the API, comma-separated ('*': any; empty: none)."
+    )
+    write_rate_per_s: float = Field(
+        100.0, description="Writes a second allowed per API key, per API process (0: unlimited)."
+    )
+    write_burst: int = Field(200, description="Writes a key may send at once before the rate applies.")
 
     log_level: str = Field("INFO", description="Log level of every program.")
     log_format: Literal["text", "json"] = Field(
