@@ -32,7 +32,7 @@ class ScoringSettings(BaseSettings):
     cooc_window: int = Field(5, description="How many previous actions a new action is paired with.")
     cooc_position_decay: float = Field(0.7, description="Pair weight falls by this factor per step apart.")
     cooc_backward_weight: float = Field(
-        0.5, description="Weight of the reverse direction (new item -> older)."
+        0.3, description="Weight of the reverse direction (new item -> older)."
     )
     cooc_max_gap_ms: int = Field(DAY_MS, description="Actions further apart than this are not paired.")
     neighbours_max: int = Field(100, description="Neighbours kept per item (memory is O(items x this)).")
@@ -59,7 +59,7 @@ class ScoringSettings(BaseSettings):
     dedupe_ttl_s: int = Field(7 * 86_400, description="How long an event_id is remembered for deduplication.")
 
     history_used: int = Field(10, description="Recent history items that seed personal recommendations.")
-    history_position_decay: float = Field(0.85, description="Seed weight falls by this factor per step back.")
+    history_position_decay: float = Field(0.7, description="Seed weight falls by this factor per step back.")
     search_blend: float = Field(0.5, description="Weight of search-term candidates in personal scores.")
     model_blend: float = Field(
         0.5,

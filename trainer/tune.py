@@ -24,8 +24,8 @@ from trainer.splits import Split
 # A wider sweep of window, decays, alpha and seeds was first run on an in-memory copy of the same maths;
 # this grid re-checks its front runners through the real script and recommender.
 GRID: dict[str, Sequence[Any]] = {
-    "history_position_decay": (0.85, 0.7),
-    "cooc_backward_weight": (0.5, 0.3),
+    "history_position_decay": (0.7, 0.85),
+    "cooc_backward_weight": (0.3, 0.5),
 }
 
 

@@ -81,10 +81,11 @@ def world(redis_client: redis.Redis) -> Iterator[World]:
 
 
 def test_cooccurrence_of_a_sequence_is_order_and_distance_weighted(world: World) -> None:
+    back = world.scoring.cooc_backward_weight  # the reverse direction's weight (0.3 by default)
     world.views("u", "a", "b", "c")
     assert world.nbr("a") == {"b": pytest.approx(1.0), "c": pytest.approx(0.7)}
-    assert world.nbr("b") == {"a": pytest.approx(0.5), "c": pytest.approx(1.0)}
-    assert world.nbr("c") == {"b": pytest.approx(0.5), "a": pytest.approx(0.35)}
+    assert world.nbr("b") == {"a": pytest.approx(back), "c": pytest.approx(1.0)}
+    assert world.nbr("c") == {"b": pytest.approx(back), "a": pytest.approx(back * 0.7)}
     assert world.reader.counts(["a", "b", "c", "zz"]) == {"a": 1.0, "b": 1.0, "c": 1.0}
 
 
@@ -106,8 +107,9 @@ def test_a_consecutive_repeat_adds_no_pairs(world: World) -> None:
 def test_an_item_seen_twice_in_the_window_pairs_once_with_the_nearest(world: World) -> None:
     world.views("u", "a", "b", "a")
     # third event (a) pairs with b at distance 1 only; the older a is itself
-    assert world.nbr("b") == {"a": pytest.approx(1.0 + 0.5)}
-    assert world.nbr("a") == {"b": pytest.approx(1.0 + 0.5)}
+    back = world.scoring.cooc_backward_weight
+    assert world.nbr("b") == {"a": pytest.approx(1.0 + back)}
+    assert world.nbr("a") == {"b": pytest.approx(1.0 + back)}
 
 
 def test_actions_further_apart_than_the_max_gap_are_not_paired(world: World) -> None:
