@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
+from streamrec.localstack import free_port, start_redis
 from streamrec.topics import Topics, ensure_topics
 from tests.conftest import Namespace, wait_until
 
@@ -36,8 +38,13 @@ def _applied(ns: Namespace) -> int:
     return sum(int(v) for k, v in ns.redis.hgetall(ns.keys.stats()).items() if k.startswith(b"applied:"))
 
 
-def test_memory_levels_off_under_a_steady_stream(namespace: Namespace) -> None:
+def test_memory_levels_off_under_a_steady_stream(namespace: Namespace, tmp_path: Path) -> None:
     ns = namespace
+    # its own Redis: used_memory is the whole server's, and the shared one holds other tests' keys
+    server = start_redis(free_port(), tmp_path / "redis", ns.log_dir / "own-redis.log")
+    ns.procs.append(server)
+    ns.env["STREAMREC_REDIS_URL"] = f"redis://127.0.0.1:{server.port}/0"
+    ns.redis = redis.Redis(host="127.0.0.1", port=server.port)
     ns.env["STREAMREC_SCORING_DEDUPE_TTL_S"] = str(DEDUPE_TTL_S)
     ensure_topics(ns.settings.kafka_bootstrap, Topics(ns.settings.topic_prefix), 2)
     worker = ns.start("worker", "worker")
