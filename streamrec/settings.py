@@ -62,7 +62,7 @@ class ScoringSettings(BaseSettings):
     history_position_decay: float = Field(0.7, description="Seed weight falls by this factor per step back.")
     search_blend: float = Field(0.5, description="Weight of search-term candidates in personal scores.")
     model_blend: float = Field(
-        0.5,
+        0.6,
         ge=0.0,
         le=1.0,
         description="Share of the active batch model in personal and similar-item scores (0 = live state only).",
