@@ -177,6 +177,8 @@ def up(
 @contextmanager
 def _eval_redis(url: str | None) -> Iterator[tuple[redis.Redis, Keys]]:
     """An empty keyspace: a throwaway local redis-server, or a fresh prefix on ``url`` (deleted after)."""
+    import signal
+    import sys
     import tempfile
     import uuid
 
@@ -194,6 +196,8 @@ def _eval_redis(url: str | None) -> Iterator[tuple[redis.Redis, Keys]]:
             for batch in _chunks(client.scan_iter(keys.pattern(), count=1000), 1000):
                 client.delete(*batch)
         return
+    # SIGTERM unwinds like Ctrl-C, so the throwaway server below is stopped, not left running
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with tempfile.TemporaryDirectory(prefix="streamrec-eval-") as tmp:
         port = free_port()
         server = start_redis(port, Path(tmp), appendonly=False)
@@ -415,6 +419,25 @@ def model_off() -> None:
     """Serve from the live state alone until a model is activated again."""
     _store().deactivate()
     typer.echo("no active model: answers come from the live state alone")
+
+
+@app.command()
+def bench(
+    out_dir: Annotated[Path, typer.Option(help="Where bench.json, bench.md and scale.png go.")] = Path("docs"),
+    quick: Annotated[bool, typer.Option(help="A tiny run that checks the machinery, not the figures.")] = False,
+    repeats: Annotated[int | None, typer.Option(help="Runs of each repeated measure (median quoted).")] = None,
+) -> None:
+    """Measure ingest, freshness, API latency, memory and scale on a local stack of its own (Tansu, Redis, workers, API)."""
+    import dataclasses
+
+    from streamrec import bench as perf
+
+    plan = perf.Plan.quick() if quick else perf.Plan.full()
+    if repeats is not None:
+        plan = dataclasses.replace(plan, repeats=repeats)
+    figures = perf.run(plan, out_dir)
+    typer.echo("\n" + perf.markdown(figures))
+    typer.echo(f"written to {out_dir}/bench.json, bench.md and scale.png in {figures['seconds']:.0f}s")
 
 
 @app.command("settings")
