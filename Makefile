@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[local,test]'
+	$(PY) -m pip install --quiet -e '.[local,test,bench]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,0 +1,699 @@
+"""``streamrec bench``: throughput, freshness, API latency, memory and scale, measured on this machine.
+
+Everything runs on a stack the bench starts itself on loopback (Tansu, Redis, workers and the API as
+child processes, exactly as ``streamrec up`` runs them), so that the figures are the real pipeline's. Each
+figure sits beside this machine's ceiling for the same work, measured in the same run: the broker's raw
+consuming rate and the state script's rate with no Kafka in front of it for ingest; a trivial JSON
+endpoint on the same gunicorn for the API. Repeated measures are quoted as medians.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+
+from streamrec.contract import CatalogItem, Event
+from streamrec.keys import Keys
+from streamrec.localstack import (
+    LOOPBACK,
+    ManagedProcess,
+    ServiceError,
+    free_port,
+    spawn,
+    start_broker,
+    start_redis,
+)
+from streamrec.settings import ScoringSettings
+
+PREFIX = "bench"
+TARGETS = {
+    "ingest_per_worker": 10_000.0,
+    "freshness_p99_ms": 250.0,
+    "recs_p99_ms": 20.0,
+    "recs_share_of_trivial": 0.5,
+    "bytes_per_user": 1024.0,
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much work each measure does: ``full`` for the published figures, ``quick`` for the test."""
+
+    repeats: int
+    ingest_events: int
+    freshness_probes: int
+    background_rate: float
+    api_seconds: float
+    memory_events: int | None
+    scale_sizes: tuple[int, ...]
+    dataset: str = "amazon-beauty"
+
+    @classmethod
+    def full(cls) -> Plan:
+        return cls(3, 50_000, 40, 1000.0, 5.0, None, (10_000, 100_000, 300_000))
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(1, 2_000, 4, 200.0, 1.0, 3_000, (1_000, 3_000))
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (with few samples p99 is the largest one, and is reported as such)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
+    return float(ordered[rank - 1])
+
+
+@dataclass
+class Stack:
+    """Broker and Redis for the whole bench; workers and the API started per phase, all on loopback."""
+
+    root: Path
+    broker: ManagedProcess
+    redis_server: ManagedProcess
+    client: redis.Redis
+    procs: list[ManagedProcess] = field(default_factory=list)
+    api_url: str = ""
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{LOOPBACK}:{self.broker.port}"
+
+    def env(self, tag: str, **extra: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "STREAMREC_KAFKA_BOOTSTRAP": self.bootstrap,
+            "STREAMREC_REDIS_URL": f"redis://{LOOPBACK}:{self.redis_server.port}/0",
+            "STREAMREC_TOPIC_PREFIX": tag,
+            "STREAMREC_REDIS_PREFIX": PREFIX,
+            "STREAMREC_WORKER_GROUP": f"group-{tag}",
+            "STREAMREC_WORKER_DATA_DIR": str(self.root / tag / "worker"),
+            "STREAMREC_PARTITIONS": "2",
+            "STREAMREC_WRITE_RATE_PER_S": "0",
+            "STREAMREC_LOG_LEVEL": "WARNING",
+            **extra,
+        }
+
+    def start(self, name: str, env: dict[str, str], *args: str) -> ManagedProcess:
+        proc = spawn(name, [sys.executable, "-m", "streamrec", *args], self.root / f"{name}.log", env)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: ManagedProcess) -> None:
+        proc.stop()
+        self.procs.remove(proc)
+
+    def applied(self) -> int:
+        stats = self.client.hgetall(Keys(PREFIX).stats())
+        return sum(int(v) for k, v in stats.items() if k.startswith(b"applied:"))
+
+
+@contextmanager
+def local_stack() -> Iterator[Stack]:
+    with ExitStack() as stack:
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="streamrec-bench-")))
+        broker = start_broker(free_port(), root / "broker.log")
+        stack.callback(broker.stop)
+        server = start_redis(free_port(), root / "redis", root / "redis.log", appendonly=False)
+        stack.callback(server.stop)
+        client = redis.Redis(host=LOOPBACK, port=server.port)
+        s = Stack(root, broker, server, client)
+        stack.callback(lambda: [p.stop() for p in reversed(s.procs)])
+        yield s
+
+
+def _wait(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise ServiceError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def dataset_records(name: str, limit: int | None) -> tuple[list[CatalogItem], list[Event]]:
+    from streamrec.datasets import dataset_events
+
+    catalog, events = dataset_events(name, limit=limit)
+    return catalog, list(events)
+
+
+def simulated_records(n_events: int, seed: int = 7) -> tuple[list[CatalogItem], list[Event]]:
+    """A simulated shop sized with the event count (about 10 events per shopper, 1 item per 10 events)."""
+    from producers.simulate import make_catalog, simulate_events
+    from streamrec.contract import now_ms
+
+    start = now_ms() - 86_400_000
+    catalog = make_catalog(max(n_events // 10, 50), seed, ts_ms=start)
+    events = list(simulate_events(catalog, max(n_events // 10, 10), n_events, seed, start))
+    return catalog, events
+
+
+def _publisher(bootstrap: str, tag: str):  # type: ignore[no-untyped-def]
+    from streamrec.publisher import EventPublisher
+    from streamrec.topics import Topics
+
+    return EventPublisher(bootstrap, Topics(tag))
+
+
+def _fresh_phase(
+    stack: Stack, workers: int, catalog: Sequence[CatalogItem]
+) -> tuple[str, list[ManagedProcess]]:
+    """An empty Redis, new topics and ``workers`` worker processes that already own their partitions."""
+    from streamrec.topics import Topics, ensure_topics
+
+    stack.client.flushall()
+    tag = f"b{uuid.uuid4().hex[:8]}"
+    ensure_topics(stack.bootstrap, Topics(tag), 2)
+    env = stack.env(tag)
+    procs = [stack.start(f"worker-{tag}-{n}", env, "worker") for n in range(workers)]
+    with _publisher(stack.bootstrap, tag) as pub:
+        for item in catalog:
+            pub.publish_item(item)
+        # a warm-up event per partition key family, so every worker has joined and folded something
+        for n in range(20):
+            pub.publish_raw(
+                Topics(tag).events,
+                f"warm{n}".encode(),
+                json.dumps(
+                    {"event_id": f"warm-{tag}-{n}", "type": "view", "user_id": f"warm{n}", "item_id": "warm"}
+                ).encode(),
+            )
+    _wait(lambda: stack.applied() >= 20, 60, "the workers to fold the warm-up events")
+    if workers > 1:
+        time.sleep(8.0)  # the group rebalances when the second member joins (about half the session timeout)
+    return tag, procs
+
+
+def ingest_end_to_end(
+    stack: Stack, workers: int, catalog: Sequence[CatalogItem], events: Sequence[Event]
+) -> dict[str, Any]:
+    """Publish ``events`` flat out into running workers; events/s from the first send to the last fold."""
+    from streamrec.topics import Topics
+
+    tag, procs = _fresh_phase(stack, workers, catalog)
+    before = stack.applied()
+    payloads = [(e.user_id.encode(), e.to_json()) for e in events]
+    topic = Topics(tag).events
+    started = time.monotonic()
+    with _publisher(stack.bootstrap, tag) as pub:
+        for key, value in payloads:
+            pub.publish_raw(topic, key, value)
+        pub.flush()
+        published = time.monotonic()
+    target = before + len(events)
+    _wait(lambda: stack.applied() >= target, 600, f"{len(events)} events to be folded", interval=0.01)
+    done = time.monotonic()
+    return {
+        "tag": tag,
+        "procs": procs,
+        "events": len(events),
+        "producer_events_per_s": len(events) / (published - started),
+        "events_per_s": len(events) / (done - started),
+    }
+
+
+def ingest_drain(
+    stack: Stack, workers: int, catalog: Sequence[CatalogItem], events: Sequence[Event]
+) -> dict[str, Any]:
+    """A backlog published first, then ``workers`` started together: events/s from their first fold to the last.
+
+    This is the workers' own rate (the producer is not competing for the two cores meanwhile).
+    """
+    from streamrec.topics import Topics, ensure_topics
+
+    stack.client.flushall()
+    tag = f"b{uuid.uuid4().hex[:8]}"
+    topics = Topics(tag)
+    ensure_topics(stack.bootstrap, topics, 2)
+    with _publisher(stack.bootstrap, tag) as pub:
+        for item in catalog:
+            pub.publish_item(item)
+        for e in events:
+            pub.publish_raw(topics.events, e.user_id.encode(), e.to_json())
+    env = stack.env(tag)
+    procs = [stack.start(f"worker-{tag}-{n}", env, "worker") for n in range(workers)]
+    deadline = time.monotonic() + 120
+    while (first := stack.applied()) == 0:
+        if time.monotonic() > deadline:
+            raise ServiceError("the workers folded nothing within 120s")
+        time.sleep(0.005)
+    started = time.monotonic()
+    _wait(lambda: stack.applied() >= len(events), 600, "the backlog to be folded", interval=0.01)
+    rate = (len(events) - first) / (time.monotonic() - started)
+    for p in procs:
+        stack.stop(p)
+    return {"tag": tag, "events_per_s": rate}
+
+
+def broker_raw_rate(stack: Stack, tag: str, n: int) -> float:
+    """kafka-python reading the events topic from the start with no processing: the broker's delivery rate."""
+    from kafka import KafkaConsumer
+
+    from streamrec.topics import Topics
+
+    consumer = KafkaConsumer(
+        Topics(tag).events,
+        bootstrap_servers=stack.bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=10_000,
+        max_poll_records=5000,
+        fetch_max_bytes=50 * 1024 * 1024,
+    )
+    try:
+        seen, started = 0, None
+        for _ in consumer:
+            if started is None:
+                started = time.monotonic()
+            seen += 1
+            if seen >= n:
+                break
+        return seen / max(time.monotonic() - (started or time.monotonic()), 1e-6)
+    finally:
+        consumer.close()
+
+
+def redis_raw_rate(stack: Stack, events: Sequence[Event], batch: int = 500) -> float:
+    """The state script alone, in process, in the worker's batch size: Redis's rate for the same writes."""
+    from streamrec.state import StateWriter
+
+    stack.client.flushall()
+    writer = StateWriter(stack.client, Keys(PREFIX), ScoringSettings())
+    started = time.monotonic()
+    for i in range(0, len(events), batch):
+        writer.apply(events[i : i + batch])
+    return len(events) / (time.monotonic() - started)
+
+
+def start_api(stack: Stack) -> None:
+    port = free_port()
+    env = stack.env(
+        "api", STREAMREC_API_PORT=str(port), STREAMREC_API_HOST=LOOPBACK, STREAMREC_API_WORKERS="2"
+    )
+    proc = stack.start("api", env, "api")
+    stack.api_url = f"http://{LOOPBACK}:{port}"
+
+    def up() -> bool:
+        if not proc.alive():
+            raise ServiceError("the API exited; see api.log")
+        try:
+            return requests.get(f"{stack.api_url}/healthz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    _wait(up, 60, "the API")
+
+
+def freshness(stack: Stack, tag: str, plan: Plan) -> dict[str, Any]:
+    """Publish one view by a new user; time until the API's answer for that user turns personal.
+
+    Runs while ``streamrec simulate`` publishes ``plan.background_rate`` events/s from its own process.
+    """
+    from kafka import KafkaProducer
+
+    from streamrec.topics import Topics
+
+    seeds = [m.decode() for m in stack.client.zrevrange(Keys(PREFIX).popular(), 0, 49)]
+    seeds = [s for s in seeds if stack.client.zcard(Keys(PREFIX).neighbours(s))] or seeds
+    duration = int(plan.freshness_probes * 0.6 + 10)
+    background = stack.start(
+        f"simulate-{tag}",
+        stack.env(tag),
+        "simulate",
+        "--rate",
+        str(plan.background_rate),
+        "--events",
+        str(int(plan.background_rate * duration)),
+        "--users",
+        "2000",
+        "--items",
+        "1000",
+        "--no-ensure-topics",
+    )
+    producer = KafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", linger_ms=0)
+    session = requests.Session()
+    topic = Topics(tag).events
+    latencies: list[float] = []
+    try:
+        start_applied = stack.applied()
+        _wait(lambda: stack.applied() > start_applied + plan.background_rate, 30, "the background load")
+        for n in range(plan.freshness_probes):
+            user = f"fresh-{tag}-{n}"
+            event = {
+                "event_id": f"f-{user}",
+                "type": "view",
+                "user_id": user,
+                "item_id": random.choice(seeds),
+            }
+            url = f"{stack.api_url}/v1/users/{user}/recommendations?k=10"
+            sent = time.monotonic()
+            producer.send(topic, key=user.encode(), value=json.dumps(event).encode())
+            producer.flush()
+            while True:
+                if session.get(url, timeout=5).json()["data"]["strategy"] == "personalized":
+                    break
+                if time.monotonic() - sent > 10:
+                    raise ServiceError(f"{user}'s view never showed in the API")
+            latencies.append((time.monotonic() - sent) * 1000)
+            time.sleep(0.3)
+    finally:
+        producer.close()
+        session.close()
+        stack.stop(background)
+    return {
+        "probes": len(latencies),
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "max_ms": max(latencies),
+        "background_rate": plan.background_rate,
+    }
+
+
+_WRK_LINE = re.compile(r"^\s*(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(
+    url_paths: Sequence[str], base: str, seconds: float, root: Path, connections: int = 8
+) -> dict[str, float]:
+    """Load from Debian's wrk (a separate process), cycling through ``url_paths``; its p50, p99 and rate."""
+    binary = shutil.which("wrk")
+    if not binary:
+        raise ServiceError("the API bench needs wrk (Debian: apt-get install wrk)")
+    script = root / f"paths-{uuid.uuid4().hex[:6]}.lua"
+    quoted = ",".join(json.dumps(p) for p in url_paths)
+    script.write_text(
+        f"local paths = {{{quoted}}}\nlocal n = 0\n"
+        "request = function()\n  n = n % #paths + 1\n  return wrk.format('GET', paths[n])\nend\n"
+        "done = function(summary, latency, requests)\n"
+        "  io.write(string.format('errors %d %d %d\\n', summary.errors.status, summary.errors.connect,"
+        " summary.errors.timeout))\nend\n"
+    )
+    argv = [
+        binary,
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(int(seconds), 1)}s",
+        "--latency",
+        "-s",
+        str(script),
+        base,
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
+    found = {q: float(v) * _UNIT_MS[u] for q, v, u in _WRK_LINE.findall(out)}
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = re.search(r"errors (\d+) (\d+) (\d+)", out)
+    if not rate or "50" not in found or "99" not in found:
+        raise ServiceError(f"could not read wrk's output:\n{out}")
+    return {
+        "p50_ms": found["50"],
+        "p99_ms": found["99"],
+        "requests_per_s": float(rate.group(1)),
+        "errors": sum(int(x) for x in errors.groups()) if errors else 0,
+    }
+
+
+def api_paths(stack: Stack, events: Sequence[Event]) -> dict[str, list[str]]:
+    users = list(dict.fromkeys(e.user_id for e in events))[:500]
+    items = [m.decode() for m in stack.client.zrevrange(Keys(PREFIX).popular(), 0, 499)]
+    return {
+        "recommendations": [f"/v1/users/{u}/recommendations?k=10" for u in users],
+        "similar": [f"/v1/items/{i}/similar?k=10" for i in items],
+        "popular": ["/v1/popular?k=10"],
+        "trivial (/healthz)": ["/healthz"],
+    }
+
+
+def api_bench(stack: Stack, paths: dict[str, list[str]], seconds: float) -> dict[str, dict[str, float]]:
+    return {name: wrk(p, stack.api_url, seconds, stack.root) for name, p in paths.items()}
+
+
+FAMILIES = {
+    "user": ("history", "prefs", "bought", "searches"),
+    "item": ("neighbours", "catalog"),
+    "event": ("dedupe",),
+}
+
+
+def memory(stack: Stack, sample: int = 300) -> dict[str, Any]:
+    """Bytes per user and per item: MEMORY USAGE of a sample of each key family, scaled to the family's size."""
+    templates = Keys(PREFIX).templates()
+    families: dict[str, dict[str, float]] = {}
+    for name in (*FAMILIES["user"], *FAMILIES["item"], *FAMILIES["event"]):
+        keys = list(stack.client.scan_iter(match=templates[name] % "*", count=5000))
+        picked = random.Random(0).sample(keys, min(sample, len(keys)))
+        pipe = stack.client.pipeline(transaction=False)
+        for k in picked:
+            pipe.memory_usage(k, samples=0)
+        sizes = [s or 0 for s in pipe.execute()]
+        families[name] = {"keys": len(keys), "bytes": (sum(sizes) / len(sizes) * len(keys)) if sizes else 0.0}
+    shared = 0
+    for name in ("item_counts", "popular", "trending", "clock", "stats"):
+        shared += stack.client.memory_usage(templates[name], samples=0) or 0
+    info = stack.client.info("memory")
+    users = families["history"]["keys"]
+    items = max(families["catalog"]["keys"], families["neighbours"]["keys"])
+    user_bytes = sum(families[n]["bytes"] for n in FAMILIES["user"])
+    item_bytes = sum(families[n]["bytes"] for n in FAMILIES["item"])
+    events = families["dedupe"]["keys"]
+    return {
+        "users": users,
+        "items": items,
+        "bytes_per_user": user_bytes / max(users, 1),
+        "bytes_per_item": item_bytes / max(items, 1),
+        "dedupe_bytes_per_event": families["dedupe"]["bytes"] / max(events, 1),
+        "dedupe_claims": events,
+        "shared_bytes": shared,
+        "used_memory": int(info["used_memory"]),
+        "used_memory_dataset": int(info.get("used_memory_dataset", 0)),
+        "families": families,
+    }
+
+
+def replay_in_process(stack: Stack, catalog: Sequence[CatalogItem], events: Sequence[Event]) -> None:
+    from streamrec.state import StateWriter
+
+    stack.client.flushall()
+    writer = StateWriter(stack.client, Keys(PREFIX), ScoringSettings())
+    for i in range(0, len(catalog), 500):
+        writer.upsert_items(catalog[i : i + 500])
+    for i in range(0, len(events), 500):
+        writer.apply(events[i : i + 500])
+
+
+def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
+    """Every measure; writes bench.json, bench.md and scale.png into ``out_dir`` and returns the figures."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    say(f"loading {plan.dataset} ...")
+    catalog, events = dataset_records(plan.dataset, plan.ingest_events)
+    runs: dict[str, list[Any]] = {
+        k: [] for k in ("ingest_1", "drain_1", "drain_2", "producer", "broker", "redis", "fresh", "api")
+    }
+    started = time.monotonic()
+    with local_stack() as stack:
+        start_api(stack)
+        for r in range(plan.repeats):
+            say(f"repeat {r + 1}/{plan.repeats}: ingest, 1 worker ({len(events):,} events)")
+            one = ingest_end_to_end(stack, 1, catalog, events)
+            runs["ingest_1"].append(one["events_per_s"])
+            runs["producer"].append(one["producer_events_per_s"])
+            say(f"  {one['events_per_s']:,.0f} events/s end to end; freshness under load")
+            runs["fresh"].append(freshness(stack, one["tag"], plan))
+            say(f"  freshness p50 {runs['fresh'][-1]['p50_ms']:.0f} ms; API under wrk")
+            runs["api"].append(api_bench(stack, api_paths(stack, events), plan.api_seconds))
+            say("  broker raw rate")
+            runs["broker"].append(broker_raw_rate(stack, one["tag"], len(events)))
+            for p in one["procs"]:
+                stack.stop(p)
+            for workers in (1, 2):
+                say(f"  backlog drain, {workers} worker(s)")
+                runs[f"drain_{workers}"].append(ingest_drain(stack, workers, catalog, events)["events_per_s"])
+            say("  state script alone")
+            runs["redis"].append(redis_raw_rate(stack, events))
+        say(f"memory: {plan.dataset} replayed through the state script")
+        mem_catalog, mem_events = dataset_records(plan.dataset, plan.memory_events)
+        replay_in_process(stack, mem_catalog, mem_events)
+        mem = memory(stack)
+        mem["events"] = len(mem_events)
+        mem["dataset"] = plan.dataset
+        scale = []
+        for size in plan.scale_sizes:
+            say(f"scale: {size:,} simulated events")
+            s_catalog, s_events = simulated_records(size)
+            res = ingest_end_to_end(stack, 1, s_catalog, s_events)
+            paths = api_paths(stack, s_events)
+            recs = wrk(paths["recommendations"], stack.api_url, plan.api_seconds, stack.root)
+            for p in res["procs"]:
+                stack.stop(p)
+            m = memory(stack)
+            scale.append(
+                {
+                    "events": size,
+                    "users": m["users"],
+                    "items": m["items"],
+                    "ingest_events_per_s": res["events_per_s"],
+                    "recs_p50_ms": recs["p50_ms"],
+                    "recs_p99_ms": recs["p99_ms"],
+                    "recs_per_s": recs["requests_per_s"],
+                    "used_memory": m["used_memory"],
+                    "bytes_per_user": m["bytes_per_user"],
+                }
+            )
+    figures = summarise(plan, runs, mem, scale, len(events))
+    figures["seconds"] = round(time.monotonic() - started, 1)
+    (out_dir / "bench.json").write_text(json.dumps(figures, indent=2) + "\n")
+    (out_dir / "bench.md").write_text(markdown(figures))
+    plot_scale(scale, out_dir / "scale.png")
+    return figures
+
+
+def summarise(
+    plan: Plan, runs: dict[str, list[Any]], mem: dict[str, Any], scale: list[dict[str, Any]], n: int
+) -> dict[str, Any]:
+    api = {
+        name: {
+            k: median([r[name][k] for r in runs["api"]])
+            for k in ("p50_ms", "p99_ms", "requests_per_s", "errors")
+        }
+        for name in runs["api"][0]
+    }
+    trivial = api["trivial (/healthz)"]["requests_per_s"]
+    ingest = {
+        "events": n,
+        "dataset": plan.dataset,
+        "end_to_end_one_worker_events_per_s": median(runs["ingest_1"]),
+        "one_worker_events_per_s": median(runs["drain_1"]),
+        "two_workers_events_per_s": median(runs["drain_2"]),
+        "producer_events_per_s": median(runs["producer"]),
+        "broker_raw_events_per_s": median(runs["broker"]),
+        "state_script_events_per_s": median(runs["redis"]),
+    }
+    fresh = {k: median([r[k] for r in runs["fresh"]]) for k in ("p50_ms", "p99_ms", "max_ms")}
+    fresh["probes_per_run"] = plan.freshness_probes
+    fresh["background_events_per_s"] = plan.background_rate
+    recs = api["recommendations"]
+    checks = {
+        "ingest_per_worker": ingest["one_worker_events_per_s"] >= TARGETS["ingest_per_worker"],
+        "freshness_p99_ms": fresh["p99_ms"] <= TARGETS["freshness_p99_ms"],
+        "recs_p99_ms": recs["p99_ms"] <= TARGETS["recs_p99_ms"],
+        "recs_share_of_trivial": recs["requests_per_s"] >= TARGETS["recs_share_of_trivial"] * trivial,
+        "bytes_per_user": mem["bytes_per_user"] <= TARGETS["bytes_per_user"],
+    }
+    return {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "plan": plan.__dict__ | {"scale_sizes": list(plan.scale_sizes)},
+        "ingest": ingest,
+        "freshness": fresh,
+        "api": api,
+        "memory": mem,
+        "scale": scale,
+        "targets": TARGETS,
+        "met": checks,
+        "runs": {k: v for k, v in runs.items() if k not in ("api", "fresh")}
+        | {"fresh": runs["fresh"], "api": runs["api"]},
+    }
+
+
+def markdown(f: dict[str, Any]) -> str:
+    ing, fr, api, mem = f["ingest"], f["freshness"], f["api"], f["memory"]
+    met = {k: "met" if v else "**missed**" for k, v in f["met"].items()}
+    trivial = api["trivial (/healthz)"]["requests_per_s"]
+    lines = [
+        f"Medians of {f['plan']['repeats']} runs on this {f['machine']['cpus']}-core machine "
+        f"(Python {f['machine']['python']}).",
+        "",
+        "| measure | figure | ceiling on this machine | target |",
+        "|---|---|---|---|",
+        f"| ingest, 1 worker ({ing['events']:,} {ing['dataset']} events from a backlog: Tansu → worker → Redis) | "
+        f"{ing['one_worker_events_per_s']:,.0f} events/s | state script alone {ing['state_script_events_per_s']:,.0f}/s "
+        f"({ing['one_worker_events_per_s'] / ing['state_script_events_per_s']:.0%}); broker raw "
+        f"{ing['broker_raw_events_per_s']:,.0f}/s ({ing['one_worker_events_per_s'] / ing['broker_raw_events_per_s']:.0%}) "
+        f"| ≥ 10,000/s per worker: {met['ingest_per_worker']} |",
+        f"| ingest, 2 workers (same backlog, 2 partitions) | {ing['two_workers_events_per_s']:,.0f} events/s "
+        f"({ing['two_workers_events_per_s'] / 2:,.0f} per worker) | 2 cores shared by broker, Redis and both workers | |",
+        f"| ingest end to end, 1 worker (kafka-python producer publishing flat out meanwhile) | "
+        f"{ing['end_to_end_one_worker_events_per_s']:,.0f} events/s | producer alone {ing['producer_events_per_s']:,.0f}/s | |",
+        f"| freshness (publish → personal answer from the API, at {fr['background_events_per_s']:,.0f} events/s) | "
+        f"p50 {fr['p50_ms']:.0f} ms, p99 {fr['p99_ms']:.0f} ms ({fr['probes_per_run']} probes a run) | | p99 ≤ 250 ms: {met['freshness_p99_ms']} |",
+    ]
+    for name in ("recommendations", "similar", "popular"):
+        a = api[name]
+        target = ""
+        if name == "recommendations":
+            target = f"p99 ≤ 20 ms: {met['recs_p99_ms']}; ≥ 50% of trivial: {met['recs_share_of_trivial']}"
+        lines.append(
+            f"| API {name} (gunicorn, 2 workers × 4 threads, wrk 8 connections) | p50 {a['p50_ms']:.1f} ms, "
+            f"p99 {a['p99_ms']:.1f} ms, {a['requests_per_s']:,.0f} req/s | {a['requests_per_s'] / trivial:.0%} of trivial | {target} |"
+        )
+    t = api["trivial (/healthz)"]
+    lines += [
+        f"| API trivial JSON (/healthz) | p50 {t['p50_ms']:.1f} ms, p99 {t['p99_ms']:.1f} ms, {t['requests_per_s']:,.0f} req/s | the framework's ceiling | |",
+        f"| Redis memory ({mem['events']:,} {mem['dataset']} events: {mem['users']:,} users, {mem['items']:,} items) | "
+        f"{mem['bytes_per_user']:,.0f} B/user, {mem['bytes_per_item']:,.0f} B/item; dedupe claims "
+        f"{mem['dedupe_bytes_per_event']:,.0f} B/event for their TTL | used_memory {mem['used_memory'] / 2**20:,.1f} MiB | ≤ 1 KiB/user: {met['bytes_per_user']} |",
+        "",
+        "Scale (simulator, 1 worker, one run per size):",
+        "",
+        "| events | users | items | ingest events/s | recommendations p50 / p99 ms | req/s | Redis used_memory MiB | B/user |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in f["scale"]:
+        lines.append(
+            f"| {s['events']:,} | {s['users']:,} | {s['items']:,} | {s['ingest_events_per_s']:,.0f} | "
+            f"{s['recs_p50_ms']:.1f} / {s['recs_p99_ms']:.1f} | {s['recs_per_s']:,.0f} | {s['used_memory'] / 2**20:,.1f} | {s['bytes_per_user']:,.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_scale(scale: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [s["events"] for s in scale]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    axes[0].plot(xs, [s["ingest_events_per_s"] for s in scale], "o-")
+    axes[0].set_title("ingest, 1 worker (events/s)")
+    axes[1].plot(xs, [s["recs_p50_ms"] for s in scale], "o-", label="p50")
+    axes[1].plot(xs, [s["recs_p99_ms"] for s in scale], "s-", label="p99")
+    axes[1].set_title("recommendations latency (ms)")
+    axes[1].legend()
+    axes[2].plot(xs, [s["used_memory"] / 2**20 for s in scale], "o-")
+    axes[2].set_title("Redis used_memory (MiB)")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("simulated events")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
