@@ -182,60 +182,44 @@ def _publisher(bootstrap: str, tag: str):  # type: ignore[no-untyped-def]
     return EventPublisher(bootstrap, Topics(tag))
 
 
-def _fresh_phase(
-    stack: Stack, workers: int, catalog: Sequence[CatalogItem]
-) -> tuple[str, list[ManagedProcess]]:
-    """An empty Redis, new topics and ``workers`` worker processes that already own their partitions."""
+WARM_UP = 20
+
+
+def ingest_end_to_end(
+    stack: Stack, catalog: Sequence[CatalogItem], events: Sequence[Event]
+) -> dict[str, Any]:
+    """A worker that has joined its group (it folded the first events), then the rest published flat out:
+    events/s from the first send to the last fold, with producer, broker, worker and Redis sharing the cores.
+    """
     from streamrec.topics import Topics, ensure_topics
 
     stack.client.flushall()
     tag = f"b{uuid.uuid4().hex[:8]}"
+    topic = Topics(tag).events
     ensure_topics(stack.bootstrap, Topics(tag), 2)
-    env = stack.env(tag)
-    procs = [stack.start(f"worker-{tag}-{n}", env, "worker") for n in range(workers)]
+    procs = [stack.start(f"worker-{tag}", stack.env(tag), "worker")]
+    warm, rest = events[:WARM_UP], events[WARM_UP:]
     with _publisher(stack.bootstrap, tag) as pub:
         for item in catalog:
             pub.publish_item(item)
-        # a warm-up event per partition key family, so every worker has joined and folded something
-        for n in range(20):
-            pub.publish_raw(
-                Topics(tag).events,
-                f"warm{n}".encode(),
-                json.dumps(
-                    {"event_id": f"warm-{tag}-{n}", "type": "view", "user_id": f"warm{n}", "item_id": "warm"}
-                ).encode(),
-            )
-    _wait(lambda: stack.applied() >= 20, 60, "the workers to fold the warm-up events")
-    if workers > 1:
-        time.sleep(8.0)  # the group rebalances when the second member joins (about half the session timeout)
-    return tag, procs
-
-
-def ingest_end_to_end(
-    stack: Stack, workers: int, catalog: Sequence[CatalogItem], events: Sequence[Event]
-) -> dict[str, Any]:
-    """Publish ``events`` flat out into running workers; events/s from the first send to the last fold."""
-    from streamrec.topics import Topics
-
-    tag, procs = _fresh_phase(stack, workers, catalog)
-    before = stack.applied()
-    payloads = [(e.user_id.encode(), e.to_json()) for e in events]
-    topic = Topics(tag).events
+        for e in warm:
+            pub.publish_raw(topic, e.user_id.encode(), e.to_json())
+    _wait(lambda: stack.applied() >= len(warm), 60, "the worker to fold the first events")
+    payloads = [(e.user_id.encode(), e.to_json()) for e in rest]
     started = time.monotonic()
     with _publisher(stack.bootstrap, tag) as pub:
         for key, value in payloads:
             pub.publish_raw(topic, key, value)
         pub.flush()
         published = time.monotonic()
-    target = before + len(events)
-    _wait(lambda: stack.applied() >= target, 600, f"{len(events)} events to be folded", interval=0.01)
+    _wait(lambda: stack.applied() >= len(events), 600, f"{len(events)} events to be folded", interval=0.01)
     done = time.monotonic()
     return {
         "tag": tag,
         "procs": procs,
-        "events": len(events),
-        "producer_events_per_s": len(events) / (published - started),
-        "events_per_s": len(events) / (done - started),
+        "events": len(rest),
+        "producer_events_per_s": len(rest) / (published - started),
+        "events_per_s": len(rest) / (done - started),
     }
 
 
@@ -522,7 +506,7 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
         start_api(stack)
         for r in range(plan.repeats):
             say(f"repeat {r + 1}/{plan.repeats}: ingest, 1 worker ({len(events):,} events)")
-            one = ingest_end_to_end(stack, 1, catalog, events)
+            one = ingest_end_to_end(stack, catalog, events)
             runs["ingest_1"].append(one["events_per_s"])
             runs["producer"].append(one["producer_events_per_s"])
             say(f"  {one['events_per_s']:,.0f} events/s end to end; freshness under load")
@@ -548,7 +532,7 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
         for size in plan.scale_sizes:
             say(f"scale: {size:,} simulated events")
             s_catalog, s_events = simulated_records(size)
-            res = ingest_end_to_end(stack, 1, s_catalog, s_events)
+            res = ingest_end_to_end(stack, s_catalog, s_events)
             paths = api_paths(stack, s_events)
             recs = wrk(paths["recommendations"], stack.api_url, plan.api_seconds, stack.root)
             for p in res["procs"]:
