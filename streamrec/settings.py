@@ -71,7 +71,7 @@ class ScoringSettings(BaseSettings):
         True, description="Leave items the user already interacted with out of answers."
     )
     repeat_blend: float = Field(
-        1.0,
+        2.0,
         ge=0.0,
         description="With exclude_seen off: weight of the user's own not-yet-bought items (cart, views) among candidates.",
     )
