@@ -8,8 +8,9 @@ ALS and popularity are baselines only (they are not item-to-item).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -123,7 +124,7 @@ def top_neighbours(weights: np.ndarray | sp.spmatrix, n: int) -> sp.csr_matrix:
 
 
 def top_k_lists(
-    scores_for: callable,  # type: ignore[valid-type]
+    scores_for: Callable[[np.ndarray], Any],
     users: Sequence[str],
     m: Matrix,
     exclude: Mapping[str, set[str]],
