@@ -224,7 +224,7 @@ def ingest_end_to_end(
 
 
 def ingest_drain(
-    stack: Stack, workers: int, catalog: Sequence[CatalogItem], events: Sequence[Event]
+    stack: Stack, workers: int, catalog: Sequence[CatalogItem], events: Sequence[Event], null: bool = False
 ) -> dict[str, Any]:
     """A backlog published first, then ``workers`` started together: events/s from their first fold to the last.
 
@@ -242,7 +242,12 @@ def ingest_drain(
         for e in events:
             pub.publish_raw(topics.events, e.user_id.encode(), e.to_json())
     env = stack.env(tag)
-    procs = [stack.start(f"worker-{tag}-{n}", env, "worker") for n in range(workers)]
+    if null:
+        argv = ["-c", "from streamrec.bench import faust_null_worker; faust_null_worker()"]
+        procs = [spawn(f"faust-null-{tag}", [sys.executable, *argv], stack.root / "faust-null.log", env)]
+        stack.procs.extend(procs)
+    else:
+        procs = [stack.start(f"worker-{tag}-{n}", env, "worker") for n in range(workers)]
     deadline = time.monotonic() + 120
     while (first := stack.applied()) == 0:
         if time.monotonic() > deadline:
@@ -254,6 +259,52 @@ def ingest_drain(
     for p in procs:
         stack.stop(p)
     return {"tag": tag, "events_per_s": rate}
+
+
+def faust_null_worker() -> None:
+    """A Faust worker built like the real one (same transport and consumer settings) whose agent only counts.
+
+    Its drain rate is Faust's own ceiling on this machine: what a worker could reach if folding were free.
+    """
+    from pathlib import Path
+
+    import faust
+    import redis.asyncio
+
+    from stream_processor.transport import ConsumerThread
+    from streamrec.settings import Settings
+    from streamrec.topics import Topics
+
+    s = Settings()
+    Path(s.worker_data_dir).mkdir(parents=True, exist_ok=True)
+    ConsumerThread.fetch_max_wait_ms = s.worker_fetch_wait_ms
+    app = faust.App(
+        s.worker_group,
+        broker=[f"streamrec-kafka://{hp.strip()}" for hp in s.kafka_bootstrap.split(",")],
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        web_enabled=False,
+        datadir=s.worker_data_dir,
+        broker_session_timeout=s.worker_session_timeout_s,
+        broker_heartbeat_interval=max(s.worker_session_timeout_s / 3, 1.0),
+        consumer_auto_offset_reset="earliest",
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        broker_commit_every=500,
+        broker_commit_interval=1.0,
+    )
+    client = redis.asyncio.Redis.from_url(s.redis_url)
+    stats = Keys(s.redis_prefix).stats()
+    topic = app.topic(Topics(s.topic_prefix).events, value_serializer="raw", key_serializer="raw")
+
+    @app.agent(topic, name="bench-count")
+    async def count(stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(s.worker_batch, within=s.worker_batch_wait_s):
+            await client.hincrby(stats, "applied:view", len(batch))
+
+    sys.argv = [sys.argv[0], "worker", "--loglevel", "warn"]
+    app.main()
 
 
 def broker_raw_rate(stack: Stack, tag: str, n: int) -> float:
@@ -499,7 +550,8 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
     say(f"loading {plan.dataset} ...")
     catalog, events = dataset_records(plan.dataset, plan.ingest_events)
     runs: dict[str, list[Any]] = {
-        k: [] for k in ("ingest_1", "drain_1", "drain_2", "producer", "broker", "redis", "fresh", "api")
+        k: []
+        for k in ("ingest_1", "drain_1", "drain_2", "faust", "producer", "broker", "redis", "fresh", "api")
     }
     started = time.monotonic()
     with local_stack() as stack:
@@ -520,6 +572,8 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
             for workers in (1, 2):
                 say(f"  backlog drain, {workers} worker(s)")
                 runs[f"drain_{workers}"].append(ingest_drain(stack, workers, catalog, events)["events_per_s"])
+            say("  backlog drain, Faust alone (an agent that only counts)")
+            runs["faust"].append(ingest_drain(stack, 1, catalog, events, null=True)["events_per_s"])
             say("  state script alone")
             runs["redis"].append(redis_raw_rate(stack, events))
         say(f"memory: {plan.dataset} replayed through the state script")
@@ -579,6 +633,7 @@ def summarise(
         "producer_events_per_s": median(runs["producer"]),
         "broker_raw_events_per_s": median(runs["broker"]),
         "state_script_events_per_s": median(runs["redis"]),
+        "faust_alone_events_per_s": median(runs["faust"]),
     }
     fresh = {k: median([r[k] for r in runs["fresh"]]) for k in ("p50_ms", "p99_ms", "max_ms")}
     fresh["probes_per_run"] = plan.freshness_probes
@@ -619,7 +674,9 @@ def markdown(f: dict[str, Any]) -> str:
         f"| ingest, 1 worker ({ing['events']:,} {ing['dataset']} events from a backlog: Tansu → worker → Redis) | "
         f"{ing['one_worker_events_per_s']:,.0f} events/s | state script alone {ing['state_script_events_per_s']:,.0f}/s "
         f"({ing['one_worker_events_per_s'] / ing['state_script_events_per_s']:.0%}); broker raw "
-        f"{ing['broker_raw_events_per_s']:,.0f}/s ({ing['one_worker_events_per_s'] / ing['broker_raw_events_per_s']:.0%}) "
+        f"{ing['broker_raw_events_per_s']:,.0f}/s ({ing['one_worker_events_per_s'] / ing['broker_raw_events_per_s']:.0%}); "
+        f"Faust alone (agent only counts) {ing['faust_alone_events_per_s']:,.0f}/s "
+        f"({ing['one_worker_events_per_s'] / ing['faust_alone_events_per_s']:.0%}) "
         f"| ≥ 10,000/s per worker: {met['ingest_per_worker']} |",
         f"| ingest, 2 workers (same backlog, 2 partitions) | {ing['two_workers_events_per_s']:,.0f} events/s "
         f"({ing['two_workers_events_per_s'] / 2:,.0f} per worker) | 2 cores shared by broker, Redis and both workers | |",

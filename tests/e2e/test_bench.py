@@ -50,6 +50,7 @@ def test_quick_bench_writes_every_measure_to_json_markdown_and_a_plot(tmp_path: 
         "producer_events_per_s",
         "broker_raw_events_per_s",
         "state_script_events_per_s",
+        "faust_alone_events_per_s",
     ):
         assert figures["ingest"][name] > 0, name
     assert 0 < figures["freshness"]["p50_ms"] <= figures["freshness"]["p99_ms"]
