@@ -547,6 +547,7 @@ def replay_in_process(stack: Stack, catalog: Sequence[CatalogItem], events: Sequ
 def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
     """Every measure; writes bench.json, bench.md and scale.png into ``out_dir`` and returns the figures."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    load_before = list(os.getloadavg())  # another program busy on the cores skews every figure
     say(f"loading {plan.dataset} ...")
     catalog, events = dataset_records(plan.dataset, plan.ingest_events)
     runs: dict[str, list[Any]] = {
@@ -607,6 +608,7 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
             )
     figures = summarise(plan, runs, mem, scale, len(events))
     figures["seconds"] = round(time.monotonic() - started, 1)
+    figures["machine"]["load_average_before_after"] = [load_before, list(os.getloadavg())]
     (out_dir / "bench.json").write_text(json.dumps(figures, indent=2) + "\n")
     (out_dir / "bench.md").write_text(markdown(figures))
     plot_scale(scale, out_dir / "scale.png")
