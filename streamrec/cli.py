@@ -423,9 +423,15 @@ def model_off() -> None:
 
 @app.command()
 def bench(
-    out_dir: Annotated[Path, typer.Option(help="Where bench.json, bench.md and scale.png go.")] = Path("docs"),
-    quick: Annotated[bool, typer.Option(help="A tiny run that checks the machinery, not the figures.")] = False,
-    repeats: Annotated[int | None, typer.Option(help="Runs of each repeated measure (median quoted).")] = None,
+    out_dir: Annotated[Path, typer.Option(help="Where bench.json, bench.md and scale.png go.")] = Path(
+        "docs"
+    ),
+    quick: Annotated[
+        bool, typer.Option(help="A tiny run that checks the machinery, not the figures.")
+    ] = False,
+    repeats: Annotated[
+        int | None, typer.Option(help="Runs of each repeated measure (median quoted).")
+    ] = None,
 ) -> None:
     """Measure ingest, freshness, API latency, memory and scale on a local stack of its own (Tansu, Redis, workers, API)."""
     import dataclasses
