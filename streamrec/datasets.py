@@ -152,7 +152,7 @@ def dataset_events(
     timed = _shift_to(users, base) if loaded.real_times else schedule(users, base)
     item_ids = dict.fromkeys(item for _, actions in timed for _, item, _ in actions)
     catalog = loaded.describe(item_ids, base)
-    return catalog, _merge_events(name, timed, loaded.sessions)
+    return catalog, merge_events(name, timed, loaded.sessions)
 
 
 def dataset_names() -> list[str]:
@@ -213,7 +213,7 @@ def schedule(users: list[UserLog], base_ts_ms: int) -> list[UserLog]:
     return out
 
 
-def _merge_events(dataset: str, users: list[UserLog], sessions: bool) -> Iterator[Event]:
+def merge_events(dataset: str, users: list[UserLog], sessions: bool) -> Iterator[Event]:
     """Build events lazily, merging the users' sorted streams by (ts, n) so memory stays per user."""
 
     def stream(
@@ -309,7 +309,7 @@ def _load_movielens(directory: Path) -> _Loaded:
     return _Loaded(users(), real_times=True, sessions=False, describe=describe)
 
 
-def _group_sessions(rows: Iterable[tuple[str, str, int]]) -> Iterator[UserLog]:
+def group_sessions(rows: Iterable[tuple[str, str, int]]) -> Iterator[UserLog]:
     """Sessions as users, in order of first appearance, each session's views sorted by time."""
     sessions: dict[str, list[tuple[int, int, str]]] = {}
     for n, (session, item, ts_ms) in enumerate(rows):
@@ -326,9 +326,7 @@ def _load_yoochoose(directory: Path) -> _Loaded:
         for path in files
         for session, item, seconds in read_sessions(path)
     )
-    return _Loaded(
-        _group_sessions(rows), real_times=True, sessions=True, describe=_plain_catalog("Yoochoose")
-    )
+    return _Loaded(group_sessions(rows), real_times=True, sessions=True, describe=_plain_catalog("Yoochoose"))
 
 
 def _load_diginetica(directory: Path) -> _Loaded:
@@ -339,7 +337,7 @@ def _load_diginetica(directory: Path) -> _Loaded:
         for session, _, item, ts_ms in read_item_views(path)
     )
     return _Loaded(
-        _group_sessions(rows), real_times=True, sessions=True, describe=_plain_catalog("Diginetica")
+        group_sessions(rows), real_times=True, sessions=True, describe=_plain_catalog("Diginetica")
     )
 
 

@@ -8,7 +8,6 @@ same exclusions and the same metric code.
 
 from __future__ import annotations
 
-import heapq
 import multiprocessing
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,6 +18,7 @@ import redis
 from tqdm import tqdm
 
 from streamrec.contract import Event
+from streamrec.datasets import merge_events
 from streamrec.keys import Keys
 from streamrec.modelstore import ModelStore
 from streamrec.recommend import Recommender
@@ -38,14 +38,7 @@ Say = Callable[[str], None]
 
 def split_events(split: Split) -> Iterator[Event]:
     """The training actions as contract events, in global time order (each user's own order kept)."""
-
-    def stream(u: int, user: str, actions: list) -> Iterator[tuple]:
-        for n, (etype, item, ts) in enumerate(actions):
-            yield ts, u, n, user, etype, item
-
-    streams = [stream(u, user, actions) for u, (user, actions) in enumerate(split.train.items())]
-    for seq, (ts, _, _, user, etype, item) in enumerate(heapq.merge(*streams)):
-        yield Event(event_id=f"eval-{seq}", type=etype, user_id=user, item_id=item, ts=ts)
+    return merge_events("eval", list(split.train.items()), sessions=False)
 
 
 def fold(split: Split, client: redis.Redis, keys: Keys, scoring: ScoringSettings, bar: bool) -> float:
@@ -110,6 +103,13 @@ def served_lists(
     return out
 
 
+def check_models(wanted: Sequence[str]) -> None:
+    """Refuse model names this run does not know, naming the ones it does."""
+    unknown = set(wanted) - set(MODELS)
+    if unknown:
+        raise ValueError(f"unknown model(s) {', '.join(sorted(unknown))}: use {', '.join(MODELS)}")
+
+
 def run(
     split: Split,
     client: redis.Redis,
@@ -120,9 +120,7 @@ def run(
     bar: bool = True,
 ) -> list[Result]:
     """Evaluate the ``wanted`` models on ``split``; ``client``/``keys`` must point at an empty keyspace."""
-    unknown = set(wanted) - set(MODELS)
-    if unknown:
-        raise ValueError(f"unknown model(s) {', '.join(sorted(unknown))}: use {', '.join(MODELS)}")
+    check_models(wanted)
     # The protocol's exclusions are explicit, so the recommender's own "seen" filter is not applied twice.
     scoring = scoring.model_copy(update={"exclude_seen": False})
     n_items = len(split.items)

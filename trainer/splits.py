@@ -25,7 +25,9 @@ from typing import Literal
 
 from streamrec.contract import EventType
 from streamrec.datasets import (
+    MOVIELENS_PURCHASE_RATING,
     SYNTHETIC_STEP_MS,
+    group_sessions,
     read_baskets,
     read_movielens,
     read_seq,
@@ -36,7 +38,6 @@ from streamrec.datasets import (
 Format = Literal["seq", "movielens", "session", "multi"]
 FORMATS: tuple[str, ...] = ("seq", "movielens", "session", "multi")
 Action = tuple[EventType, str, int]  # (type, item_id, ts_ms)
-MOVIELENS_PURCHASE_RATING = 4.0
 # Datasets without times are scheduled to end at this fixed instant, so two runs give the same figures.
 SYNTHETIC_END_MS = 1_700_000_000_000
 
@@ -144,11 +145,8 @@ def load_split(path: str | Path, fmt: str) -> Split:
         ]
         return leave_last_out(label, users)
     if fmt == "session":
-        sessions: dict[str, list[tuple[int, int, str]]] = {}
-        for n, (session, item, seconds) in enumerate(read_sessions(path)):
-            sessions.setdefault(session, []).append((round(seconds * 1000), n, item))
-        users = [(s, [(EventType.VIEW, i, ts) for ts, _, i in sorted(v)]) for s, v in sessions.items()]
-        return leave_last_out(label, users)
+        rows = ((session, item, round(seconds * 1000)) for session, item, seconds in read_sessions(path))
+        return leave_last_out(label, group_sessions(rows))
     return _load_multi(path, label)
 
 
