@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import redis
 
     from streamrec.keys import Keys
+    from streamrec.modelstore import ModelStore
     from streamrec.publisher import EventPublisher
 
 app = typer.Typer(
@@ -175,6 +176,16 @@ def up(
 
 
 @contextmanager
+def _usage_errors() -> Iterator[None]:
+    """A ValueError (bad file, format, model name or version) becomes 'error: …' and exit status 2."""
+    try:
+        yield
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@contextmanager
 def _eval_redis(url: str | None) -> Iterator[tuple[redis.Redis, Keys]]:
     """An empty keyspace: a throwaway local redis-server, or a fresh prefix on ``url`` (deleted after)."""
     import signal
@@ -252,17 +263,10 @@ def evaluate(
     from trainer.splits import load_split
 
     settings = _settings()
-    try:
+    with _usage_errors():
         split = load_split(dataset, format)
         wanted = [m.strip() for m in models.split(",") if m.strip()]
-        unknown = set(wanted) - set(offline.MODELS)
-        if unknown:
-            raise ValueError(
-                f"unknown model(s) {', '.join(sorted(unknown))}: use {', '.join(offline.MODELS)}"
-            )
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        offline.check_models(wanted)
     typer.echo(
         f"{split.name}: {split.n_events:,} events, {len(split.train):,} users, {len(split.items):,} items, "
         f"{len(split.targets):,} held out"
@@ -291,11 +295,8 @@ def tune(
     from trainer.tune import tune as run_tune
 
     settings = _settings()
-    try:
+    with _usage_errors():
         split = load_split(dataset, format)
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     rows = run_tune(split, settings.scoring, lambda: _eval_redis(redis_url), say=typer.echo)
     best, result = rows[0]
     typer.echo(f"best: {best} (validation HR@10 {result.hr_at_10:.4f}, NDCG@10 {result.ndcg_at_10:.4f})")
@@ -311,17 +312,13 @@ def train(
     activate: Annotated[bool, typer.Option(help="Switch the API to the new model at once.")] = True,
 ) -> None:
     """Build a batch model from the event log (Kafka, from the beginning) or a dataset, and publish it to Redis."""
-    import redis as redis_lib
-
-    from streamrec.keys import Keys
-    from streamrec.modelstore import ModelStore
     from streamrec.topics import Topics
     from trainer import eventlog
     from trainer.splits import leave_last_out, load_split
     from trainer.train import train_and_publish
 
     settings = _settings()
-    try:
+    with _usage_errors():
         if dataset is not None:
             split = load_split(dataset, format)
         else:
@@ -334,11 +331,9 @@ def train(
             split = leave_last_out(topic, users.items())
         if not split.targets:
             raise ValueError("no user has two or more actions yet: nothing to choose a model on")
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    store = ModelStore(redis_lib.Redis.from_url(settings.redis_url), Keys(settings.redis_prefix))
-    report = train_and_publish(split, store, settings.scoring, activate=activate, progress=typer.echo)
+    report = train_and_publish(
+        split, _store(settings), settings.scoring, activate=activate, progress=typer.echo
+    )
     state = "active" if report.activated else "published (not active)"
     typer.echo(
         f"model {report.version} {state}: {report.config.name}, held-out HR@10 {report.test.hr_at_10:.4f} "
@@ -365,13 +360,14 @@ model_app = typer.Typer(
 app.add_typer(model_app, name="model")
 
 
-def _store():  # type: ignore[no-untyped-def]
+def _store(settings: Settings | None = None) -> ModelStore:
+    """The deployment's model store (Redis URL and key prefix from the settings)."""
     import redis as redis_lib
 
     from streamrec.keys import Keys
     from streamrec.modelstore import ModelStore
 
-    settings = _settings()
+    settings = settings or _settings()
     return ModelStore(redis_lib.Redis.from_url(settings.redis_url), Keys(settings.redis_prefix))
 
 
@@ -391,26 +387,16 @@ def model_activate(
     version: Annotated[str, typer.Argument(help="A version from 'streamrec model list'.")],
 ) -> None:
     """Switch the API to a published version (atomic)."""
-    from streamrec.modelstore import ModelError
-
-    try:
+    with _usage_errors():
         _store().activate(version)
-    except ModelError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"active model: {version}")
 
 
 @model_app.command("rollback")
 def model_rollback() -> None:
     """Switch back to the version that was active before the current one."""
-    from streamrec.modelstore import ModelError
-
-    try:
+    with _usage_errors():
         version = _store().rollback()
-    except ModelError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"active model: {version}")
 
 
