@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from api.app import services
-from api.errors import INVALID_PARAMETER, ApiError
+from streamrec.api.errors import INVALID_PARAMETER, ApiError
+from streamrec.api.extensions import services
 from streamrec.modelstore import ModelError
 
 bp = Blueprint("admin", __name__)

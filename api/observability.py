@@ -12,9 +12,10 @@ import time
 import uuid
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, g, request
 
 from streamrec import logs, metrics
+from streamrec.api.extensions import services
 
 bp = Blueprint("observability", __name__)
 log = logging.getLogger("streamrec.api.access")
@@ -27,7 +28,7 @@ UNMATCHED = "unmatched"
 @bp.get("/metrics")
 def metrics_endpoint():  # type: ignore[no-untyped-def]
     """Prometheus metrics of every gunicorn worker of this API, combined."""
-    store = current_app.extensions["streamrec"].recommender.models
+    store = services().recommender.models
     extra = [metrics.TrainerCollector(store.versions)] if store is not None else []
     return Response(metrics.exposition(*extra), mimetype="text/plain; version=0.0.4; charset=utf-8")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Request
 
-from api.errors import INVALID_PARAMETER, ApiError
+from streamrec.api.errors import INVALID_PARAMETER, ApiError
 
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off", ""}

@@ -31,7 +31,7 @@ from typing import Literal
 
 from flask import Flask, Response, current_app, g, jsonify, request
 
-from api.errors import FORBIDDEN, RATE_LIMITED, UNAUTHORIZED, error_body
+from streamrec.api.errors import FORBIDDEN, RATE_LIMITED, UNAUTHORIZED, error_body
 from streamrec.settings import Settings
 
 log = logging.getLogger("streamrec.api.security")

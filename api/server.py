@@ -39,7 +39,7 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
                 self.cfg.set(key, value)
 
     def load(self):  # type: ignore[no-untyped-def]
-        from api.app import create_app
+        from streamrec.api.app import create_app
 
         return create_app(self.settings)
 

@@ -13,8 +13,8 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, render_template, request
 from redis.exceptions import RedisError
 
-from api.app import Services
-from api.catalog_search import CatalogSearch
+from streamrec.api.catalog_search import CatalogSearch
+from streamrec.api.extensions import Services, services
 
 bp = Blueprint(
     "storefront",
@@ -35,7 +35,7 @@ CSP = (
 
 def init_app(app: Flask) -> None:
     """Register the storefront and its catalog search (no I/O until the first page asks)."""
-    svc: Services = app.extensions["streamrec"]
+    svc: Services = services(app)
     app.extensions["storefront"] = CatalogSearch(svc.redis, svc.recommender.reader.keys, svc.recommender)
     app.register_blueprint(bp)
 

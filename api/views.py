@@ -12,9 +12,9 @@ import orjson
 from flask import Blueprint, Response, jsonify, request
 from redis.exceptions import RedisError
 
-from api import observability
-from api.app import Services, services
-from api.errors import (
+from streamrec import metrics
+from streamrec.api import observability
+from streamrec.api.errors import (
     BATCH_TOO_LARGE,
     INVALID_EVENT,
     INVALID_ITEM,
@@ -23,8 +23,8 @@ from api.errors import (
     UNSUPPORTED_MEDIA,
     ApiError,
 )
-from api.params import bool_param, int_param, list_param, str_param
-from streamrec import metrics
+from streamrec.api.extensions import Services, services
+from streamrec.api.params import bool_param, int_param, list_param, str_param
 from streamrec.contract import CatalogItem, Event, Rejection, decode_event, decode_item
 from streamrec.recommend import Answer
 

@@ -16,7 +16,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, count
 
-from streamrec.contract import CatalogItem, Event, EventType, now_ms
+from streamrec.contract import CatalogItem, Event, now_ms
+from streamrec.event_types import EventType
 from streamrec.publisher import EventPublisher, PublishReport, publish_stream
 
 

@@ -21,12 +21,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from stream_processor.fold import RawMessage, dead_letter, decode_batch
-from streamrec import logs, metrics
+from streamrec import metrics
 from streamrec.contract import Event, Rejection
+from streamrec.event_types import ATTRIBUTED_TYPES
 from streamrec.keys import Keys
 from streamrec.settings import Settings
 from streamrec.state import ApplyResult, AsyncStateWriter
+from streamrec.stream_processor.fold import RawMessage, dead_letter, decode_batch
 from streamrec.topics import Topics
 
 log = logging.getLogger("streamrec.worker")
@@ -110,7 +111,7 @@ def observe_events(m: metrics.WorkerMetrics, events: Sequence[Event], now_ms: in
 
 def attributable(events: Sequence[Event]) -> list[Event]:
     """Events that act on a recommended item: they carry a recommendation_id and count for quality."""
-    return [e for e in events if e.recommendation_id and e.type.value in metrics.ATTRIBUTED_TYPES]
+    return [e for e in events if e.recommendation_id and e.type.value in ATTRIBUTED_TYPES]
 
 
 def register(app: faust.App, settings: Settings) -> WorkerCounters:
@@ -243,21 +244,3 @@ def register(app: faust.App, settings: Settings) -> WorkerCounters:
         log.info("worker totals: %s", counters)
 
     return counters
-
-
-def run(settings: Settings) -> None:
-    """Run one worker process until SIGINT/SIGTERM."""
-    from stream_processor.app import create_app
-
-    app = create_app(settings)
-    metrics.serve(settings.metrics_host, settings.worker_metrics_port, "worker")
-    worker = faust.Worker(
-        app,
-        loglevel=settings.log_level.lower(),
-        quiet=True,
-        # text keeps Faust's own format (its partition tables); json replaces it with ours
-        logging_config=logs.dict_config(settings.log_level, "json")
-        if settings.log_format == "json"
-        else None,
-    )
-    worker.execute_from_commandline()

@@ -7,6 +7,8 @@ from pathlib import Path
 import faust
 
 from streamrec.settings import Settings
+from streamrec.stream_processor.agents import register
+from streamrec.stream_processor.transport import ConsumerThread
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -15,9 +17,6 @@ def create_app(settings: Settings) -> faust.App:
     Redis is the single source of truth, so the app keeps no Faust tables; offsets are committed only
     after a batch is in Redis (at-least-once), and the event_id dedupe makes replays harmless.
     """
-    from stream_processor.agents import register
-    from stream_processor.transport import ConsumerThread
-
     Path(settings.worker_data_dir).mkdir(parents=True, exist_ok=True)
     ConsumerThread.fetch_max_wait_ms = settings.worker_fetch_wait_ms
     app = faust.App(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Annotated, Any
 
 import orjson
@@ -24,19 +23,13 @@ from pydantic import (
     model_validator,
 )
 
+from streamrec.event_types import TYPES, EventType
+
 SCHEMA_VERSION = 1
 # Event times before 1995 or more than a day ahead are refused: they are almost always seconds sent
 # as milliseconds, or a broken clock.
 MIN_TS_MS = 788_918_400_000
 MAX_CLOCK_SKEW_MS = 86_400_000
-
-
-class EventType(StrEnum):
-    SEARCH = "search"
-    VIEW = "view"
-    ADD_TO_CART = "add_to_cart"
-    REMOVE_FROM_CART = "remove_from_cart"
-    PURCHASE = "purchase"
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -90,7 +83,7 @@ class Event(BaseModel):
         if self.type is EventType.SEARCH:
             if self.query is None:
                 raise ValueError("a search event needs a non-empty 'query'")
-        elif self.item_id is None:
+        elif TYPES[self.type].needs_item and self.item_id is None:
             raise ValueError(f"a {self.type.value} event needs an 'item_id'")
         if self.ts < MIN_TS_MS:
             raise ValueError(

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import orjson
 
-from streamrec.contract import CatalogItem, Event, EventType, now_ms
+from streamrec.contract import CatalogItem, Event, now_ms
+from streamrec.event_types import EventType
 
 # Datasets without timestamps get synthetic ones: a user's actions this far apart, users spread over a
 # window ending at "now", so decays and trending see recent, interleaved activity.

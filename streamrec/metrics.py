@@ -21,7 +21,7 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
-from streamrec.contract import EventType
+from streamrec.event_types import ATTRIBUTED_TYPES, EVENT_TYPE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,7 @@ OTHER = "other"
 # What the recommender reports as an answer's strategy (``Answer.strategy``); an answer's
 # recommendation_id starts with it, so events that cite the id can be credited to the strategy.
 STRATEGIES = ("personalized", "item_to_item", "category_popular", "popular", "trending", "empty")
-EVENT_TYPES = tuple(t.value for t in EventType)
-# Actions on a recommended item that count for online quality: a click, a cart add, a conversion.
-ATTRIBUTED_TYPES = ("view", "add_to_cart", "purchase")
+EVENT_TYPES = EVENT_TYPE_NAMES
 TOPIC_KINDS = ("events", "items", OTHER)
 RECOMMENDATION_ENDPOINTS = ("recommendations", "similar", "popular", "trending")
 RETRY_OPERATIONS = ("apply_events", "upsert_items", "dead_letter")

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from streamrec import event_types
 from streamrec.modelstore import ModelStore
 from streamrec.scoring import (
     Candidate,
@@ -23,7 +24,6 @@ from streamrec.scoring import (
 from streamrec.settings import ScoringSettings
 from streamrec.state import StateReader
 
-TYPE_STRENGTH = {"remove_from_cart": 0, "view": 1, "add_to_cart": 2, "purchase": 3}
 TERM_ITEMS_READ = 50
 TERMS_USED = 10
 
@@ -145,7 +145,7 @@ class Recommender:
         seed_types: dict[str, str] = {}
         for entry in user.history:
             best = seed_types.get(entry.item_id, "remove_from_cart")
-            if TYPE_STRENGTH.get(entry.type, 0) > TYPE_STRENGTH[best]:
+            if event_types.strength(entry.type) > event_types.strength(best):
                 seed_types[entry.item_id] = entry.type
         terms = list(dict.fromkeys(t for _, ts in user.searches for t in ts))[:TERMS_USED]
         term_items = self.reader.term_items(terms, TERM_ITEMS_READ)

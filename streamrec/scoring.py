@@ -15,6 +15,8 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from streamrec import event_types
+
 LN2 = math.log(2.0)
 
 
@@ -128,13 +130,6 @@ def history_seeds(
     return seeds
 
 
-REASON_BY_TYPE = {
-    "view": "viewed together with {}",
-    "add_to_cart": "often added to cart with {}",
-    "purchase": "bought together with {}",
-}
-
-
 def score_personal(
     seeds: Mapping[str, float],
     seed_types: Mapping[str, str],
@@ -150,7 +145,7 @@ def score_personal(
     """
     out: dict[str, Candidate] = {}
     for seed, seed_weight in seeds.items():
-        template = REASON_BY_TYPE.get(seed_types.get(seed, "view"), "viewed together with {}")
+        template = event_types.reason(seed_types.get(seed, "view"))
         for item, sim in neighbours.get(seed, {}).items():
             cand = out.setdefault(item, Candidate(item))
             cand.add(seed_weight * sim, template.format(seed), "item_to_item")
@@ -189,9 +184,6 @@ def blend(
     return out
 
 
-REPEAT_REASON = {"add_to_cart": "still in your cart", "purchase": "buy it again"}
-
-
 def add_repeats(
     candidates: dict[str, Candidate],
     preferences: Mapping[str, float],
@@ -209,9 +201,7 @@ def add_repeats(
     for item, pref in preferences.items():
         if pref > 0:
             cand = candidates.setdefault(item, Candidate(item))
-            cand.add(
-                scale * pref, REPEAT_REASON.get(seed_types.get(item, ""), "you looked at this"), "repeat"
-            )
+            cand.add(scale * pref, event_types.repeat_reason(seed_types.get(item, "")), "repeat")
     return candidates
 
 

@@ -11,6 +11,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamrec.event_types import TYPES, EventType
+
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 
@@ -20,10 +22,16 @@ class ScoringSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="STREAMREC_SCORING_", extra="ignore")
 
-    weight_view: float = Field(1.0, description="Weight of a view in preferences and popularity.")
-    weight_add_to_cart: float = Field(3.0, description="Weight of an add-to-cart.")
-    weight_remove_from_cart: float = Field(-1.0, description="Weight of a cart removal (negative feedback).")
-    weight_purchase: float = Field(5.0, description="Weight of a purchase.")
+    weight_view: float = Field(
+        TYPES[EventType.VIEW].weight, description="Weight of a view in preferences and popularity."
+    )
+    weight_add_to_cart: float = Field(
+        TYPES[EventType.ADD_TO_CART].weight, description="Weight of an add-to-cart."
+    )
+    weight_remove_from_cart: float = Field(
+        TYPES[EventType.REMOVE_FROM_CART].weight, description="Weight of a cart removal (negative feedback)."
+    )
+    weight_purchase: float = Field(TYPES[EventType.PURCHASE].weight, description="Weight of a purchase.")
     weight_search_click: float = Field(
         1.0, description="Weight of an action that follows a search, for terms."
     )
@@ -78,12 +86,7 @@ class ScoringSettings(BaseSettings):
 
     def type_weights(self) -> dict[str, float]:
         """The weight of each event type, as the state script wants it."""
-        return {
-            "view": self.weight_view,
-            "add_to_cart": self.weight_add_to_cart,
-            "remove_from_cart": self.weight_remove_from_cart,
-            "purchase": self.weight_purchase,
-        }
+        return {t.value: getattr(self, f"weight_{t.value}") for t in EventType if TYPES[t].needs_item}
 
 
 class Settings(BaseSettings):

@@ -18,7 +18,8 @@ import orjson
 import redis
 import redis.asyncio
 
-from streamrec.contract import CatalogItem, Event, EventType
+from streamrec.contract import CatalogItem, Event
+from streamrec.event_types import EventType
 from streamrec.keys import Keys
 from streamrec.scoring import HistoryEntry, decay_rate, decayed_value, search_terms, trending_score
 from streamrec.settings import ScoringSettings

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from streamrec.devtools.localstack import ManagedProcess, free_port, spawn, start_broker, start_redis
 from streamrec.keys import Keys
-from streamrec.localstack import ManagedProcess, free_port, spawn, start_broker, start_redis
 from streamrec.settings import Settings
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -75,7 +75,9 @@ class Namespace:
 
     def start(self, name: str, *args: str) -> ManagedProcess:
         """Run ``streamrec <args>`` as a child process with this namespace's environment."""
-        proc = spawn(name, [sys.executable, "-m", "streamrec", *args], self.log_dir / f"{name}.log", self.env)
+        proc = spawn(
+            name, [sys.executable, "-m", "streamrec.cli", *args], self.log_dir / f"{name}.log", self.env
+        )
         self.procs.append(proc)
         return proc
 

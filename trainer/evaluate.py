@@ -24,10 +24,10 @@ from streamrec.modelstore import ModelStore
 from streamrec.recommend import Recommender
 from streamrec.settings import ScoringSettings
 from streamrec.state import StateReader, StateWriter
-from trainer import models, train
-from trainer.models import Matrix
-from trainer.ranking_metrics import Result, score_lists
-from trainer.splits import Split
+from streamrec.trainer import models, train
+from streamrec.trainer.models import Matrix
+from streamrec.trainer.ranking_metrics import Result, score_lists
+from streamrec.trainer.splits import Split
 
 MODELS = ("streamrec", "streamrec-live", "popularity", "bm25", "cosine", "als", "ease")
 K = 10

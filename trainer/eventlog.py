@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 from kafka import KafkaConsumer, TopicPartition
 
-from streamrec.contract import EventType, Rejection, decode_event
-from trainer.splits import Action
+from streamrec.contract import Rejection, decode_event
+from streamrec.event_types import EventType
+from streamrec.trainer.splits import Action
 
 IDLE_S = 2.0  # the log is read to its end once this long passes with no record (Tansu's end offsets lag)
 

@@ -17,9 +17,14 @@ import scipy.sparse as sp
 from scipy.linalg import lapack
 from threadpoolctl import threadpool_limits
 
-from trainer.splits import Split
+from streamrec import event_types
+from streamrec.trainer.splits import Split
 
-TYPE_WEIGHT = {"view": 1.0, "add_to_cart": 1.0, "purchase": 1.0, "remove_from_cart": 0.0}
+
+def _positive(type_name: str) -> bool:
+    """Whether an action of this type is a positive interaction (in the binary training matrix)."""
+    row = event_types.info(type_name)
+    return row is None or row.weight > 0
 
 
 @dataclass
@@ -40,7 +45,7 @@ class Matrix:
         rows, cols = [], []
         for u, user in enumerate(users):
             for etype, item, _ in split.train[user]:
-                if TYPE_WEIGHT.get(str(etype), 1.0) > 0:
+                if _positive(str(etype)):
                     rows.append(u)
                     cols.append(item_index[item])
         X = sp.csr_matrix(

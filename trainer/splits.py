@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from streamrec.contract import EventType
 from streamrec.datasets import (
     MOVIELENS_PURCHASE_RATING,
     SYNTHETIC_STEP_MS,
@@ -34,6 +33,7 @@ from streamrec.datasets import (
     read_sessions,
     schedule,
 )
+from streamrec.event_types import EventType
 
 Format = Literal["seq", "movielens", "session", "multi"]
 FORMATS: tuple[str, ...] = ("seq", "movielens", "session", "multi")

@@ -19,10 +19,10 @@ import scipy.sparse as sp
 from streamrec.modelstore import ModelStore
 from streamrec.scoring import HistoryEntry, history_seeds
 from streamrec.settings import ScoringSettings
-from trainer import models
-from trainer.models import Matrix
-from trainer.ranking_metrics import Result, score_lists
-from trainer.splits import Split
+from streamrec.trainer import models
+from streamrec.trainer.models import Matrix
+from streamrec.trainer.ranking_metrics import Result, score_lists
+from streamrec.trainer.splits import Split
 
 Progress = Callable[[str], None]
 

@@ -16,9 +16,9 @@ import redis
 
 from streamrec.keys import Keys
 from streamrec.settings import ScoringSettings
-from trainer import evaluate
-from trainer.ranking_metrics import Result
-from trainer.splits import Split
+from streamrec.trainer import evaluate
+from streamrec.trainer.ranking_metrics import Result
+from streamrec.trainer.splits import Split
 
 # What was tried (see README "Quality"): each line is one axis of the grid, the current default first.
 # A wider sweep of window, decays, alpha and seeds was first run on an in-memory copy of the same maths;

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.e2e]
 def test_quick_bench_writes_every_measure_to_json_markdown_and_a_plot(tmp_path: Path) -> None:
     out = tmp_path / "docs"
     done = subprocess.run(
-        [sys.executable, "-m", "streamrec", "bench", "--quick", "--out-dir", str(out)],
+        [sys.executable, "-m", "streamrec.cli", "bench", "--quick", "--out-dir", str(out)],
         capture_output=True,
         text=True,
         timeout=280,

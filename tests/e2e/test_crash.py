@@ -23,8 +23,8 @@ import pytest
 import requests
 
 from streamrec.datasets import dataset_events, datasets_dir
+from streamrec.devtools.localstack import ManagedProcess, free_port, spawn
 from streamrec.keys import Keys
-from streamrec.localstack import ManagedProcess, free_port, spawn
 from streamrec.publisher import EventPublisher, publish_stream
 from streamrec.topics import Topics, ensure_topics
 from tests.conftest import Namespace, wait_until
@@ -98,7 +98,7 @@ class Run:
         port = free_port()
         env = {**self.env, "STREAMREC_WORKER_METRICS_PORT": str(port)}
         log = self.ns.log_dir / f"{self.name}-worker-{self.starts}.log"
-        proc = spawn(f"{self.name}-worker", [sys.executable, "-m", "streamrec", "worker"], log, env)
+        proc = spawn(f"{self.name}-worker", [sys.executable, "-m", "streamrec.cli", "worker"], log, env)
         self.ns.procs.append(proc)
         return proc, port
 

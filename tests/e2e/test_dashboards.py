@@ -16,7 +16,7 @@ import pytest
 import requests
 import yaml
 
-from streamrec.localstack import free_port, spawn, wait_for_port
+from streamrec.devtools.localstack import free_port, spawn, wait_for_port
 from streamrec.publisher import EventPublisher
 from streamrec.topics import Topics, ensure_topics
 from tests.conftest import Namespace, wait_until

@@ -21,9 +21,10 @@ import pytest
 import redis
 import requests
 
-from streamrec.contract import Event, EventType
+from streamrec.contract import Event
+from streamrec.devtools.localstack import free_port, start_broker, start_redis
+from streamrec.event_types import EventType
 from streamrec.keys import Keys
-from streamrec.localstack import free_port, start_broker, start_redis
 from streamrec.publisher import EventPublisher, publish_stream
 from streamrec.topics import Topics, ensure_topics
 from tests.conftest import Namespace, wait_until

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from api.app import create_app
-from api.openapi import documented_rules
+from streamrec.api.app import create_app
+from streamrec.api.openapi import documented_rules
 from streamrec.settings import Settings
 from streamrec.topics import Topics, ensure_topics
 from tests.conftest import Namespace, wait_until

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from streamrec.localstack import free_port, start_redis
+from streamrec.devtools.localstack import free_port, start_redis
 from streamrec.topics import Topics, ensure_topics
 from tests.conftest import Namespace, wait_until
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.localstack import free_port
+from streamrec.devtools.localstack import free_port
 
 pytestmark = [pytest.mark.e2e]
 
@@ -52,7 +52,7 @@ def test_up_replays_real_data_prints_recommendations_and_stops_cleanly(
         [
             sys.executable,
             "-m",
-            "streamrec",
+            "streamrec.cli",
             "up",
             "--dataset",
             "movielens-100k",

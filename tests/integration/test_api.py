@@ -13,10 +13,11 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from api.app import create_app
-from streamrec.contract import CatalogItem, Event, EventType, now_ms
+from streamrec.api.app import create_app
+from streamrec.contract import CatalogItem, Event, now_ms
+from streamrec.devtools.localstack import ManagedProcess, free_port
+from streamrec.event_types import EventType
 from streamrec.keys import Keys
-from streamrec.localstack import ManagedProcess, free_port
 from streamrec.settings import DAY_MS, Settings
 from streamrec.state import StateWriter
 

@@ -13,8 +13,8 @@ from kafka import KafkaProducer
 
 from streamrec.datasets import datasets_dir
 from streamrec.modelstore import ModelStore
+from streamrec.trainer.splits import load_split
 from tests.conftest import Namespace
-from trainer.splits import load_split
 
 pytestmark = pytest.mark.redis
 
@@ -42,7 +42,11 @@ def beauty_slice(tmp_path: Path, users: int = 1500) -> Path:
 
 def streamrec(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> str:
     proc = subprocess.run(
-        [sys.executable, "-m", "streamrec", *args], capture_output=True, text=True, env=env, timeout=timeout
+        [sys.executable, "-m", "streamrec.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
@@ -94,7 +98,7 @@ def test_eval_explains_bad_arguments(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "streamrec",
+            "streamrec.cli",
             "eval",
             "--dataset",
             str(tmp_path / "nope.txt"),
@@ -109,7 +113,7 @@ def test_eval_explains_bad_arguments(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "streamrec",
+            "streamrec.cli",
             "eval",
             "--dataset",
             str(BEAUTY),

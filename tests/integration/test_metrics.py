@@ -16,7 +16,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec import metrics
-from streamrec.localstack import free_port
+from streamrec.devtools.localstack import free_port
 from streamrec.publisher import EventPublisher
 from streamrec.topics import Topics, ensure_topics
 from tests.conftest import Namespace, wait_until

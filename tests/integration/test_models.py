@@ -9,10 +9,11 @@ import orjson
 import pytest
 import redis
 
-from api.app import create_app
-from streamrec.contract import Event, EventType, now_ms
+from streamrec.api.app import create_app
+from streamrec.contract import Event, now_ms
+from streamrec.devtools.localstack import ManagedProcess
+from streamrec.event_types import EventType
 from streamrec.keys import Keys
-from streamrec.localstack import ManagedProcess
 from streamrec.modelstore import KEEP_VERSIONS, ModelError, ModelStore
 from streamrec.settings import ScoringSettings, Settings
 from streamrec.state import StateWriter

@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from streamrec.contract import CatalogItem, Event, EventType
+from streamrec.contract import CatalogItem, Event
+from streamrec.event_types import EventType
 from streamrec.publisher import EventPublisher
 from streamrec.topics import Topics, ensure_topics
 

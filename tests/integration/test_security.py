@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from api.security import KeyConfigError, KeyRing, TokenBucket, parse_keys
+from streamrec.api.security import KeyConfigError, KeyRing, TokenBucket, parse_keys
 from streamrec.topics import Topics, ensure_topics
 from tests.conftest import Namespace, wait_until
 
@@ -169,7 +169,7 @@ def test_keys_protect_writes_and_admin_actions_and_never_reach_the_logs(
 
     # no secret in the API's log (DEBUG) nor in `streamrec settings`
     shown = subprocess.run(
-        [sys.executable, "-m", "streamrec", "settings"],
+        [sys.executable, "-m", "streamrec.cli", "settings"],
         env=namespace.env,
         capture_output=True,
         text=True,

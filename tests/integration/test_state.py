@@ -15,7 +15,8 @@ from itertools import count
 import pytest
 import redis
 
-from streamrec.contract import CatalogItem, Event, EventType
+from streamrec.contract import CatalogItem, Event
+from streamrec.event_types import EventType
 from streamrec.keys import Keys
 from streamrec.recommend import Answer, Recommender
 from streamrec.settings import DAY_MS, ScoringSettings

@@ -11,11 +11,12 @@ import pytest
 import redis
 from flask import Flask
 
-from api.app import create_app
-from api.catalog_search import CatalogSearch
-from streamrec.contract import CatalogItem, Event, EventType
+from streamrec.api.app import create_app
+from streamrec.api.catalog_search import CatalogSearch
+from streamrec.contract import CatalogItem, Event
+from streamrec.devtools.localstack import ManagedProcess
+from streamrec.event_types import EventType
 from streamrec.keys import Keys
-from streamrec.localstack import ManagedProcess
 from streamrec.settings import DAY_MS, Settings
 from streamrec.state import StateWriter
 

@@ -9,7 +9,6 @@ from typing import Any
 import orjson
 import pytest
 
-from stream_processor.fold import RawMessage, dead_letter, decode_batch
 from streamrec.contract import (
     MAX_CLOCK_SKEW_MS,
     CatalogItem,
@@ -20,6 +19,7 @@ from streamrec.contract import (
     decode_item,
     now_ms,
 )
+from streamrec.stream_processor.fold import RawMessage, dead_letter, decode_batch
 
 TS = 1_700_000_000_000
 

@@ -11,8 +11,9 @@ import orjson
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from stream_processor.fold import RawMessage, decode_batch
-from streamrec.contract import MIN_TS_MS, Event, EventType, Rejection, decode_event, decode_item, now_ms
+from streamrec.contract import MIN_TS_MS, Event, Rejection, decode_event, decode_item, now_ms
+from streamrec.event_types import EventType
+from streamrec.stream_processor.fold import RawMessage, decode_batch
 
 FIELDS = ["event_id", "type", "user_id", "item_id", "query", "session_id", "recommendation_id"]
 FIELDS += ["quantity", "price", "ts", "schema"]

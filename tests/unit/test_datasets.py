@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.contract import MIN_TS_MS, Event, EventType
+from streamrec.contract import MIN_TS_MS, Event
 from streamrec.datasets import (
     SYNTHETIC_STEP_MS,
     dataset_events,
@@ -19,6 +19,7 @@ from streamrec.datasets import (
     read_seq,
     read_sessions,
 )
+from streamrec.event_types import EventType
 
 BASE_TS = 1_700_000_000_000
 

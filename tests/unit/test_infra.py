@@ -16,7 +16,7 @@ import pytest
 import typer
 import yaml
 
-from streamrec.cli import app as cli_app
+from streamrec.cli.main import app as cli_app
 from streamrec.settings import ScoringSettings, Settings, describe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -212,7 +212,7 @@ def test_image_is_multi_stage_non_root_with_a_healthcheck_and_runs_the_cli() -> 
     assert entrypoint == ["streamrec"]
     _command(cmd)
     # the console script the entrypoint names is the one pyproject installs
-    assert 'streamrec = "streamrec.cli:main"' in (ROOT / "pyproject.toml").read_text()
+    assert 'streamrec = "streamrec.cli.main:main"' in (ROOT / "pyproject.toml").read_text()
 
 
 def test_commands_that_do_not_exist_are_refused() -> None:

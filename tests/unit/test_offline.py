@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from streamrec.contract import EventType
+from streamrec.event_types import EventType
 from streamrec.scoring import Candidate, blend
 from streamrec.settings import ScoringSettings
-from trainer import models
-from trainer.models import Matrix
-from trainer.ranking_metrics import hit_and_gain, score_lists, table
-from trainer.splits import Split, leave_last_out, load_split
-from trainer.train import DEFAULT_CONFIGS, Config, fit, select, served_lists
+from streamrec.trainer import models
+from streamrec.trainer.models import Matrix
+from streamrec.trainer.ranking_metrics import hit_and_gain, score_lists, table
+from streamrec.trainer.splits import Split, leave_last_out, load_split
+from streamrec.trainer.train import DEFAULT_CONFIGS, Config, fit, select, served_lists
 
 P, V, C = EventType.PURCHASE, EventType.VIEW, EventType.ADD_TO_CART
 

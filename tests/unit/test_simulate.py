@@ -6,8 +6,9 @@ from collections import Counter
 
 import pytest
 
-from producers.simulate import CATEGORIES, make_catalog, make_shoppers, simulate_events
-from streamrec.contract import CatalogItem, Event, EventType
+from streamrec.contract import CatalogItem, Event
+from streamrec.event_types import EventType
+from streamrec.producers.simulate import CATEGORIES, make_catalog, make_shoppers, simulate_events
 
 START = 1_700_000_000_000
 HOUR_MS = 3_600_000

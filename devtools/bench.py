@@ -30,8 +30,7 @@ import redis
 import requests
 
 from streamrec.contract import CatalogItem, Event
-from streamrec.keys import Keys
-from streamrec.localstack import (
+from streamrec.devtools.localstack import (
     LOOPBACK,
     ManagedProcess,
     ServiceError,
@@ -40,6 +39,7 @@ from streamrec.localstack import (
     start_broker,
     start_redis,
 )
+from streamrec.keys import Keys
 from streamrec.settings import ScoringSettings
 
 PREFIX = "bench"
@@ -122,7 +122,7 @@ class Stack:
         }
 
     def start(self, name: str, env: dict[str, str], *args: str) -> ManagedProcess:
-        proc = spawn(name, [sys.executable, "-m", "streamrec", *args], self.root / f"{name}.log", env)
+        proc = spawn(name, [sys.executable, "-m", "streamrec.cli", *args], self.root / f"{name}.log", env)
         self.procs.append(proc)
         return proc
 
@@ -166,8 +166,8 @@ def dataset_records(name: str, limit: int | None) -> tuple[list[CatalogItem], li
 
 def simulated_records(n_events: int, seed: int = 7) -> tuple[list[CatalogItem], list[Event]]:
     """A simulated shop sized with the event count (about 10 events per shopper, 1 item per 10 events)."""
-    from producers.simulate import make_catalog, simulate_events
     from streamrec.contract import now_ms
+    from streamrec.producers.simulate import make_catalog, simulate_events
 
     start = now_ms() - 86_400_000
     catalog = make_catalog(max(n_events // 10, 50), seed, ts_ms=start)
@@ -243,7 +243,7 @@ def ingest_drain(
             pub.publish_raw(topics.events, e.user_id.encode(), e.to_json())
     env = stack.env(tag)
     if null:
-        argv = ["-c", "from streamrec.bench import faust_null_worker; faust_null_worker()"]
+        argv = ["-c", "from streamrec.devtools.bench import faust_null_worker; faust_null_worker()"]
         procs = [spawn(f"faust-null-{tag}", [sys.executable, *argv], stack.root / "faust-null.log", env)]
         stack.procs.extend(procs)
     else:
@@ -271,8 +271,8 @@ def faust_null_worker() -> None:
     import faust
     import redis.asyncio
 
-    from stream_processor.transport import ConsumerThread
     from streamrec.settings import Settings
+    from streamrec.stream_processor.transport import ConsumerThread
     from streamrec.topics import Topics
 
     s = Settings()

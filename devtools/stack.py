@@ -19,8 +19,7 @@ from urllib.parse import urlparse
 
 import redis
 
-from streamrec.keys import Keys
-from streamrec.localstack import (
+from streamrec.devtools.localstack import (
     LOOPBACK,
     ManagedProcess,
     ServiceError,
@@ -29,6 +28,7 @@ from streamrec.localstack import (
     start_redis,
     wait_for_port,
 )
+from streamrec.keys import Keys
 from streamrec.settings import Settings
 
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
@@ -132,7 +132,7 @@ def run_stack(
         "STREAMREC_API_HOST": LOOPBACK,
         "STREAMREC_WORKER_DATA_DIR": str(data_dir / "worker"),
     }
-    me = [sys.executable, "-m", "streamrec"]
+    me = [sys.executable, "-m", "streamrec.cli"]
 
     def on_signal(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt  # SIGTERM stops the stack exactly as Ctrl-C does

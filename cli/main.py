@@ -68,7 +68,7 @@ def _fail_on_undelivered(failed: int) -> None:
 @app.command()
 def worker() -> None:
     """Run a stream-processor worker: fold events from Kafka into Redis (run several to share partitions)."""
-    from stream_processor.agents import run
+    from streamrec.stream_processor.worker import run
 
     run(_settings())
 
@@ -97,7 +97,7 @@ def api(
     ] = None,
 ) -> None:
     """Serve the HTTP API under gunicorn."""
-    from api.server import serve
+    from streamrec.api.server import serve
 
     settings = _settings()
     if port is not None:
@@ -124,7 +124,7 @@ def replay(
     ensure_topics: Annotated[bool, typer.Option(help="Create the topics if they are missing.")] = True,
 ) -> None:
     """Stream a real dataset into Kafka as events, each user's in order, catalog first."""
-    from producers.replay import replay as run_replay
+    from streamrec.producers.replay import replay as run_replay
 
     with _publisher(ensure_topics) as publisher:
         report = run_replay(publisher, dataset, limit=limit, rate=rate)
@@ -144,7 +144,7 @@ def simulate(
     ensure_topics: Annotated[bool, typer.Option(help="Create the topics if they are missing.")] = True,
 ) -> None:
     """Drive a synthetic shop: a generated catalog and shoppers who search, view, add to cart and buy."""
-    from producers.simulate import simulate as run_simulate
+    from streamrec.producers.simulate import simulate as run_simulate
 
     with _publisher(ensure_topics) as publisher:
         report = run_simulate(publisher, n_users=users, n_items=items, n_events=events, rate=rate, seed=seed)
@@ -170,7 +170,7 @@ def up(
 
     Ctrl-C stops every process it started.
     """
-    from streamrec.stack import run_stack
+    from streamrec.devtools.stack import run_stack
 
     raise typer.Exit(run_stack(_settings(), dataset, limit, workers, data_dir, exit_after_demo))
 
@@ -195,8 +195,8 @@ def _eval_redis(url: str | None) -> Iterator[tuple[redis.Redis, Keys]]:
 
     import redis as redis_lib
 
+    from streamrec.devtools.localstack import LOOPBACK, free_port, start_redis
     from streamrec.keys import Keys
-    from streamrec.localstack import LOOPBACK, free_port, start_redis
 
     if url:
         client = redis_lib.Redis.from_url(url)
@@ -258,9 +258,9 @@ def evaluate(
     """
     import json
 
-    from trainer import evaluate as offline
-    from trainer.ranking_metrics import table
-    from trainer.splits import load_split
+    from streamrec.trainer import evaluate as offline
+    from streamrec.trainer.ranking_metrics import table
+    from streamrec.trainer.splits import load_split
 
     settings = _settings()
     with _usage_errors():
@@ -291,8 +291,8 @@ def tune(
     ] = None,
 ) -> None:
     """Tune the streaming model's settings on a validation split carved from the training data."""
-    from trainer.splits import load_split
-    from trainer.tune import tune as run_tune
+    from streamrec.trainer.splits import load_split
+    from streamrec.trainer.tune import tune as run_tune
 
     settings = _settings()
     with _usage_errors():
@@ -313,9 +313,9 @@ def train(
 ) -> None:
     """Build a batch model from the event log (Kafka, from the beginning) or a dataset, and publish it to Redis."""
     from streamrec.topics import Topics
-    from trainer import eventlog
-    from trainer.splits import leave_last_out, load_split
-    from trainer.train import train_and_publish
+    from streamrec.trainer import eventlog
+    from streamrec.trainer.splits import leave_last_out, load_split
+    from streamrec.trainer.train import train_and_publish
 
     settings = _settings()
     with _usage_errors():
@@ -422,7 +422,7 @@ def bench(
     """Measure ingest, freshness, API latency, memory and scale on a local stack of its own (Tansu, Redis, workers, API)."""
     import dataclasses
 
-    from streamrec import bench as perf
+    from streamrec.devtools import bench as perf
 
     plan = perf.Plan.quick() if quick else perf.Plan.full()
     if repeats is not None:

@@ -1,0 +1,77 @@
+"""What the API's blueprints share: the clients built by the factory, kept in ``app.extensions``.
+
+Blueprints import this module, never ``app``, so the factory can import every blueprint without a cycle
+(the Flask tutorial's ``extensions`` pattern).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis
+from flask import Flask, current_app
+
+from streamrec.contract import CatalogItem, Event
+from streamrec.recommend import Recommender
+from streamrec.settings import Settings
+
+EXTENSION = "streamrec"
+
+
+class Publisher(Protocol):
+    """Publishes and returns a delivery future whose ``get(timeout)`` raises if delivery failed."""
+
+    def publish_event(self, event: Event) -> Any: ...
+    def publish_item(self, item: CatalogItem) -> Any: ...
+    def flush(self, timeout: float | None = None) -> None: ...
+
+
+def kafka_publisher(settings: Settings) -> Publisher:
+    from streamrec.publisher import EventPublisher
+    from streamrec.topics import Topics
+
+    return EventPublisher(settings.kafka_bootstrap, Topics(settings.topic_prefix))
+
+
+@dataclass
+class Services:
+    """What the views need: settings, Redis, the recommender and (lazily, after fork) a Kafka publisher."""
+
+    settings: Settings
+    redis: redis.Redis
+    recommender: Recommender
+    publisher_factory: Callable[[Settings], Publisher]
+    _publisher: Publisher | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def publisher(self) -> Publisher:
+        with self._lock:
+            if self._publisher is None:
+                self._publisher = self.publisher_factory(self.settings)
+            return self._publisher
+
+    def discard_publisher(self, broken: Publisher) -> None:
+        """Drop a publisher whose delivery failed; the next write builds a new one.
+
+        A producer's fatal error does not heal (an idempotent producer whose broker lost its state, as
+        Tansu's memory storage does on restart, stays failed), and records it still holds were answered
+        503, so their senders retry: nothing acknowledged is dropped with it.
+        """
+        with self._lock:
+            if self._publisher is broken:
+                self._publisher = None
+        close = getattr(broken, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):  # it failed already; closing must not fail the request
+                close(timeout=0)
+
+
+def services(app: Flask | None = None) -> Services:
+    """The ``Services`` of ``app``, or of the app handling the current request."""
+    svc: Services = (app or current_app).extensions[EXTENSION]
+    return svc

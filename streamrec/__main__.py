@@ -1,5 +1,0 @@
-"""``python -m streamrec`` is the ``streamrec`` command."""
-
-from streamrec.cli import main
-
-main()
