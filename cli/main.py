@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from streamrec.settings import Settings
+from streamrec.settings import Settings, keys_of
 
 if TYPE_CHECKING:
     import redis
@@ -364,11 +364,10 @@ def _store(settings: Settings | None = None) -> ModelStore:
     """The deployment's model store (Redis URL and key prefix from the settings)."""
     import redis as redis_lib
 
-    from streamrec.keys import Keys
     from streamrec.modelstore import ModelStore
 
     settings = settings or _settings()
-    return ModelStore(redis_lib.Redis.from_url(settings.redis_url), Keys(settings.redis_prefix))
+    return ModelStore(redis_lib.Redis.from_url(settings.redis_url), keys_of(settings))
 
 
 @model_app.command("list")

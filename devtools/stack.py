@@ -29,7 +29,8 @@ from streamrec.devtools.localstack import (
     wait_for_port,
 )
 from streamrec.keys import Keys
-from streamrec.settings import Settings
+from streamrec.settings import Settings, keys_of
+from streamrec.state import applied_events
 
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
 
@@ -71,8 +72,7 @@ def wait_caught_up(
     deadline = time.monotonic() + timeout
     last, since = -1, time.monotonic()
     while time.monotonic() < deadline:
-        stats = client.hgetall(keys.stats())
-        applied = sum(int(v) for k, v in stats.items() if k.startswith(b"applied:"))
+        applied = applied_events(client, keys)
         if applied != last:
             last, since = applied, time.monotonic()
         elif applied > 0 and time.monotonic() - since >= quiet_for:
@@ -93,8 +93,11 @@ def _demo(api: str, client: redis.Redis, keys: Keys) -> None:
         print(f"\nShoppers who engaged with {top} also engaged with ({similar['strategy']}):")
         for row in similar["items"]:
             print(f"  {row['item_id']:>8}  {row['title'] or ''}  [{row['reason']}]")
-    pattern = keys.templates()["history"] % "*"
-    user = next((k.decode().split(":")[-2] for k in client.scan_iter(match=pattern, count=500)), None)
+    head, tail = keys.history("\0").split("\0")
+    user = next(
+        (k.decode()[len(head) : -len(tail)] for k in client.scan_iter(match=keys.history("*"), count=500)),
+        None,
+    )
     if user:
         recs = _get_json(f"{api}/v1/users/{user}/recommendations?k=5&explain=true")["data"]
         print(
@@ -160,7 +163,7 @@ def run_stack(
             wait_http(f"{api_url}/healthz", 30)
             print(f"API listening on {api_url}")
             client = redis.Redis.from_url(settings.redis_url)
-            keys = Keys(settings.redis_prefix)
+            keys = keys_of(settings)
             if dataset != "none":
                 argv = [*me, "replay", dataset, "--no-ensure-topics"] + (
                     ["--limit", str(limit)] if limit else []

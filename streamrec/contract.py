@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
@@ -118,6 +118,38 @@ class CatalogItem(BaseModel):
         return orjson.dumps(self.model_dump(mode="json"))
 
 
+class ItemDeletion(BaseModel):
+    """A product leaves the catalog (``DELETE /v1/items/{item_id}``): items topic, key = item_id."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    item_id: Id128
+    deleted: Literal[True]
+    ts: Annotated[int, Field(strict=True, ge=0)] = Field(default_factory=now_ms)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"))
+
+
+class UserErasure(BaseModel):
+    """Erase every trace of a user's state (``DELETE /v1/users/{user_id}``): events topic, key = user_id,
+    so it is ordered after the user's earlier events."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    erase_user: Id128
+    erasure_id: Id64
+    ts: Annotated[int, Field(strict=True, ge=0)] = Field(default_factory=now_ms)
+
+    @property
+    def user_id(self) -> str:
+        """The erased user."""
+        return self.erase_user
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"))
+
+
 @dataclass(frozen=True)
 class Rejection:
     """Why a message was refused, for a person."""
@@ -168,3 +200,33 @@ def decode_item(raw: bytes | str | dict[str, Any]) -> CatalogItem | Rejection:
     result = _decode(CatalogItem, raw)
     assert isinstance(result, CatalogItem | Rejection)
     return result
+
+
+def _parsed(raw: bytes | str | dict[str, Any]) -> dict[str, Any] | None:
+    if isinstance(raw, dict):
+        return raw
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def decode_event_record(raw: bytes | str | dict[str, Any]) -> Event | UserErasure | Rejection:
+    """A record of the events topic: an event, or a user's erasure (it carries ``erase_user``)."""
+    data = _parsed(raw)
+    if data is not None and "erase_user" in data:
+        result = _decode(UserErasure, data)
+        assert isinstance(result, UserErasure | Rejection)
+        return result
+    return decode_event(raw)
+
+
+def decode_catalog_record(raw: bytes | str | dict[str, Any]) -> CatalogItem | ItemDeletion | Rejection:
+    """A record of the items topic: a catalog record, or a deletion (it carries ``deleted``)."""
+    data = _parsed(raw)
+    if data is not None and "deleted" in data:
+        result = _decode(ItemDeletion, data)
+        assert isinstance(result, ItemDeletion | Rejection)
+        return result
+    return decode_item(raw)

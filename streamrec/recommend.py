@@ -7,7 +7,7 @@ round trips; the maths is in ``scoring``.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from streamrec import event_types
@@ -47,7 +47,8 @@ class Answer:
 
 
 def _usable(record: dict[str, str] | None, category: str | None) -> bool:
-    if record is not None and record.get("in_stock") == "0":
+    """In stock, not deleted, and in ``category`` when one is asked for (items without a record pass)."""
+    if record is not None and (record.get("in_stock") == "0" or record.get("deleted") == "1"):
         return False
     return category is None or (record is not None and record.get("category") == category)
 
@@ -56,11 +57,16 @@ class Recommender:
     """Ranks from one state reader with one set of scoring settings."""
 
     def __init__(
-        self, reader: StateReader, scoring: ScoringSettings, models: ModelStore | None = None
+        self,
+        reader: StateReader,
+        scoring: ScoringSettings,
+        models: ModelStore | None = None,
+        clock: Callable[[], int] | None = None,
     ) -> None:
         self.reader = reader
         self.scoring = scoring
         self.models = models
+        self.clock = clock
 
     def _batch(self, seeds: Sequence[str]) -> tuple[str | None, dict[str, dict[str, float]]]:
         """The active batch model's neighbours of ``seeds``, unless blending is off or there is no model."""
@@ -69,16 +75,21 @@ class Recommender:
         return self.models.neighbours(seeds)
 
     def now(self) -> int:
-        """The state's clock (event time), or the wall clock before any event."""
-        return self.reader.clock() or int(time.time() * 1000)
+        """Now in epoch ms: the wall clock, or the clock this recommender was given (offline evaluation
+        ranks as of the end of its training data)."""
+        return self.clock() if self.clock is not None else int(time.time() * 1000)
 
-    def _normalised(self, anchors: Sequence[str]) -> dict[str, dict[str, float]]:
+    def _normalised(self, anchors: Sequence[str], now: int) -> dict[str, dict[str, float]]:
         # read every stored neighbour (the list is bounded): the best normalised ones may not be the top raw ones
-        raw = self.reader.neighbours(anchors, self.scoring.neighbours_max + self.scoring.neighbours_slack)
+        s = self.scoring
+        raw = self.reader.neighbours(anchors, s.neighbours_max + s.neighbours_slack, now)
         every = sorted({*anchors, *(n for nbrs in raw.values() for n in nbrs)})
-        counts = self.reader.counts(every)
-        alpha = self.scoring.popularity_alpha
-        return {a: normalised_neighbours(raw[a], counts, counts.get(a, 1.0), alpha) for a in anchors}
+        counts = self.reader.counts(every, now)
+        # a neighbour with no activity left (expired or deleted) is no candidate
+        live = {a: {m: c for m, c in raw[a].items() if m in counts} for a in anchors}
+        return {
+            a: normalised_neighbours(live[a], counts, counts.get(a, 1.0), s.popularity_alpha) for a in anchors
+        }
 
     def _finish(
         self,
@@ -149,7 +160,7 @@ class Recommender:
                 seed_types[entry.item_id] = entry.type
         terms = list(dict.fromkeys(t for _, ts in user.searches for t in ts))[:TERMS_USED]
         term_items = self.reader.term_items(terms, TERM_ITEMS_READ)
-        neighbours = self._normalised(list(seeds))
+        neighbours = self._normalised(list(seeds), now)
         candidates = score_personal(seeds, seed_types, neighbours, term_items, s.search_blend)
         version, batch = self._batch(list(seeds))
         if batch:
@@ -170,7 +181,7 @@ class Recommender:
     def similar(self, item_id: str, k: int, user_id: str | None = None) -> Answer:
         """Items that shoppers acted on together with ``item_id``, popularity-normalised."""
         now = self.now()
-        neighbours = self._normalised([item_id])[item_id]
+        neighbours = self._normalised([item_id], now)[item_id]
         excluded = {item_id}
         if user_id:
             excluded |= self.reader.user(user_id, now).bought

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from streamrec.devtools.localstack import free_port, start_redis
+from streamrec.state import applied_events
 from streamrec.topics import Topics, ensure_topics
 from tests.conftest import Namespace, wait_until
 
@@ -35,7 +36,7 @@ def _rss_bytes(pid: int) -> int:
 
 
 def _applied(ns: Namespace) -> int:
-    return sum(int(v) for k, v in ns.redis.hgetall(ns.keys.stats()).items() if k.startswith(b"applied:"))
+    return applied_events(ns.redis, ns.keys)
 
 
 def test_memory_levels_off_under_a_steady_stream(namespace: Namespace, tmp_path: Path) -> None:

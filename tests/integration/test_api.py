@@ -17,9 +17,9 @@ from streamrec.api.app import create_app
 from streamrec.contract import CatalogItem, Event, now_ms
 from streamrec.devtools.localstack import ManagedProcess, free_port
 from streamrec.event_types import EventType
+from streamrec.fold import StateWriter
 from streamrec.keys import Keys
 from streamrec.settings import DAY_MS, Settings
-from streamrec.state import StateWriter
 
 pytestmark = pytest.mark.redis
 
@@ -166,8 +166,9 @@ def test_recommendations_envelope_and_enriched_items(api: Api, redis_client: red
     assert data["strategy"] == "personalized"
     assert "model_version" in data
     assert data["user_id"] == "me"
-    assert [i["item_id"] for i in data["items"]] == ["b", "c"]  # a seen, d out of stock
-    first = data["items"][0]
+    # a seen, d out of stock; c after b, as its pair with a is newer (decay)
+    assert [i["item_id"] for i in data["items"]] == ["c", "b"]
+    first = data["items"][1]
     assert first["title"] == "Item b"
     assert first["price"] == 12.5
     assert first["image_url"] == "/static/img/b.svg"
@@ -212,7 +213,7 @@ def test_similar_popular_and_trending(api: Api, redis_client: redis.Redis) -> No
     seed_shop(api, redis_client)
     similar = body(api.client.get("/v1/items/a/similar?k=5&explain=1"))["data"]
     assert similar["item_id"] == "a"
-    assert [i["item_id"] for i in similar["items"]] == ["b", "c"]
+    assert [i["item_id"] for i in similar["items"]] == ["c", "b"]  # the newer pair first (decay)
     assert similar["items"][0]["reason"] == "customers also viewed"
     popular = body(api.client.get("/v1/popular?k=2&category=shoes"))["data"]
     assert (popular["category"], [i["item_id"] for i in popular["items"]]) == ("shoes", ["a", "c"])

@@ -16,9 +16,9 @@ from streamrec.api.catalog_search import CatalogSearch
 from streamrec.contract import CatalogItem, Event
 from streamrec.devtools.localstack import ManagedProcess
 from streamrec.event_types import EventType
+from streamrec.fold import StateWriter
 from streamrec.keys import Keys
 from streamrec.settings import DAY_MS, Settings
-from streamrec.state import StateWriter
 
 pytestmark = pytest.mark.redis
 

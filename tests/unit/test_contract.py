@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import orjson
@@ -19,7 +18,7 @@ from streamrec.contract import (
     decode_item,
     now_ms,
 )
-from streamrec.stream_processor.fold import RawMessage, dead_letter, decode_batch
+from streamrec.stream_processor.fold import RawMessage, decode_batch
 
 TS = 1_700_000_000_000
 
@@ -286,38 +285,3 @@ def test_decode_batch_of_items() -> None:
     assert [i.item_id for i in out.good] == ["a"]
     assert [m.offset for m, _ in out.dead] == [1]
     assert isinstance(out.good[0], CatalogItem)
-
-
-def test_dead_letter_carries_reason_source_and_original_bytes() -> None:
-    value = b'{"event_id": "x1", "type": "teleport"}'
-    msg = RawMessage("streamrec.events", 3, 17, b"user-9", value)
-    rejection = decode_event(value)
-    assert isinstance(rejection, Rejection)
-    before = now_ms()
-    record = orjson.loads(dead_letter(msg, rejection))
-    assert record["reason"] == rejection.reason
-    assert record["errors"] == rejection.errors
-    assert record["source"] == {"topic": "streamrec.events", "partition": 3, "offset": 17}
-    assert record["key"] == "user-9"
-    assert record["original"] == value.decode()
-    assert base64.b64decode(record["original_b64"]) == value
-    assert before <= record["rejected_at"] <= now_ms()
-
-
-def test_dead_letter_of_non_utf8_bytes_keeps_them_in_base64_only() -> None:
-    value = b"\xff\xfe{\x80not utf-8"
-    msg = RawMessage("streamrec.events", 0, 5, b"\xffkey", value)
-    [(_, rejection)] = decode_batch([msg], "event").dead
-    record = orjson.loads(dead_letter(msg, rejection))
-    assert record["original"] is None
-    assert base64.b64decode(record["original_b64"]) == value
-    assert record["key"] == "\ufffdkey"
-    assert record["reason"].startswith("not valid JSON")
-
-
-def test_dead_letter_of_an_empty_message() -> None:
-    msg = RawMessage("streamrec.events", 0, 6, None, None)
-    [(_, rejection)] = decode_batch([msg], "event").dead
-    record = orjson.loads(dead_letter(msg, rejection))
-    assert (record["original"], record["original_b64"], record["key"]) == ("", "", None)
-    assert record["reason"] == "empty message (no value)"
