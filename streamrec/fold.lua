@@ -164,9 +164,6 @@ local function fold_event(e, ops)
     call('SET', fmt(T.erased, u), fmt('%d', e.ts), 'EX', C.user_ttl)
     return
   end
-  local vk = fmt(T.version, u)
-  call('HINCRBY', vk, 'n', 1)
-  touch(vk, C.user_ttl)
   if e.type == 'search' then
     local qk = fmt(T.searches, u)
     call('LPUSH', qk, fmt('%d|%s', e.ts, table.concat(e.terms, '\t')))
@@ -206,14 +203,15 @@ local function user_stage(events, wm, wm_field, outbox, on_applied)
   local mark = -1
   if wm and wm_field then mark = tonumber(call('HGET', wm, wm_field) or '-1') end
   local outcomes, newest = {}, mark
-  local pruned = {}
+  local pruned, erased_memo, folded, order = {}, {}, {}, {}
   for n, e in ipairs(events) do
     local outcome
-    local ek = fmt(T.claims, e.user)
+    local u = e.user
+    local ek = fmt(T.claims, u)
     if e.o and e.o >= 0 and e.o <= mark then
       outcome = DUPLICATE
       if outbox then
-        local kept = call('HGET', fmt(T.outbox, e.user), e.p .. ':' .. e.o)
+        local kept = call('HGET', fmt(T.outbox, u), e.p .. ':' .. e.o)
         if kept then on_applied(e, cjson.decode(kept)) end
       end
     else
@@ -222,22 +220,26 @@ local function user_stage(events, wm, wm_field, outbox, on_applied)
         pruned[ek] = true
         call('ZREMRANGEBYSCORE', ek, '-inf', '(' .. fmt('%d', WALL - C.dedupe_window))
       end
-      local erased_at = tonumber(call('GET', fmt(T.erased, e.user)) or '-1')
-      if e.type ~= 'erase' and call('ZSCORE', ek, e.id) then
-        outcome = DUPLICATE
-      elseif e.type ~= 'erase' and e.ts <= erased_at then
+      if erased_memo[u] == nil then erased_memo[u] = tonumber(call('GET', fmt(T.erased, u)) or '-1') end
+      if e.type ~= 'erase' and e.ts <= erased_memo[u] then
         outcome = ERASED
+      elseif e.type ~= 'erase' and call('ZADD', ek, 'NX', WALL, e.id) == 0 then
+        outcome = DUPLICATE  -- the same event_id within the dedupe window: a client's retry
       else
         local ops = {}
         local ok, err = pcall(fold_event, e, ops)
         if ok then
           outcome = APPLIED
-          if e.type ~= 'erase' then
-            call('ZADD', ek, WALL, e.id)
+          if e.type == 'erase' then
+            erased_memo[u] = e.ts
+            folded[u] = 0
+          else
             touch(ek, C.dedupe_window_s)
+            if folded[u] == nil then order[#order + 1] = u end
+            folded[u] = (folded[u] or 0) + 1
           end
           if outbox and #ops > 0 then
-            local ok_key = fmt(T.outbox, e.user)
+            local ok_key = fmt(T.outbox, u)
             call('HSET', ok_key, e.p .. ':' .. e.o, cjson.encode(ops))
             touch(ok_key, C.outbox_ttl)
           end
@@ -245,11 +247,20 @@ local function user_stage(events, wm, wm_field, outbox, on_applied)
         else
           local msg = err_text(err)
           if is_transient(msg) then error(err) end
+          if e.type ~= 'erase' then call('ZREM', ek, e.id) end  -- refused: a fixed replay may fold it
           outcome = 'state update failed: ' .. msg
         end
       end
     end
     outcomes[n] = outcome
+  end
+  -- each user's version moves once per call by the events folded: a reader compares it between trips
+  for _, u in ipairs(order) do
+    if folded[u] > 0 then
+      local vk = fmt(T.version, u)
+      call('HINCRBY', vk, 'n', folded[u])
+      touch(vk, C.user_ttl)
+    end
   end
   if wm and wm_field and newest > mark then call('HSET', wm, wm_field, newest) end
   return outcomes
@@ -257,14 +268,20 @@ end
 
 -- ------------------------------------------------------------------------------- the item stage
 
-local deleted_memo = {}
-local function is_deleted(item)
-  local d = deleted_memo[item]
-  if d == nil then
-    d = call('HGET', fmt(T.catalog, item), 'deleted') == '1'
-    deleted_memo[item] = d
+local catalog_memo = {}
+local function catalog_of(item)
+  -- the item's deletion flag and category (a catalog record cannot change during an events call)
+  local m = catalog_memo[item]
+  if m == nil then
+    local r = call('HMGET', fmt(T.catalog, item), 'deleted', 'category')
+    m = {r[1] == '1', r[2] or ''}
+    catalog_memo[item] = m
   end
-  return d
+  return m
+end
+
+local function is_deleted(item)
+  return catalog_of(item)[1]
 end
 
 local card_memo = {}
@@ -324,7 +341,7 @@ local function apply_op(op, copies, overfull)
     local n = lse(tonumber(cur[1]), cnt_x)
     local pop = lse(tonumber(cur[2]), pop_x)
     local trend = lse(tonumber(cur[3]), trend_x)
-    local cat = call('HGET', fmt(T.catalog, item), 'category') or ''
+    local cat = catalog_of(item)[2]
     call('HSET', sk, 'n', n, 'pop', pop, 'trend', trend, 'last', fmt('%d', tse), 'cat', cat)
     call('HINCRBY', sk, 'c', 1)  -- plain occurrences, for audits (exactly-once checks) and capacity figures
     touch(sk, C.item_ttl)
@@ -354,7 +371,8 @@ end
 local function file_copy(key, score, item, tse, rate)
   -- ZADD GT keeps the newest copy whatever order copies arrive in (totals only grow); members whose
   -- decayed value fell below C.forget are dropped, and the shard is capped
-  call('ZADD', key, 'GT', score, item)
+  if call('ZADD', key, 'GT', score, item) == 0 then return end
+  -- a new member: the set grew, so drop what decayed below the floor, and cap it
   call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (tse * rate + C.forget_log))
   cap_lowest(key, C.shard_max, 100)
 end

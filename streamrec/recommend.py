@@ -25,6 +25,7 @@ from streamrec.settings import ScoringSettings
 from streamrec.state import StateReader
 
 TERM_ITEMS_READ = 50
+PAGE_MAX = 5000  # the most rows one read of a popularity or trending list asks for
 TERMS_USED = 10
 
 
@@ -124,17 +125,23 @@ class Recommender:
         if category is None:
             fills.append((None, "popular", "popular right now"))
         for cat, source, reason in fills:
-            if len(picked) >= k:
-                break
-            rows = self.reader.popular(k + len(taken) + 10, now, cat)
-            more = self.reader.catalog([item for item, _ in rows if item not in catalog])
-            catalog.update(more)
-            for item, score in rows:
-                if len(picked) >= k:
+            # page down the list until k usable items are found or it ends: a list whose top is sold out,
+            # excluded or filed under another category still fills the answer
+            offset, page = 0, k + len(taken) + 10
+            while len(picked) < k:
+                rows = self.reader.popular(page, now, cat, offset)
+                more = self.reader.catalog([item for item, _ in rows if item not in catalog])
+                catalog.update(more)
+                for item, score in rows:
+                    if len(picked) >= k:
+                        break
+                    if item not in taken and _usable(catalog.get(item), cat or category):
+                        picked.append(Ranked(item, score, reason, source))
+                        taken.add(item)
+                if len(rows) < page:
                     break
-                if item not in taken and _usable(catalog.get(item), category):
-                    picked.append(Ranked(item, score, reason, source))
-                    taken.add(item)
+                offset += len(rows)
+                page = min(page * 2, PAGE_MAX)
         strategy = picked[0].source if picked else "empty"
         if strategy in {"item_to_item", "search", "model", "repeat"}:
             strategy = personal
@@ -206,16 +213,22 @@ class Recommender:
         return self._finish([], k, category, set(), [], self.now())
 
     def trending(self, k: int, category: str | None = None) -> Answer:
-        """The items whose interest grows fastest now."""
+        """The items whose interest grows fastest now (in stock, in ``category`` when given)."""
         now = self.now()
-        rows = self.reader.trending(k * 3 + 20, now, category)
-        ranked = [Candidate(item, score, "trending now", "trending") for item, score in rows]
-        catalog = self.reader.catalog([c.item_id for c in ranked])
-        picked = [
-            Ranked(c.item_id, c.score, c.reason, c.source)
-            for c in ranked
-            if _usable(catalog.get(c.item_id), None)
-        ][:k]
+        n = k * 3 + 20
+        catalog: dict[str, dict[str, str]] = {}
+        while True:
+            # a wider pool when too many of the fastest risers are sold out or were re-categorised
+            rows = self.reader.trending(n, now, category)
+            catalog.update(self.reader.catalog([item for item, _ in rows if item not in catalog]))
+            picked = [
+                Ranked(item, score, "trending now", "trending")
+                for item, score in rows
+                if _usable(catalog.get(item), category)
+            ][:k]
+            if len(picked) >= k or len(rows) < n or n >= PAGE_MAX:
+                break
+            n = min(n * 4, PAGE_MAX)
         return Answer(
             "trending" if picked else "empty",
             picked,

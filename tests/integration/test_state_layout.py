@@ -231,7 +231,7 @@ def test_items_whose_weight_decayed_below_the_floor_leave_popular_and_trending(w
     shard = world.keys.shard("stale")
     fresh = next(f"f{n}" for n in range(100) if world.keys.shard(f"f{n}") == shard)
     world.writer.apply([view("u", "stale", t - 10 * hour)])  # trending halves per hour: 2^-10 < 0.01
-    world.writer.apply([view("v", fresh, t)])  # a write to the same shard prunes what decayed away
+    world.writer.apply([view("v", fresh, t)])  # a new member of the same shard prunes what decayed away
     assert world.trending() == [fresh]
     assert world.client.zscore(world.keys.trending(shard), "stale") is None
     assert set(world.popular()) == {"stale", fresh}  # a week's half-life keeps it popular
