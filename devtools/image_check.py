@@ -66,6 +66,8 @@ print(json.dumps({
     "lua": sorted(p.name for p in files("streamrec").iterdir() if p.name.endswith(".lua")),
 }))
 """
+# what the image's healthcheck command printed, the last run last
+HEALTH_LOG = "{{range .State.Health.Log}}{{.Output}}{{end}}"
 # inside the container: the uid that owns each process
 PROCESS_UIDS = (
     "import os; print(sorted({os.stat(f'/proc/{p}').st_uid for p in os.listdir('/proc') if p.isdigit()}))"
@@ -353,9 +355,8 @@ class Run:
             for name in (api, worker):
                 result = podman.run("healthcheck", "run", name, check=False)
                 if result.returncode != 0:
-                    raise CheckFailed(
-                        f"podman healthcheck run {name}: {(result.stdout + result.stderr).strip()}"
-                    )
+                    said = podman.run("inspect", "--format", HEALTH_LOG, name, check=False).stdout.strip()
+                    raise CheckFailed(f"podman healthcheck run {name}: {result.stdout.strip()}: {said}")
                 found.append(f"{name.rsplit('-', 1)[1]} {result.stdout.strip() or 'healthy'}")
         with step("packaged templates, static files, Lua scripts") as found:
             held = json.loads(podman.run("exec", api, "python", "-c", LIST_PACKAGED).stdout)
@@ -442,10 +443,8 @@ def run(base_tar: Path | None, log_dir: Path, store: Path | None = None) -> int:
         if store:
             print(f"ok   clean up: containers, Tansu, Redis (podman store kept in {store})", flush=True)
         else:
-            mounted = subprocess.run(
-                ["findmnt", "-rn", "-o", "TARGET"], capture_output=True, text=True
-            ).stdout
-            left = [line for line in mounted.splitlines() if line.startswith(str(work))]
+            mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+            left = [target for target in mounts if target.startswith(str(work))]
             left += [str(work)] if work.exists() else []
             verdict = f"FAIL clean up (still there: {', '.join(left)})" if left else "ok   clean up"
             print(f"{verdict}: containers, podman store, Tansu, Redis", flush=True)
