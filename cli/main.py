@@ -449,6 +449,7 @@ def healthcheck(
     if url is None:
         settings = Settings()
         host = "127.0.0.1" if settings.api_host in ("", "0.0.0.0", "::") else settings.api_host
+        host = f"[{host}]" if ":" in host else host
         url = f"http://{host}:{settings.api_port}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - the operator's URL
