@@ -26,7 +26,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 ## Build the container image with podman and run api and worker from it against a local Tansu and Redis
-## (root; Debian's podman, runc and mmdebstrap; about 4 minutes).
+## (root; Debian's podman, runc and mmdebstrap; about 4 minutes on a quiet machine, 8 on a busy one).
 .PHONY: image-check
 image-check: install
 	$(PY) -m streamrec.devtools.image_check
