@@ -431,6 +431,34 @@ def bench(
     typer.echo(f"written to {out_dir}/bench.json, bench.md and scale.png in {figures['seconds']:.0f}s")
 
 
+@app.command()
+def healthcheck(
+    url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HEALTHCHECK_URL",
+            help="URL to probe (default: the API's /healthz on STREAMREC_API_HOST:STREAMREC_API_PORT).",
+        ),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 2.0,
+) -> None:
+    """Exit 0 if the program answers HTTP 2xx, else 1 (the container image's HEALTHCHECK)."""
+    import urllib.request
+
+    if url is None:
+        settings = Settings()
+        host = "127.0.0.1" if settings.api_host in ("", "0.0.0.0", "::") else settings.api_host
+        host = f"[{host}]" if ":" in host else host
+        url = f"http://{host}:{settings.api_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - the operator's URL
+            status = resp.status
+    except (OSError, ValueError) as exc:
+        typer.echo(f"unhealthy: {url}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"healthy: {url} answered {status}")
+
+
 @app.command("settings")
 def show_settings() -> None:
     """Print every setting: its environment variable, its current value and what it does (Markdown)."""
