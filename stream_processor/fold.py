@@ -9,7 +9,17 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from streamrec.contract import CatalogItem, Event, Rejection, decode_event, decode_item
+from streamrec.contract import (
+    DEFAULT_TIME_POLICY,
+    CatalogItem,
+    Event,
+    ItemDeletion,
+    Rejection,
+    TimePolicy,
+    UserErasure,
+    decode_event,
+    decode_item,
+)
 
 
 @dataclass(frozen=True)
@@ -52,19 +62,25 @@ def dead_letter(msg: RawMessage, rejection: Rejection) -> bytes:
     )
 
 
-def decode_batch(messages: Sequence[RawMessage], kind: str) -> Decoded:
-    """Validate each message as an event (``kind`` "event") or a catalog record ("item")."""
-    decode = decode_event if kind == "event" else decode_item
+def decode_batch(
+    messages: Sequence[RawMessage], kind: str, policy: TimePolicy = DEFAULT_TIME_POLICY
+) -> Decoded:
+    """Validate each message as an events-topic record (``kind`` "event": an ``Event`` or a
+    ``UserErasure``) or an items-topic record ("item": a ``CatalogItem`` or an ``ItemDeletion``).
+
+    ``policy`` is the receiver's time rule; build it from the settings with
+    ``TimePolicy(max_future_skew_ms=settings.max_future_skew_ms)``. ``good`` keeps the topic's order.
+    """
     out = Decoded()
     for msg in messages:
         if msg.value is None:
             out.dead.append((msg, Rejection("empty message (no value)", [])))
             continue
-        result = decode(msg.value)
+        result = decode_event(msg.value, policy) if kind == "event" else decode_item(msg.value, policy)
         if isinstance(result, Rejection):
             out.dead.append((msg, result))
         else:
-            assert isinstance(result, Event | CatalogItem)
+            assert isinstance(result, Event | UserErasure | CatalogItem | ItemDeletion)
             out.good.append(result)
             out.sources.append(msg)
     return out

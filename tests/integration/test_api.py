@@ -106,7 +106,7 @@ def seed_shop(api: Api, redis_client: redis.Redis) -> None:
                 price=12.5,
                 image_url=f"/static/img/{i}.svg",
                 in_stock=i != "d",
-                ts=1,
+                ts=T0,
             )
             for i in "abcd"
         ]
