@@ -358,19 +358,22 @@ def describe_errors(exc: ValidationError) -> tuple[str, list[dict[str, Any]]]:
     return reason, items
 
 
-def _parse(raw: bytes | str | dict[str, Any]) -> dict[str, Any] | Rejection:
+def _decode(
+    raw: bytes | str | dict[str, Any],
+    policy: TimePolicy,
+    marker: str,
+    marked: type[BaseModel],
+    plain: type[BaseModel],
+) -> BaseModel | Rejection:
+    """Parse ``raw`` and validate it as ``marked`` if it holds the ``marker`` field, else as ``plain``."""
     try:
         data = raw if isinstance(raw, dict) else orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         return Rejection(f"not valid JSON: {exc}", [])
     if not isinstance(data, dict):
         return Rejection(f"expected a JSON object, got {type(data).__name__}", [])
-    return data
-
-
-def _validate(model: type[BaseModel], data: dict[str, Any], policy: TimePolicy) -> BaseModel | Rejection:
     try:
-        return model.model_validate(data, context={TIME_POLICY: policy})
+        return (marked if marker in data else plain).model_validate(data, context={TIME_POLICY: policy})
     except ValidationError as exc:
         reason, errors = describe_errors(exc)
         return Rejection(reason, errors)
@@ -384,10 +387,7 @@ def decode_event(
     An object with ``erase_user`` is a ``UserErasure``; anything else must be an ``Event``. ``policy`` is
     the receiver's time rule. Never raises: a bad record is a ``Rejection``.
     """
-    data = _parse(raw)
-    if isinstance(data, Rejection):
-        return data
-    result = _validate(UserErasure if "erase_user" in data else Event, data, policy)
+    result = _decode(raw, policy, "erase_user", UserErasure, Event)
     assert isinstance(result, Event | UserErasure | Rejection)
     return result
 
@@ -400,9 +400,6 @@ def decode_item(
     An object with ``deleted`` is an ``ItemDeletion``; anything else must be a ``CatalogItem``. ``policy``
     is the receiver's time rule. Never raises: a bad record is a ``Rejection``.
     """
-    data = _parse(raw)
-    if isinstance(data, Rejection):
-        return data
-    result = _validate(ItemDeletion if "deleted" in data else CatalogItem, data, policy)
+    result = _decode(raw, policy, "deleted", ItemDeletion, CatalogItem)
     assert isinstance(result, CatalogItem | ItemDeletion | Rejection)
     return result
