@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamrec.contract import DEFAULT_MAX_FUTURE_SKEW_MS
 from streamrec.event_types import TYPES, EventType
 from streamrec.keys import Keys
 
@@ -138,6 +139,11 @@ class Settings(BaseSettings):
     max_batch: int = Field(1000, description="Most events accepted in one POST /v1/events.")
     default_k: int = Field(10, description="Items returned when the request does not say k.")
     max_k: int = Field(100, description="Most items one request may ask for.")
+    max_future_skew_ms: int = Field(
+        DEFAULT_MAX_FUTURE_SKEW_MS,
+        ge=0,
+        description="How far ahead of this receiver's clock an event or catalog 'ts' may be, in ms (API and worker).",
+    )
 
     worker_group: str = Field(
         "streamrec-worker", description="Kafka consumer group (Faust app id) of workers."
