@@ -188,9 +188,42 @@ def start_redis(
     return mp
 
 
+@dataclass(frozen=True)
+class ClusterNode:
+    """One node as the cluster sees it (``CLUSTER NODES``): its port, role, and its master's port if a replica."""
+
+    port: int
+    node_id: str
+    master: bool
+    master_of: int | None
+    connected: bool
+    failed: bool
+    serves_slots: bool
+
+
+def cluster_nodes(port: int) -> list[ClusterNode]:
+    """Every node the cluster node on ``port`` knows of, as it sees them now (empty if it does not answer)."""
+    rows = [line.split() for line in _cli(port, "cluster", "nodes").splitlines() if line.strip()]
+    rows = [r for r in rows if len(r) >= 8]
+    ids = {r[0]: int(r[1].split("@")[0].rsplit(":", 1)[1]) for r in rows}
+    return [
+        ClusterNode(
+            port=ids[r[0]],
+            node_id=r[0],
+            master="master" in r[2].split(","),
+            master_of=ids.get(r[3]),
+            connected=r[7] == "connected",
+            failed="fail" in r[2].split(","),
+            serves_slots=len(r) > 8,
+        )
+        for r in rows
+    ]
+
+
 @dataclass
 class LocalCluster:
-    """A Redis Cluster on loopback: its nodes (masters first, then replicas) and the ports they listen on."""
+    """A Redis Cluster on loopback: its nodes in port order (which of them are masters is the cluster's
+    business: ``masters()``), and the ports they listen on."""
 
     nodes: list[ManagedProcess]
 
@@ -204,10 +237,77 @@ class LocalCluster:
         """A URL naming one node (a cluster client discovers the others)."""
         return f"redis://{LOOPBACK}:{self.ports[0]}/0"
 
+    def node(self, port: int) -> ManagedProcess:
+        """The process of the node listening on ``port``."""
+        return next(n for n in self.nodes if n.port == port)
+
+    def view(self) -> list[ClusterNode]:
+        """The cluster as the first live node sees it. Raises ``ServiceError`` if no node answers."""
+        for node in self.nodes:
+            if node.alive() and node.port is not None:
+                seen = cluster_nodes(node.port)
+                if seen:
+                    return seen
+        raise ServiceError("no node of the Redis Cluster answers")
+
+    def masters(self) -> list[int]:
+        """Ports of the masters that serve slots now (a failed master is left out)."""
+        return sorted(n.port for n in self.view() if n.master and n.serves_slots and not n.failed)
+
+    def replica_of(self, master: int) -> int | None:
+        """The port of a connected replica of the master on ``master``, if it has one."""
+        return next((n.port for n in self.view() if n.master_of == master and n.connected), None)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until every live node says ``cluster_state:ok``, sees every node either serving slots or
+        replicating (a node just told to replicate still shows as an empty master for a moment), and every
+        replica's link to its master is up (a replica that has not synced cannot take over).
+
+        Raises ``ServiceError`` after ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            live = [n.port for n in self.nodes if n.alive() and n.port is not None]
+            states = {p: _cluster_state(p) for p in live}
+            settled = {
+                p: all(n.serves_slots or not n.master for n in cluster_nodes(p) if not n.failed) for p in live
+            }
+            links = {
+                p: _info_field(p, "master_link_status") for p in live if _info_field(p, "role") == "slave"
+            }
+            if (
+                all(s == "ok" for s in states.values())
+                and all(settled.values())
+                and all(v == "up" for v in links.values())
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise ServiceError(
+                    f"the Redis Cluster is not ready: states {states}, roles settled {settled}, replica links {links}"
+                )
+            time.sleep(0.1)
+
     def stop(self) -> None:
         """Stop every node."""
         for node in reversed(self.nodes):
             node.stop()
+
+
+def consecutive_cluster_ports(first: int, n: int) -> list[int]:
+    """``first`` .. ``first + n - 1``, each checked free, with its cluster bus port (port + 10000).
+
+    Raises ``ServiceError`` naming the first port that is taken or out of range.
+    """
+    ports = list(range(first, first + n))
+    for port in ports:
+        if port + 10_000 > 65_535:
+            raise ServiceError(f"port {port}: its cluster bus port {port + 10_000} is above 65535")
+        for p in (port, port + 10_000):
+            if not _bindable(p):
+                raise ServiceError(
+                    f"port {p} is already in use (a cluster node needs {port} and {port + 10_000})"
+                )
+    return ports
 
 
 def start_cluster(
@@ -216,14 +316,18 @@ def start_cluster(
     replicas: int = 1,
     log_dir: Path | None = None,
     timeout: float = 60.0,
+    appendonly: bool = True,
 ) -> LocalCluster:
     """A Redis Cluster on loopback: one node per port (``redis-cli --cluster create … --cluster-replicas``
-    decides which are masters), with AOF, waited for until every slot is served (``cluster_state:ok``).
+    decides which are masters), waited for until every slot is served (``cluster_state:ok``) and every
+    replica has synced. Nodes that already formed this cluster in ``data_dir`` (their ``nodes.conf`` names
+    every port) come back as it, with their data, instead of being created again.
 
     Raises ``ServiceError`` if a node does not start or the cluster does not form within ``timeout``.
     """
     nodes: list[ManagedProcess] = []
     try:
+        formed = all(_names_every_port(data_dir / f"node-{p}" / "nodes.conf", ports) for p in ports)
         for port in ports:
             node_dir = data_dir / f"node-{port}"
             nodes.append(
@@ -231,6 +335,7 @@ def start_cluster(
                     port,
                     node_dir,
                     (log_dir / f"redis-{port}.log") if log_dir else None,
+                    appendonly=appendonly,
                     extra=(
                         "--cluster-enabled",
                         "yes",
@@ -241,47 +346,64 @@ def start_cluster(
                     ),
                 )
             )
-        create = subprocess.run(
-            [
-                redis_binary("redis-cli"),
-                "--cluster",
-                "create",
-                *(f"{LOOPBACK}:{p}" for p in ports),
-                "--cluster-replicas",
-                str(replicas),
-                "--cluster-yes",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if create.returncode != 0:
-            raise ServiceError(
-                f"redis-cli --cluster create failed: {create.stdout[-500:]}{create.stderr[-500:]}"
+        if not formed:
+            create = subprocess.run(
+                [
+                    redis_binary("redis-cli"),
+                    "--cluster",
+                    "create",
+                    *(f"{LOOPBACK}:{p}" for p in ports),
+                    "--cluster-replicas",
+                    str(replicas),
+                    "--cluster-yes",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
             )
-        deadline = time.monotonic() + timeout
-        while True:
-            states = [_cluster_state(p) for p in ports]
-            if all(s == "ok" for s in states):
-                break
-            if time.monotonic() > deadline:
-                raise ServiceError(f"the Redis Cluster on {list(ports)} did not become ready: {states}")
-            time.sleep(0.1)
-        return LocalCluster(nodes)
+            if create.returncode != 0:
+                raise ServiceError(
+                    f"redis-cli --cluster create failed: {create.stdout[-500:]}{create.stderr[-500:]}"
+                )
+        cluster = LocalCluster(nodes)
+        cluster.wait_ready(timeout)
+        return cluster
     except BaseException:
         for node in nodes:
             node.stop()
         raise
 
 
+def _names_every_port(nodes_conf: Path, ports: Sequence[int]) -> bool:
+    try:
+        text = nodes_conf.read_text()
+    except OSError:
+        return False
+    return all(f":{p}@" in text for p in ports)
+
+
+def _cli(port: int, *args: str) -> str:
+    """redis-cli's answer from the node on ``port`` (empty when it does not answer within 5 s)."""
+    try:
+        return subprocess.run(
+            [redis_binary("redis-cli"), "-h", LOOPBACK, "-p", str(port), *args],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout
+    except subprocess.TimeoutExpired:
+        return ""
+
+
+def _info_field(port: int, name: str) -> str:
+    for line in _cli(port, "info", "replication").splitlines():
+        if line.startswith(f"{name}:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def _cluster_state(port: int) -> str:
-    out = subprocess.run(
-        [redis_binary("redis-cli"), "-h", LOOPBACK, "-p", str(port), "cluster", "info"],
-        capture_output=True,
-        text=True,
-        timeout=5,
-    ).stdout
-    for line in out.splitlines():
+    for line in _cli(port, "cluster", "info").splitlines():
         if line.startswith("cluster_state:"):
             return line.split(":", 1)[1].strip()
     return "unknown"

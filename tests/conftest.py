@@ -1,5 +1,6 @@
-"""Shared fixtures: a real Tansu broker and a real Redis server on free loopback ports, and a per-test
-namespace (topic prefix, Redis prefix, consumer group) so tests never see each other's data."""
+"""Shared fixtures: a real Tansu broker, a real Redis server and a real Redis Cluster (3 masters, 3
+replicas) on free loopback ports, and a per-test namespace (topic prefix, Redis prefix, consumer group) so
+tests never see each other's data."""
 
 from __future__ import annotations
 
@@ -8,13 +9,25 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
-from streamrec.devtools.localstack import ManagedProcess, free_port, spawn, start_broker, start_redis
+from streamrec.devtools.localstack import (
+    LocalCluster,
+    ManagedProcess,
+    free_cluster_ports,
+    free_port,
+    spawn,
+    start_broker,
+    start_cluster,
+    start_redis,
+)
+from streamrec.fold import redis_client as client_for
 from streamrec.keys import Keys
 from streamrec.settings import Settings
 
@@ -62,6 +75,29 @@ def redis_client(redis_server: ManagedProcess) -> Iterator[redis.Redis]:
     client.close()
 
 
+@contextmanager
+def local_cluster(
+    data_dir: Path, log_dir: Path, masters: int = 3, replicas: int = 1
+) -> Iterator[LocalCluster]:
+    """A Redis Cluster on free loopback ports, stopped at the end."""
+    cluster = start_cluster(
+        free_cluster_ports(masters * (replicas + 1)), data_dir, replicas, log_dir, appendonly=False
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[LocalCluster]:
+    """3 masters and 3 replicas shared by the session: tests that kill nodes start their own instead."""
+    log_dir = artifacts / "redis-cluster"
+    log_dir.mkdir(exist_ok=True)
+    with local_cluster(tmp_path_factory.mktemp("cluster"), log_dir) as cluster:
+        yield cluster
+
+
 @dataclass
 class Namespace:
     """One test's slice of the shared services, and the programs it started."""
@@ -69,7 +105,7 @@ class Namespace:
     settings: Settings
     env: dict[str, str]
     keys: Keys
-    redis: redis.Redis
+    redis: Any  # redis.Redis, or redis.cluster.RedisCluster for a namespace on the cluster
     log_dir: Path
     procs: list[ManagedProcess] = field(default_factory=list)
 
@@ -82,6 +118,45 @@ class Namespace:
         return proc
 
 
+@contextmanager
+def make_namespace(
+    broker: ManagedProcess,
+    redis_url: str,
+    client: Any,
+    tmp_path: Path,
+    artifacts: Path,
+    request: pytest.FixtureRequest,
+    **extra_env: str,
+) -> Iterator[Namespace]:
+    """A namespace on ``broker`` and the Redis at ``redis_url`` (``client`` talks to it); ``extra_env``
+    adds or overrides ``STREAMREC_*`` settings. The programs it started are stopped at the end."""
+    tag = f"t{uuid.uuid4().hex[:10]}"
+    env = {
+        **os.environ,
+        "STREAMREC_KAFKA_BOOTSTRAP": f"127.0.0.1:{broker.port}",
+        "STREAMREC_REDIS_URL": redis_url,
+        "STREAMREC_TOPIC_PREFIX": tag,
+        "STREAMREC_REDIS_PREFIX": tag,
+        "STREAMREC_WORKER_GROUP": f"group-{tag}",
+        "STREAMREC_WORKER_DATA_DIR": str(tmp_path / "worker"),
+        "STREAMREC_PARTITIONS": "2",
+        "STREAMREC_API_PORT": str(free_port()),
+        "STREAMREC_API_WORKERS": "1",
+        **extra_env,
+    }
+    settings = Settings(
+        **{k.removeprefix("STREAMREC_").lower(): v for k, v in env.items() if k.startswith("STREAMREC_")}
+    )
+    log_dir = artifacts / request.node.name
+    log_dir.mkdir(parents=True, exist_ok=True)
+    ns = Namespace(settings, env, Keys(tag), client, log_dir)
+    try:
+        yield ns
+    finally:
+        for proc in reversed(ns.procs):
+            proc.stop()
+
+
 @pytest.fixture
 def namespace(
     broker: ManagedProcess,
@@ -91,25 +166,33 @@ def namespace(
     artifacts: Path,
     request: pytest.FixtureRequest,
 ) -> Iterator[Namespace]:
-    tag = f"t{uuid.uuid4().hex[:10]}"
-    env = {
-        **os.environ,
-        "STREAMREC_KAFKA_BOOTSTRAP": f"127.0.0.1:{broker.port}",
-        "STREAMREC_REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0",
-        "STREAMREC_TOPIC_PREFIX": tag,
-        "STREAMREC_REDIS_PREFIX": tag,
-        "STREAMREC_WORKER_GROUP": f"group-{tag}",
-        "STREAMREC_WORKER_DATA_DIR": str(tmp_path / "worker"),
-        "STREAMREC_PARTITIONS": "2",
-        "STREAMREC_API_PORT": str(free_port()),
-        "STREAMREC_API_WORKERS": "1",
-    }
-    settings = Settings(
-        **{k.removeprefix("STREAMREC_").lower(): v for k, v in env.items() if k.startswith("STREAMREC_")}
-    )
-    log_dir = artifacts / request.node.name
-    log_dir.mkdir(parents=True, exist_ok=True)
-    ns = Namespace(settings, env, Keys(tag), redis_client, log_dir)
-    yield ns
-    for proc in reversed(ns.procs):
-        proc.stop()
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    with make_namespace(broker, url, redis_client, tmp_path, artifacts, request) as ns:
+        yield ns
+
+
+@pytest.fixture
+def cluster_namespace(
+    broker: ManagedProcess,
+    redis_cluster: LocalCluster,
+    tmp_path: Path,
+    artifacts: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[Namespace]:
+    """A namespace on the session's Redis Cluster: ``STREAMREC_REDIS_CLUSTER=1``, 4 partitions, a
+    ``RedisCluster`` client."""
+    client = client_for(redis_cluster.url, cluster=True)
+    try:
+        with make_namespace(
+            broker,
+            redis_cluster.url,
+            client,
+            tmp_path,
+            artifacts,
+            request,
+            STREAMREC_REDIS_CLUSTER="1",
+            STREAMREC_PARTITIONS="4",
+        ) as ns:
+            yield ns
+    finally:
+        client.close()
