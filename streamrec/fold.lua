@@ -211,8 +211,14 @@ local function user_stage(events, wm, wm_field, outbox, on_applied)
     if e.o and e.o >= 0 and e.o <= mark then
       outcome = DUPLICATE
       if outbox then
+        -- folded here by an earlier attempt whose later stages may not all have run (the outbox entry
+        -- lives until the ack stage): its effects are emitted again and it counts as applied, so that
+        -- the stats stage (which skips offsets it has counted) still counts it once
         local kept = call('HGET', fmt(T.outbox, u), e.p .. ':' .. e.o)
-        if kept then on_applied(e, cjson.decode(kept)) end
+        if kept then
+          outcome = APPLIED
+          on_applied(e, cjson.decode(kept))
+        end
       end
     else
       if e.o and e.o > newest then newest = e.o end
@@ -238,7 +244,7 @@ local function user_stage(events, wm, wm_field, outbox, on_applied)
             if folded[u] == nil then order[#order + 1] = u end
             folded[u] = (folded[u] or 0) + 1
           end
-          if outbox and #ops > 0 then
+          if outbox then  -- every applied event, effects or none: its entry marks it applied until the ack
             local ok_key = fmt(T.outbox, u)
             call('HSET', ok_key, e.p .. ':' .. e.o, cjson.encode(ops))
             touch(ok_key, C.outbox_ttl)
@@ -404,6 +410,20 @@ local function overall_and_category(copy, out)
   if cat ~= '' then out[#out + 1] = {item, shard, pop, trend, 'c:' .. cat, tse} end
 end
 
+local function redo_followups(op, copies, overfull)
+  -- the follow-ups of an effect this slot already applied: a copy of the item's current totals, a trim
+  -- of a neighbour list still past its bound
+  if op[1] == 'occ' then
+    local item = op[2]
+    if is_deleted(item) then return end
+    local cur = call('HMGET', fmt(T.activity, item), 'pop', 'trend', 'cat')
+    if cur[1] then overall_and_category({item, op[3], cur[1], cur[2], cur[3] or '', op[7]}, copies) end
+  elseif op[1] == 'nb' then
+    local nk = fmt(T.neighbours, op[2])
+    if call('ZCARD', nk) > C.nbr_max + C.nbr_slack then overfull[nk] = op[2] end
+  end
+end
+
 -- ------------------------------------------------------------------------------- the catalog stage
 
 -- One catalog record (upsert or deletion). Returns the created-minus-deleted count change, and appends
@@ -526,6 +546,10 @@ elseif MODE == 'item' then
       local made = {}
       apply_op(op, made, overfull)
       for _, c in ipairs(made) do overall_and_category(c, copies) end
+    else
+      -- applied by an earlier attempt whose copies or trims may not have run: ask for them again
+      -- (both are idempotent: ZADD GT of the current totals, a trim to the bound)
+      redo_followups(op, copies, overfull)
     end
   end
   if newest > mark then call('HSET', IN.wm, 'i:' .. IN.p, newest) end
@@ -553,12 +577,20 @@ elseif MODE == 'ack' then
   return #IN.entries
 
 elseif MODE == 'stats' then
-  -- IN: {key, p, o (the batch's last offset), counts}: exactly once per (partition, offset)
+  -- IN: {key, p, o (the batch's last offset), counts, applied = [[offset, field], ...]}: exactly once
+  -- per (partition, offset). ``applied`` counts each event whose offset is past the mark (a batch
+  -- redelivered after a crash may straddle the one counted before); ``counts`` count once per batch.
   local field = 'wm:' .. IN.p
   local mark = tonumber(call('HGET', IN.key, field) or '-1')
-  if IN.o >= 0 and IN.o <= mark then return 0 end
-  add_stats(IN.key, IN.counts)
-  if IN.o >= 0 then call('HSET', IN.key, field, IN.o) end
+  local counts = {}
+  for _, a in ipairs(IN.applied or {}) do
+    if a[1] < 0 or a[1] > mark then counts[a[2]] = (counts[a[2]] or 0) + 1 end
+  end
+  if not (IN.o >= 0 and IN.o <= mark) then
+    for f, n in pairs(IN.counts or {}) do counts[f] = (counts[f] or 0) + n end
+  end
+  add_stats(IN.key, counts)
+  if IN.o > mark then call('HSET', IN.key, field, IN.o) end
   return 1
 
 elseif MODE == 'citem' then

@@ -3,7 +3,7 @@
 ``fold.lua`` holds every stage of a fold (docs/STATE.md). On one Redis a batch is **one call** of the
 ``all`` mode (events) or the ``catalog`` mode (catalog records): atomic, one round trip, exactly as
 before the layout was split into groups. On a Redis Cluster a script may touch only one hash slot, so the
-same stages run as separate calls, one per slot: user → item → copies (and trims) → stats and ack, each
+same stages run as separate calls, one per slot: user → item → copies (and trims) → stats → ack, each
 exactly-once per slot through that slot's offset watermark.
 
 A schedule is written once, as a generator that yields the calls of a stage and receives their replies
@@ -306,27 +306,23 @@ def cluster_events(keys: Keys, rows: list[dict[str, Any]], wall: int) -> Plan:
             for a, ms in overfull
         ):
             trims.append(Call("trim", declared, {"now": wall, "lists": lists}))
-        # stats exactly once per partition, and the user stage's outbox entries acknowledged
-        counters: dict[str, int] = defaultdict(int)
-        for n in positions:  # only what changed the state: a replay leaves the stats as they were
-            if outcomes[n] == APPLIED:
-                counters[f"applied:{rows[n]['type']}"] += 1
+        # stats exactly once per event: only what changed the state (a replay leaves the stats as they
+        # were), each offset counted once even when a redelivered batch straddles one counted before
+        applied = [[rows[n]["o"], f"applied:{rows[n]['type']}"] for n in positions if outcomes[n] == APPLIED]
         last = max(rows[n]["o"] for n in positions)
         stats_key = keys.stats("ev", max(p, 0))
-        acks = [
-            Call(
-                "ack",
-                [keys.outbox(u) for u in dict.fromkeys(rows[n]["user"] for n in by_slot[s])],
-                {"entries": [[rows[n]["user"], f"{p}:{rows[n]['o']}"] for n in by_slot[s]]},
-            )
-            for s in slots
-            if p >= 0
-        ]
-        yield [
-            *trims,
-            Call("stats", [stats_key], {"key": stats_key, "p": p, "o": last, "counts": dict(counters)}),
-            *acks,
-        ]
+        yield [*trims, Call("stats", [stats_key], {"key": stats_key, "p": p, "o": last, "applied": applied})]
+        # then the user stage's outbox entries are acknowledged: while an entry lives, a redelivered
+        # event is re-emitted and counted as applied (so an ack must never precede the stats it feeds)
+        if p >= 0:
+            yield [
+                Call(
+                    "ack",
+                    [keys.outbox(u) for u in dict.fromkeys(rows[n]["user"] for n in by_slot[s])],
+                    {"entries": [[rows[n]["user"], f"{p}:{rows[n]['o']}"] for n in by_slot[s]]},
+                )
+                for s in slots
+            ]
     return FoldResult(outcomes, [r["id"] for r in rows])
 
 
