@@ -52,12 +52,13 @@ def _templates(p: str) -> dict[str, str]:
         "stats": f"{p}:{{st:%s}}",  # HASH applied:<type>, duplicates, erased, items ... ; %s = "<kind>:<partition>"
         "watermark": f"{p}:wm",  # HASH "<kind>:<partition>" -> last offset folded (one Redis)
         "slot_watermark": f"{p}:{{%s}}:wm",  # HASH "<stage>:<partition>" -> last offset (one per hash slot)
-        # batch models published by the trainer (see modelstore.py)
-        "model_active": f"{p}:model:active",  # STRING: the version the API blends in
-        "model_versions": f"{p}:model:versions",  # ZSET version -> publish time (ms)
-        "model_log": f"{p}:model:log",  # LIST of activated versions, newest first (for rollback)
-        "model_meta": f"{p}:model:%s:meta",  # HASH: family, params, figures, sizes
-        "model_neighbours": f"{p}:model:%s:nb",  # HASH item -> JSON [[neighbour ids], [weights]]
+        # batch models published by the trainer (see modelstore.py): the control keys share one slot
+        # ({m}), so a switch or a rollback is one script on one node; a version's rows are sharded by item
+        "model_active": f"{p}:{{m}}:active",  # STRING: the version the API blends in
+        "model_versions": f"{p}:{{m}}:versions",  # ZSET version -> publish time (ms)
+        "model_log": f"{p}:{{m}}:log",  # LIST of activated versions, newest first (for rollback)
+        "model_meta": f"{p}:{{m:%s}}:meta",  # HASH: family, params, figures, sizes
+        "model_rows": f"{p}:{{m:%s:%s}}:nb",  # HASH item -> JSON [[neighbour ids], [weights]]; version, shard
     }
 
 
@@ -223,9 +224,14 @@ class Keys:
         """HASH of one model version's metadata."""
         return self._k("model_meta", version)
 
-    def model_neighbours(self, version: str) -> str:
-        """HASH item -> JSON ``[[neighbour ids], [weights]]`` of one model version."""
-        return self._k("model_neighbours", version)
+    def model_rows(self, version: str, shard: int) -> str:
+        """HASH item -> JSON ``[[neighbour ids], [weights]]``: one model version's rows of the items in
+        popularity shard ``shard`` (``shard(item)``), so that a large model spreads over the cluster."""
+        return self._k("model_rows", version, shard)
+
+    def model_row_keys(self, version: str) -> list[str]:
+        """Every row shard of one model version."""
+        return [self.model_rows(version, s) for s in range(self.shards)]
 
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this deployment."""

@@ -1,25 +1,67 @@
 """Versioned batch models in Redis: publish under a new version, switch atomically, roll back.
 
 A model is an item-to-item table (each item's top neighbours with weights) plus metadata. Publishing
-writes everything under the new version's keys, which nobody reads yet; ``activate`` then flips one
-string key in a MULTI block, so an answer sees the old model or the new one, never a mix. The activation
-log makes ``rollback`` a switch back to the previously active version. The trainer writes; the API reads.
+writes everything under the new version's keys, which nobody reads yet: the rows sharded by item
+(``{m:<version>:<shard>}``, so a large model spreads over a Redis Cluster's masters), then the metadata,
+and last the version's entry in the versions list, which marks it complete. Readers see a model only
+through one string key, the active version: ``activate`` and ``rollback`` rewrite it together with the
+activation log in one script on the control group's slot (``{m}``: active, versions, log), so an answer
+sees the old model or the new one, never a mix, on one Redis and on a cluster alike. The trainer writes;
+the API reads.
 """
 
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis
 
 from streamrec.keys import Keys
 
 KEEP_VERSIONS = 5  # published versions kept; older ones (never the active one) are deleted
 LOG_MAX = 50
+
+# KEYS: versions, active, log (one slot). ARGV: version, log length. Returns 1, or 0 for an unknown version.
+_ACTIVATE = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('LPUSH', KEYS[3], ARGV[1])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[2]) - 1)
+return 1
+"""
+
+# KEYS: versions, active, log. Returns the version switched back to, or false when there is none.
+_ROLLBACK = """
+local active = redis.call('GET', KEYS[2])
+if not active then return false end
+local previous = false
+for _, v in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
+  if v ~= active and redis.call('ZSCORE', KEYS[1], v) then previous = v break end
+end
+if not previous then return false end
+redis.call('SET', KEYS[2], previous)
+redis.call('LREM', KEYS[3], 1, active)
+redis.call('LREM', KEYS[3], 1, previous)
+redis.call('LPUSH', KEYS[3], previous)
+return previous
+"""
+
+# KEYS: versions, active. ARGV: versions kept. Forgets the older ones but the active one; returns them.
+_FORGET = """
+local active = redis.call('GET', KEYS[2])
+local gone = {}
+for _, v in ipairs(redis.call('ZREVRANGE', KEYS[1], tonumber(ARGV[1]), -1)) do
+  if v ~= active then
+    redis.call('ZREM', KEYS[1], v)
+    gone[#gone + 1] = v
+  end
+end
+return gone
+"""
 
 
 class ModelError(ValueError):
@@ -28,6 +70,8 @@ class ModelError(ValueError):
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """One published version: when it was published (epoch ms), whether it is active, its metadata."""
+
     version: str
     published_ms: int
     active: bool
@@ -39,11 +83,29 @@ def _text(value: bytes | str | None) -> str | None:
 
 
 class ModelStore:
-    """The batch models of one deployment (one key prefix)."""
+    """The batch models of one deployment (one key prefix).
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    ``client`` is a ``redis.Redis`` or a ``redis.cluster.RedisCluster``: every multi-key step is a script
+    on the control group's one slot, every other step a pipeline of single-key commands. Redis errors
+    propagate (``redis.exceptions.RedisError``).
+    """
+
+    def __init__(self, client: Any, keys: Keys) -> None:
         self.client = client
         self.keys = keys
+        self._activate = client.register_script(_ACTIVATE)
+        self._rollback = client.register_script(_ROLLBACK)
+        self._forget = client.register_script(_FORGET)
+
+    def _control(self) -> list[str]:
+        k = self.keys
+        return [k.model_versions(), k.model_active(), k.model_log()]
+
+    def _delete(self, version: str) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for key in [*self.keys.model_row_keys(version), self.keys.model_meta(version)]:
+            pipe.delete(key)
+        pipe.execute()
 
     def publish(
         self,
@@ -52,71 +114,46 @@ class ModelStore:
         meta: Mapping[str, Any],
         chunk: int = 2000,
     ) -> None:
-        """Write a model under ``version`` (not yet active). Its metadata goes in last, marking it complete."""
+        """Write a model under ``version`` (not yet active): rows, then metadata, then its entry in the
+        versions list, which marks it complete. Raises ``ModelError`` if the version exists."""
         k = self.keys
         if self.client.zscore(k.model_versions(), version) is not None:
             raise ModelError(f"model version {version!r} already exists")
-        table = k.model_neighbours(version)
-        self.client.delete(table, k.model_meta(version))
+        self._delete(version)  # what a publish of this version that died half-way left behind
         rows = list(neighbours.items())
         for start in range(0, len(rows), chunk):
-            mapping = {
-                item: orjson.dumps([list(ids), [round(float(w), 6) for w in weights]])
-                for item, (ids, weights) in rows[start : start + chunk]
-            }
-            if mapping:
-                self.client.hset(table, mapping=mapping)
+            shards: dict[int, dict[str, bytes]] = defaultdict(dict)
+            for item, (ids, weights) in rows[start : start + chunk]:
+                shards[k.shard(item)][item] = orjson.dumps([list(ids), [round(float(w), 6) for w in weights]])
+            pipe = self.client.pipeline(transaction=False)
+            for shard, mapping in shards.items():
+                pipe.hset(k.model_rows(version, shard), mapping=mapping)
+            pipe.execute()
         fields = {name: orjson.dumps(value) for name, value in meta.items()}
         fields["items"] = orjson.dumps(len(rows))
-        now = int(time.time() * 1000)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(k.model_meta(version), mapping=fields)
-        pipe.zadd(k.model_versions(), {version: now})
-        pipe.execute()
+        self.client.hset(k.model_meta(version), mapping=fields)
+        if not self.client.zadd(k.model_versions(), {version: int(time.time() * 1000)}, nx=True):
+            raise ModelError(f"model version {version!r} already exists")
         self._prune()
 
     def activate(self, version: str) -> None:
         """Make ``version`` the model the API blends in, in one atomic step."""
-        k = self.keys
-        if self.client.zscore(k.model_versions(), version) is None:
+        if not self._activate(keys=self._control(), args=[version, LOG_MAX]):
             raise ModelError(f"no published model version {version!r} (see 'streamrec model list')")
-        pipe = self.client.pipeline(transaction=True)
-        pipe.set(k.model_active(), version)
-        pipe.lpush(k.model_log(), version)
-        pipe.ltrim(k.model_log(), 0, LOG_MAX - 1)
-        pipe.execute()
 
     def rollback(self) -> str:
-        """Switch back to the version active before the current one; returns it."""
-        k = self.keys
-
-        def switch(pipe: redis.client.Pipeline) -> str:
-            active = _text(pipe.get(k.model_active()))
-            log = [_text(v) for v in pipe.lrange(k.model_log(), 0, -1)]
-            previous = next(
-                (
-                    v
-                    for v in log
-                    if v != active and v is not None and pipe.zscore(k.model_versions(), v) is not None
-                ),
-                None,
-            )
-            if active is None or previous is None:
-                raise ModelError("there is no earlier model version to roll back to")
-            pipe.multi()
-            pipe.set(k.model_active(), previous)
-            pipe.lrem(k.model_log(), 1, active)  # the rolled-back version leaves the log's head
-            pipe.lrem(k.model_log(), 1, previous)
-            pipe.lpush(k.model_log(), previous)
-            return previous
-
-        return self.client.transaction(switch, k.model_active(), k.model_log(), value_from_callable=True)
+        """Switch back to the version active before the current one (still published); returns it."""
+        previous = _text(self._rollback(keys=self._control()))
+        if not previous:
+            raise ModelError("there is no earlier model version to roll back to")
+        return previous
 
     def deactivate(self) -> None:
         """Serve the live state alone (no batch model)."""
         self.client.delete(self.keys.model_active())
 
     def active(self) -> str | None:
+        """The active version, or None."""
         return _text(self.client.get(self.keys.model_active()))
 
     def versions(self) -> list[ModelInfo]:
@@ -133,26 +170,27 @@ class ModelStore:
 
     def neighbours(self, items: Iterable[str]) -> tuple[str | None, dict[str, dict[str, float]]]:
         """The active version and its neighbours of ``items`` (two round trips; empty without a model)."""
-        items = list(items)
+        items = list(dict.fromkeys(items))
         version = self.active()
         if version is None or not items:
             return version, {}
+        by_shard: dict[int, list[str]] = defaultdict(list)
+        for item in items:
+            by_shard[self.keys.shard(item)].append(item)
+        pipe = self.client.pipeline(transaction=False)
+        for shard, group in by_shard.items():
+            pipe.hmget(self.keys.model_rows(version, shard), group)
         out: dict[str, dict[str, float]] = {}
-        for item, raw in zip(
-            items, self.client.hmget(self.keys.model_neighbours(version), items), strict=True
-        ):
-            if raw:
-                ids, weights = orjson.loads(raw)
-                out[item] = dict(zip(ids, weights, strict=True))
+        for group, values in zip(by_shard.values(), pipe.execute(), strict=True):
+            for item, raw in zip(group, values, strict=True):
+                if raw:
+                    ids, weights = orjson.loads(raw)
+                    out[item] = dict(zip(ids, weights, strict=True))
         return version, out
 
     def _prune(self) -> None:
         k = self.keys
-        active = self.active()
-        old = [_text(v) for v in self.client.zrevrange(k.model_versions(), KEEP_VERSIONS, -1)]
-        for version in old:
-            if version and version != active:
-                pipe = self.client.pipeline(transaction=True)
-                pipe.zrem(k.model_versions(), version)
-                pipe.delete(k.model_meta(version), k.model_neighbours(version))
-                pipe.execute()
+        for raw in self._forget(keys=[k.model_versions(), k.model_active()], args=[KEEP_VERSIONS]):
+            version = _text(raw)
+            if version:
+                self._delete(version)

@@ -67,7 +67,7 @@ def test_old_versions_are_pruned_but_never_the_active_one(redis_client: redis.Re
     versions = [i.version for i in store.versions()]
     assert "v00" in versions and store.active() == "v00"
     assert "v01" not in versions and len(versions) == KEEP_VERSIONS + 1
-    assert not redis_client.exists(keys.model_neighbours("v01"), keys.model_meta("v01"))
+    assert not redis_client.exists(*keys.model_row_keys("v01"), keys.model_meta("v01"))
 
 
 def test_the_api_blends_the_active_model_and_reports_its_version(
