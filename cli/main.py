@@ -165,6 +165,12 @@ def up(
     exit_after_demo: Annotated[
         bool, typer.Option(help="Stop everything after printing the demo (for scripts).")
     ] = False,
+    redis_cluster: Annotated[
+        bool,
+        typer.Option(
+            help="A local Redis Cluster (3 masters, 3 replicas, on the URL's port and the 5 after it) instead of one Redis."
+        ),
+    ] = False,
 ) -> None:
     """Start the whole local stack on loopback (Tansu, Redis, workers, API), replay real data, show live answers.
 
@@ -172,7 +178,9 @@ def up(
     """
     from streamrec.devtools.stack import run_stack
 
-    raise typer.Exit(run_stack(_settings(), dataset, limit, workers, data_dir, exit_after_demo))
+    settings = _settings()
+    settings.redis_cluster = settings.redis_cluster or redis_cluster
+    raise typer.Exit(run_stack(settings, dataset, limit, workers, data_dir, exit_after_demo))
 
 
 @contextmanager
@@ -185,9 +193,18 @@ def _usage_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+def _redis(url: str, cluster: bool) -> redis.Redis:
+    """A client for ``url``: one Redis, or (``cluster``) a Redis Cluster that ``url`` names one node of."""
+    from streamrec.fold import redis_client
+
+    client: redis.Redis = redis_client(url, cluster)
+    return client
+
+
 @contextmanager
-def _eval_redis(url: str | None) -> Iterator[tuple[redis.Redis, Keys]]:
-    """An empty keyspace: a throwaway local redis-server, or a fresh prefix on ``url`` (deleted after)."""
+def _eval_redis(url: str | None, cluster: bool = False) -> Iterator[tuple[redis.Redis, Keys]]:
+    """An empty keyspace: a throwaway local redis-server, or a fresh prefix on ``url`` (a Redis Cluster's
+    node with ``cluster``), deleted after."""
     import signal
     import sys
     import tempfile
@@ -199,7 +216,7 @@ def _eval_redis(url: str | None) -> Iterator[tuple[redis.Redis, Keys]]:
     from streamrec.keys import Keys
 
     if url:
-        client = redis_lib.Redis.from_url(url)
+        client = _redis(url, cluster)
         keys = Keys(f"eval-{uuid.uuid4().hex[:8]}")
         try:
             yield client, keys
@@ -248,6 +265,10 @@ def evaluate(
             help="Use this Redis (a fresh key prefix, deleted after) instead of a throwaway local one."
         ),
     ] = None,
+    redis_cluster: Annotated[
+        bool | None,
+        typer.Option(help="--redis-url names a node of a Redis Cluster (default: STREAMREC_REDIS_CLUSTER)."),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Offline evaluation: hold out each user's last action, rank every item, report HR@10, NDCG@10, coverage.
@@ -272,7 +293,8 @@ def evaluate(
         f"{len(split.targets):,} held out"
     )
     started = time.perf_counter()
-    with _eval_redis(redis_url) as (client, keys):
+    cluster = settings.redis_cluster if redis_cluster is None else redis_cluster
+    with _eval_redis(redis_url, cluster) as (client, keys):
         results = offline.run(split, client, keys, settings.scoring, wanted, say=typer.echo, bar=progress)
     typer.echo("\n" + table(results))
     typer.echo(f"\ntotal {time.perf_counter() - started:.1f}s")
@@ -289,6 +311,10 @@ def tune(
     redis_url: Annotated[
         str | None, typer.Option(help="Use this Redis (fresh key prefixes) instead of a throwaway local one.")
     ] = None,
+    redis_cluster: Annotated[
+        bool | None,
+        typer.Option(help="--redis-url names a node of a Redis Cluster (default: STREAMREC_REDIS_CLUSTER)."),
+    ] = None,
 ) -> None:
     """Tune the streaming model's settings on a validation split carved from the training data."""
     from streamrec.trainer.splits import load_split
@@ -297,7 +323,8 @@ def tune(
     settings = _settings()
     with _usage_errors():
         split = load_split(dataset, format)
-    rows = run_tune(split, settings.scoring, lambda: _eval_redis(redis_url), say=typer.echo)
+    cluster = settings.redis_cluster if redis_cluster is None else redis_cluster
+    rows = run_tune(split, settings.scoring, lambda: _eval_redis(redis_url, cluster), say=typer.echo)
     best, result = rows[0]
     typer.echo(f"best: {best} (validation HR@10 {result.hr_at_10:.4f}, NDCG@10 {result.ndcg_at_10:.4f})")
 
@@ -361,13 +388,11 @@ app.add_typer(model_app, name="model")
 
 
 def _store(settings: Settings | None = None) -> ModelStore:
-    """The deployment's model store (Redis URL and key prefix from the settings)."""
-    import redis as redis_lib
-
+    """The deployment's model store (Redis URL, cluster mode and key prefix from the settings)."""
     from streamrec.modelstore import ModelStore
 
     settings = settings or _settings()
-    return ModelStore(redis_lib.Redis.from_url(settings.redis_url), keys_of(settings))
+    return ModelStore(_redis(settings.redis_url, settings.redis_cluster), keys_of(settings))
 
 
 @model_app.command("list")

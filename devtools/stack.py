@@ -23,11 +23,14 @@ from streamrec.devtools.localstack import (
     LOOPBACK,
     ManagedProcess,
     ServiceError,
+    consecutive_cluster_ports,
     spawn,
     start_broker,
+    start_cluster,
     start_redis,
     wait_for_port,
 )
+from streamrec.fold import redis_client
 from streamrec.keys import Keys
 from streamrec.settings import Settings, keys_of
 from streamrec.state import applied_events
@@ -125,6 +128,8 @@ def run_stack(
         (settings.api_port, "STREAMREC_API_PORT"),
     ):
         _ensure_free(port, var)
+    # a local cluster: 3 masters and 3 replicas on the URL's port and the five after it
+    cluster_ports = consecutive_cluster_ports(redis_port, 6) if settings.redis_cluster else []
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {
@@ -134,6 +139,7 @@ def run_stack(
         "STREAMREC_API_PORT": str(settings.api_port),
         "STREAMREC_API_HOST": LOOPBACK,
         "STREAMREC_WORKER_DATA_DIR": str(data_dir / "worker"),
+        "STREAMREC_REDIS_CLUSTER": "1" if settings.redis_cluster else "0",
     }
     me = [sys.executable, "-m", "streamrec.cli"]
 
@@ -145,11 +151,17 @@ def run_stack(
     with ExitStack() as stack:
         stack.callback(lambda: [p.stop() for p in reversed(procs)])
         try:
-            print(
-                f"starting Tansu broker on {LOOPBACK}:{kafka_port} and Redis on {LOOPBACK}:{redis_port} (logs in {data_dir})"
+            where = (
+                f"a Redis Cluster on {LOOPBACK}:{cluster_ports[0]}-{cluster_ports[-1]} (3 masters, 3 replicas)"
+                if cluster_ports
+                else f"Redis on {LOOPBACK}:{redis_port}"
             )
+            print(f"starting Tansu broker on {LOOPBACK}:{kafka_port} and {where} (logs in {data_dir})")
             procs.append(start_broker(kafka_port, data_dir / "broker.log"))
-            procs.append(start_redis(redis_port, data_dir / "redis", data_dir / "redis.log"))
+            if cluster_ports:
+                procs.extend(start_cluster(cluster_ports, data_dir / "redis-cluster", 1, data_dir).nodes)
+            else:
+                procs.append(start_redis(redis_port, data_dir / "redis", data_dir / "redis.log"))
             from streamrec.topics import Topics, ensure_topics
 
             ensure_topics(
@@ -162,7 +174,7 @@ def run_stack(
             wait_for_port(settings.api_port, 30, api_proc.proc)
             wait_http(f"{api_url}/healthz", 30)
             print(f"API listening on {api_url}")
-            client = redis.Redis.from_url(settings.redis_url)
+            client = redis_client(settings.redis_url, settings.redis_cluster)
             keys = keys_of(settings)
             if dataset != "none":
                 argv = [*me, "replay", dataset, "--no-ensure-topics"] + (

@@ -53,13 +53,17 @@ def item_occurrences(client: redis.Redis, keys: Keys) -> dict[str, int]:
 def state_only(snap: dict[bytes, Any], keys: Keys) -> dict[bytes, Any]:
     """A snapshot without the fold's bookkeeping, which legitimately differs between two runs that
     folded the same events: offset watermarks (where each run's consumer got to), and the times in the
-    event-id claims (wall clock when first seen; the claimed ids themselves are kept)."""
+    event-id claims (wall clock when first seen; the claimed ids themselves are kept). On a cluster the
+    stats shards also keep their partition's watermark (``wm:<partition>``): left out too."""
     claims = keys.claims("\0").split("\0")[1].encode()  # the claims keys' suffix, e.g. b"}:e"
+    stats = keys.stats_pattern().encode()[:-1]  # the stats shards' common head, e.g. b"sr:{st:"
     out: dict[bytes, Any] = {}
     for key, value in snap.items():
         if key == keys.watermark().encode() or key.endswith(b"}:wm"):
             continue
         if key.endswith(claims):
             value = sorted(member for member, _ in value)
+        if key.startswith(stats) and isinstance(value, dict):
+            value = {f: v for f, v in value.items() if not f.startswith(b"wm:")}
         out[key] = value
     return out

@@ -44,7 +44,7 @@ def split_events(split: Split) -> Iterator[Event]:
 
 def fold(split: Split, client: redis.Redis, keys: Keys, scoring: ScoringSettings, bar: bool) -> float:
     """Apply the training events with the worker's state script; returns seconds taken."""
-    writer = StateWriter(client, keys, scoring)
+    writer = StateWriter(client, keys, scoring, cluster=isinstance(client, redis.cluster.RedisCluster))
     total = sum(len(a) for a in split.train.values())
     t0 = time.perf_counter()
     batch: list[Event] = []
