@@ -258,6 +258,39 @@ class LocalCluster:
         """The port of a connected replica of the master on ``master``, if it has one."""
         return next((n.port for n in self.view() if n.master_of == master and n.connected), None)
 
+    def failover(self, replica: int) -> None:
+        """Promote the replica on port ``replica`` in place of its (live) master: ``CLUSTER FAILOVER``."""
+        answer = _cli(replica, "cluster", "failover").strip()
+        if answer != "OK":
+            raise ServiceError(f"CLUSTER FAILOVER on {replica} answered {answer!r}")
+
+    def reshard(self, source: int, target: int, slots: int, timeout: float = 120.0) -> None:
+        """Move ``slots`` hash slots, with their keys, from the master on ``source`` to the one on
+        ``target`` (``redis-cli --cluster reshard``), while clients keep running."""
+        ids = {n.port: n.node_id for n in self.view()}
+        done = subprocess.run(
+            [
+                redis_binary("redis-cli"),
+                "--cluster",
+                "reshard",
+                f"{LOOPBACK}:{target}",
+                "--cluster-from",
+                ids[source],
+                "--cluster-to",
+                ids[target],
+                "--cluster-slots",
+                str(slots),
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if done.returncode != 0:
+            raise ServiceError(
+                f"redis-cli --cluster reshard failed: {done.stdout[-500:]}{done.stderr[-500:]}"
+            )
+
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until every live node says ``cluster_state:ok``, sees every node either serving slots or
         replicating (a node just told to replicate still shows as an empty master for a moment), and every

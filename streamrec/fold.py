@@ -498,8 +498,23 @@ def redis_client(url: str, cluster: bool, **options: Any) -> Any:
     return redis.Redis.from_url(url, **options)
 
 
+class _AsyncCluster(redis.asyncio.cluster.RedisCluster):
+    """redis-py's asyncio ``RedisCluster`` (8.1), except that a connection torn down under a command in
+    flight is a ``ConnectionError``, as it is: on a topology change (every ``reinitialize_steps``-th MOVED,
+    a CLUSTERDOWN) the client closes every connection while the other commands of an ``asyncio.gather``
+    still use them, and they fail with ``AttributeError: 'NoneType' object has no attribute
+    'writelines'``. As a ``ConnectionError`` it is waited out and retried (the stages' watermarks make a
+    retried call harmless) instead of being taken for a refusal of the batch."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except AttributeError as exc:
+            raise redis.exceptions.ConnectionError(f"connection closed under a command: {exc}") from exc
+
+
 def async_redis_client(url: str, cluster: bool, **options: Any) -> Any:
-    """An asyncio client for ``url``: ``redis.asyncio.Redis``, or its ``RedisCluster``."""
+    """An asyncio client for ``url``: ``redis.asyncio.Redis``, or its ``RedisCluster`` (see ``_AsyncCluster``)."""
     if cluster:
-        return redis.asyncio.cluster.RedisCluster.from_url(url, **options)
+        return _AsyncCluster.from_url(url, **options)
     return redis.asyncio.Redis.from_url(url, **options)
