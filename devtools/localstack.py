@@ -266,7 +266,9 @@ class LocalCluster:
 
     def reshard(self, source: int, target: int, slots: int, timeout: float = 120.0) -> None:
         """Move ``slots`` hash slots, with their keys, from the master on ``source`` to the one on
-        ``target`` (``redis-cli --cluster reshard``), while clients keep running."""
+        ``target`` (``redis-cli --cluster reshard``), while clients keep running; first waits until
+        every node agrees on the configuration (after a failover, that takes a moment)."""
+        self.wait_agreed(timeout)
         ids = {n.port: n.node_id for n in self.view()}
         done = subprocess.run(
             [
@@ -290,6 +292,24 @@ class LocalCluster:
             raise ServiceError(
                 f"redis-cli --cluster reshard failed: {done.stdout[-500:]}{done.stderr[-500:]}"
             )
+
+    def wait_agreed(self, timeout: float = 30.0) -> None:
+        """Until ``redis-cli --cluster check`` finds every node agreeing on the configuration, every slot
+        covered and none open. Raises ``ServiceError`` after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            port = next(n.port for n in self.nodes if n.alive() and n.port is not None)
+            check = subprocess.run(
+                [redis_binary("redis-cli"), "--cluster", "check", f"{LOOPBACK}:{port}"],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+            if check.returncode == 0 and "[ERR]" not in check.stdout:
+                return
+            if time.monotonic() > deadline:
+                raise ServiceError(f"the Redis Cluster's nodes do not agree: {check.stdout[-500:]}")
+            time.sleep(0.2)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until every live node says ``cluster_state:ok``, sees every node either serving slots or

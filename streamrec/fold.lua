@@ -343,12 +343,13 @@ local function apply_op(op, copies, overfull)
     local pop_x, trend_x, cnt_x = tonumber(op[4]), tonumber(op[5]), tonumber(op[6])
     if is_deleted(item) then return end
     local sk = fmt(T.activity, item)
-    local cur = call('HMGET', sk, 'n', 'pop', 'trend')
+    local cur = call('HMGET', sk, 'n', 'pop', 'trend', 'last')
     local n = lse(tonumber(cur[1]), cnt_x)
     local pop = lse(tonumber(cur[2]), pop_x)
     local trend = lse(tonumber(cur[3]), trend_x)
     local cat = catalog_of(item)[2]
-    call('HSET', sk, 'n', n, 'pop', pop, 'trend', trend, 'last', fmt('%d', tse), 'cat', cat)
+    local last = math.max(tonumber(cur[4]) or tse, tse)  -- the latest occurrence, whatever the fold order
+    call('HSET', sk, 'n', n, 'pop', pop, 'trend', trend, 'last', fmt('%d', last), 'cat', cat)
     call('HINCRBY', sk, 'c', 1)  -- plain occurrences, for audits (exactly-once checks) and capacity figures
     touch(sk, C.item_ttl)
     touch(fmt(T.neighbours, item), C.item_ttl)

@@ -443,7 +443,10 @@ class StateWriter(_Writer):
 
 class AsyncStateWriter(_Writer):
     """The worker's writer, on ``redis.asyncio`` (a ``RedisCluster`` with ``cluster=True``): a stage's calls
-    run concurrently. Redis errors propagate; the worker classifies and retries them."""
+    run concurrently, at most ``max_in_flight`` at once over every batch this writer folds (a stage of a
+    500-event batch on a cluster has hundreds of calls; redis-py's cluster client refuses more than 100
+    connections per node with ``MaxConnectionsError``). Redis errors propagate; the worker classifies and
+    retries them."""
 
     def __init__(
         self,
@@ -452,10 +455,12 @@ class AsyncStateWriter(_Writer):
         scoring: ScoringSettings,
         cluster: bool = False,
         max_future_skew_ms: int = DEFAULT_MAX_FUTURE_SKEW_MS,
+        max_in_flight: int = 32,
     ) -> None:
         super().__init__(keys, scoring, cluster, max_future_skew_ms)
         self.client = client
         self._script = client.register_script(_script())
+        self._in_flight = asyncio.Semaphore(max_in_flight)
 
     async def _run(self, plan: Plan) -> Any:
         replies: list[Any] | None = None
@@ -470,9 +475,10 @@ class AsyncStateWriter(_Writer):
             return done.value
 
     async def _one(self, call: Call) -> Any:
-        if call.mode == "hget":
-            return await self.client.hget(call.keys[0], call.payload)
-        return await self._script(keys=call.keys, args=self.args(call))
+        async with self._in_flight:
+            if call.mode == "hget":
+                return await self.client.hget(call.keys[0], call.payload)
+            return await self._script(keys=call.keys, args=self.args(call))
 
     async def apply(
         self, events: Sequence[Event | UserErasure], sources: Sequence[Source | None] | None = None
@@ -499,15 +505,26 @@ def redis_client(url: str, cluster: bool, **options: Any) -> Any:
 
 
 class _AsyncCluster(redis.asyncio.cluster.RedisCluster):
-    """redis-py's asyncio ``RedisCluster`` (8.1), except that a connection torn down under a command in
-    flight is a ``ConnectionError``, as it is: on a topology change (every ``reinitialize_steps``-th MOVED,
-    a CLUSTERDOWN) the client closes every connection while the other commands of an ``asyncio.gather``
-    still use them, and they fail with ``AttributeError: 'NoneType' object has no attribute
-    'writelines'``. As a ``ConnectionError`` it is waited out and retried (the stages' watermarks make a
-    retried call harmless) instead of being taken for a refusal of the batch."""
+    """redis-py's asyncio ``RedisCluster`` (8.1) made safe for the concurrent calls of a stage.
+
+    That client tears connections down under commands in flight when several commands meet its
+    (re)initialisation, which it does on first use and after every connection error, MOVED burst or
+    CLUSTERDOWN: they fail with ``AttributeError: 'NoneType' object has no attribute 'writelines'``, on
+    every retry of a wide stage. So while it (re)learns the cluster's layout, commands go through one at a
+    time; and a connection torn down under a command anyway (a topology change while commands are in
+    flight) is raised as the ``ConnectionError`` it is, which the worker waits out and retries (the
+    stages' watermarks make a retried call harmless) instead of taking it for a refusal of the batch.
+    """
+
+    _learning: asyncio.Lock | None = None
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         try:
+            if self._initialize:
+                if self._learning is None:
+                    self._learning = asyncio.Lock()
+                async with self._learning:
+                    return await super().execute_command(*args, **kwargs)
             return await super().execute_command(*args, **kwargs)
         except AttributeError as exc:
             raise redis.exceptions.ConnectionError(f"connection closed under a command: {exc}") from exc

@@ -114,3 +114,34 @@ def test_neighbour_lists_cut_before_their_trim_are_trimmed_when_delivered_again(
     _fold(cut, events, 0)
     assert max(client.zcard(n) for n in names) <= 4  # the bound: neighbours_max + neighbours_slack
     assert applied_events(client, cut.keys) == len(events)
+
+
+def test_a_batch_touching_hundreds_of_slots_folds_on_the_worker_client(redis_cluster: LocalCluster) -> None:
+    """The worker's asyncio client: a 600-event batch of 600 shoppers is 600 user-stage calls at once,
+    past redis-py's 100 connections per node unless the writer bounds the calls in flight."""
+    import asyncio
+
+    from streamrec.event_types import EventType
+    from streamrec.fold import AsyncStateWriter, async_redis_client
+
+    events = [
+        Event(
+            event_id=f"wide-{n}", type=EventType.VIEW, user_id=f"wide-{n}", item_id=f"i{n % 50}", ts=START + n
+        )
+        for n in range(600)
+    ]
+    keys = Keys(f"w{uuid.uuid4().hex[:8]}")
+
+    async def fold() -> int:
+        client = async_redis_client(redis_cluster.url, cluster=True)
+        try:
+            writer = AsyncStateWriter(client, keys, ScoringSettings(), cluster=True)
+            result = await writer.apply(events, [Source(0, n) for n in range(len(events))])
+            return result.applied
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(fold()) == len(events)
+    sync = redis_client(redis_cluster.url, cluster=True)
+    assert applied_events(sync, keys) == len(events)
+    sync.close()
