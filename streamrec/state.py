@@ -206,21 +206,28 @@ class StateReader:
 
     def trending(self, n: int, now_ms: int, category: str | None = None) -> list[tuple[str, float]]:
         """Items gaining interest fastest: the top of the fast-decayed lists, re-scored against popularity
-        (``scoring.trending_score``). Two round trips."""
+        (``scoring.trending_score``). Two round trips per pool: the pool (the top of the fast lists) widens
+        until it holds ``n`` rising items or the whole list, since yesterday's best-sellers can fill the
+        top of the fast lists while their score is negative (falling)."""
         s, k = self.scoring, self.keys
+        names = [k.trending(sh, category) for sh in range(k.shards)]
         pool = max(n * 5, 50)
-        fast = self._merged([k.trending(sh, category) for sh in range(k.shards)], 0, pool - 1)[:pool]
-        if not fast:
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        for item, _ in fast:
-            pipe.zscore(k.popular(k.shard(item), category), item)
-        slow = pipe.execute()
-        scored = [
-            (item, trending_score(fl, sl, now_ms, s.trending_halflife_ms, s.popularity_halflife_ms))
-            for (item, fl), sl in zip(fast, slow, strict=True)
-        ]
-        scored = [(item, score) for item, score in scored if score > 0 and math.isfinite(score)]
+        while True:
+            fast = self._merged(names, 0, pool - 1)[:pool]
+            if not fast:
+                return []
+            pipe = self.client.pipeline(transaction=False)
+            for item, _ in fast:
+                pipe.zscore(k.popular(k.shard(item), category), item)
+            slow = pipe.execute()
+            scored = [
+                (item, trending_score(fl, sl, now_ms, s.trending_halflife_ms, s.popularity_halflife_ms))
+                for (item, fl), sl in zip(fast, slow, strict=True)
+            ]
+            scored = [(item, score) for item, score in scored if score > 0 and math.isfinite(score)]
+            if len(scored) >= n or len(fast) < pool:
+                break
+            pool *= 4
         scored.sort(key=lambda row: (-row[1], row[0]))
         return scored[:n]
 
