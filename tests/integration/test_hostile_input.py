@@ -10,6 +10,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
+from streamrec.state import applied_events
 from streamrec.topics import Topics, ensure_topics
 from tests.conftest import Namespace, wait_until
 
@@ -19,6 +20,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.redis]
 def _start(ns: Namespace, worker: bool = True) -> str:
     ensure_topics(ns.settings.kafka_bootstrap, Topics(ns.settings.topic_prefix), 2)
     if worker:
+        ns.env["STREAMREC_WORKER_METRICS_PORT"] = "0"  # no fixed port shared with other runs
         ns.start("worker", "worker")
     ns.start("api", "api")
     api = f"http://127.0.0.1:{ns.settings.api_port}"
@@ -102,6 +104,64 @@ def test_ids_with_slashes_are_reachable_through_gunicorn(namespace: Namespace) -
     assert padded.status_code == 400 and "whitespace" in padded.json()["msg"]
     trace = requests.request("TRACE", f"{api}/v1/items/{quote('SKU-1/XL', safe='')}", timeout=10)
     assert trace.status_code == 405 and trace.headers["Allow"] == "DELETE, GET, HEAD, OPTIONS, PUT"
+
+
+def test_ids_with_slashes_go_through_the_worker_and_back(namespace: Namespace) -> None:
+    # issue 13's third input end to end: accepted (202), folded by the worker, then reachable on every
+    # endpoint by their percent-encoded path segment
+    api = _start(namespace)
+    ns, tag = namespace, uuid.uuid4().hex[:6]
+    xl, m, user, other = f"SKU-1/XL-{tag}", f"SKU-1/M-{tag}", f"acct/1-{tag}", f"acct/2-{tag}"
+    seg = {v: quote(v, safe="") for v in (xl, m, user, other)}
+    put = requests.put(
+        f"{api}/v1/items/{seg[xl]}", json={"title": "Shirt XL", "category": "shirts/tops"}, timeout=30
+    )
+    assert put.status_code == 202, put.text
+    ts = int(time.time() * 1000) - 60_000
+    events = [
+        {"event_id": f"{tag}-1", "type": "view", "user_id": user, "item_id": xl, "ts": ts},
+        {"event_id": f"{tag}-2", "type": "view", "user_id": other, "item_id": xl, "ts": ts + 1},
+        {"event_id": f"{tag}-3", "type": "add_to_cart", "user_id": other, "item_id": m, "ts": ts + 2},
+    ]
+    assert requests.post(f"{api}/v1/events", json=events, timeout=30).status_code == 202
+    wait_until(lambda: applied_events(ns.redis, ns.keys) == len(events), 30, what="the events folded")
+    record = wait_until(
+        lambda: (r := requests.get(f"{api}/v1/items/{seg[xl]}", timeout=10)).status_code == 200 and r.json(),
+        30,
+        what="the catalog record folded",
+    )
+    assert record["data"]["item_id"] == xl and record["data"]["category"] == "shirts/tops"
+    # the other shopper went on from XL to M: M is similar to XL, and recommended to the XL viewer
+    similar = requests.get(f"{api}/v1/items/{seg[xl]}/similar", timeout=10).json()["data"]
+    assert similar["item_id"] == xl and [i["item_id"] for i in similar["items"]][:1] == [m]
+    recs = requests.get(
+        f"{api}/v1/users/{seg[user]}/recommendations", params={"explain": "true"}, timeout=10
+    ).json()["data"]
+    assert recs["user_id"] == user and recs["strategy"] == "personalized"
+    assert [i["item_id"] for i in recs["items"]][:1] == [m]
+    assert xl in recs["items"][0]["reason"]  # "viewed together with SKU-1/XL-…", the id unaltered
+    popular = requests.get(f"{api}/v1/popular", params={"category": "shirts/tops"}, timeout=10).json()
+    assert [i["item_id"] for i in popular["data"]["items"]] == [xl]
+    # an update through the slashed path applies to the same item
+    sold_out = requests.put(
+        f"{api}/v1/items/{seg[xl]}",
+        json={"title": "Shirt XL", "category": "shirts/tops", "in_stock": False},
+        timeout=30,
+    )
+    assert sold_out.status_code == 202, sold_out.text
+    wait_until(
+        lambda: requests.get(f"{api}/v1/items/{seg[xl]}", timeout=10).json()["data"]["in_stock"] is False,
+        30,
+        what="the update folded",
+    )
+    assert xl not in [
+        i["item_id"] for i in requests.get(f"{api}/v1/popular", timeout=10).json()["data"]["items"]
+    ]
+    # and the slashed user is erased through the slashed path
+    erased = requests.delete(f"{api}/v1/users/{seg[user]}", timeout=30)
+    assert erased.status_code == 202 and erased.json()["data"]["user_id"] == user
+    wait_until(lambda: not ns.redis.exists(ns.keys.history(user)), 30, what="the erasure folded")
+    assert [k for k in ns.keys.user_keys(user) if ns.redis.exists(k)] == [ns.keys.erased(user)]
 
 
 def test_catalog_ts_in_seconds_or_microseconds_is_refused_naming_the_unit(namespace: Namespace) -> None:
