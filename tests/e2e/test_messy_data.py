@@ -18,8 +18,9 @@ import requests
 from kafka import KafkaProducer
 
 from streamrec.state import applied_events
-from streamrec.topics import Topics, ensure_topics
+from streamrec.topics import Topics
 from tests.conftest import Namespace, wait_until
+from tests.integration.test_hostile_input import start_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.broker, pytest.mark.redis]
 
@@ -28,24 +29,6 @@ HOUR_MS = 3_600_000
 
 def _now() -> int:
     return int(time.time() * 1000)
-
-
-def _stack(ns: Namespace, **env: str) -> str:
-    """Topics, a worker and the API under gunicorn for this namespace; returns the API's base URL."""
-    ns.env.update({"STREAMREC_WORKER_METRICS_PORT": "0", **env})  # no fixed port shared with other runs
-    ensure_topics(ns.settings.kafka_bootstrap, Topics(ns.settings.topic_prefix), 2)
-    ns.start("worker", "worker")
-    ns.start("api", "api")
-    api = f"http://127.0.0.1:{ns.settings.api_port}"
-    wait_until(lambda: _status(f"{api}/readyz") == 200, 30, what="the API to be ready")
-    return api
-
-
-def _status(url: str) -> int:
-    try:
-        return requests.get(url, timeout=2).status_code
-    except requests.RequestException:
-        return 0
 
 
 def _data(api: str, path: str, **params: Any) -> Any:
@@ -85,7 +68,7 @@ def _folded(ns: Namespace, count: int) -> None:
 
 
 def test_sold_out_best_sellers_leave_the_cold_item_for_k_1(namespace: Namespace) -> None:
-    ns, api = namespace, _stack(namespace)
+    ns, api = namespace, start_stack(namespace)
     hot = [f"h{n}" for n in range(1, 13)]
     _items(api, [{"item_id": i, "title": i, "category": "c"} for i in [*hot, "cold"]])
     wait_until(lambda: all(_record(api, i) for i in [*hot, "cold"]), 30, what="the catalog folded")
@@ -116,7 +99,7 @@ def _listed(api: str, query: str = "") -> str:
 def test_a_recategorised_item_moves_lists_in_any_order_and_a_deleted_one_leaves_everything(
     namespace: Namespace,
 ) -> None:
-    ns, api = namespace, _stack(namespace)
+    ns, api = namespace, start_stack(namespace)
     m, n, p = "item-M", "item-N", "item-P"
     _items(
         api, [{"item_id": m, "title": "M", "category": "A"}, {"item_id": n, "title": "N", "category": "A"}]
@@ -183,7 +166,7 @@ def test_a_recategorised_item_moves_lists_in_any_order_and_a_deleted_one_leaves_
 
 
 def test_catalog_ts_in_other_units_is_refused_and_a_normal_update_applies(namespace: Namespace) -> None:
-    api = _stack(namespace)
+    api = start_stack(namespace)
     _accepted(requests.put(f"{api}/v1/items/P", json={"title": "P", "in_stock": True}, timeout=30))
     wait_until(lambda: _record(api, "P"), 30, what="P in the catalog")
     now = _now()
@@ -215,7 +198,7 @@ def test_catalog_ts_in_other_units_is_refused_and_a_normal_update_applies(namesp
 def test_a_client_10_hours_ahead_cannot_freeze_trending(namespace: Namespace) -> None:
     # the skew raised so that the API and the worker accept the event: the state's clock must still
     # not follow it (decay is capped at the worker's wall clock)
-    ns, api = namespace, _stack(namespace, STREAMREC_MAX_FUTURE_SKEW_MS=str(11 * HOUR_MS))
+    ns, api = namespace, start_stack(namespace, STREAMREC_MAX_FUTURE_SKEW_MS=str(11 * HOUR_MS))
     _items(api, [{"item_id": t, "title": t, "category": "toys"} for t in ("T1", "T2")])
     wait_until(lambda: _record(api, "T1") and _record(api, "T2"), 30, what="the catalog folded")
     ahead = _now() + 10 * HOUR_MS
@@ -237,7 +220,7 @@ def test_a_client_10_hours_ahead_cannot_freeze_trending(namespace: Namespace) ->
 
 
 def test_an_erased_user_leaves_no_trace_and_no_old_event_brings_them_back(namespace: Namespace) -> None:
-    ns, api = namespace, _stack(namespace)
+    ns, api = namespace, start_stack(namespace)
     topics = Topics(ns.settings.topic_prefix)
     user = f"gone/{uuid.uuid4().hex[:6]}"
     seg = quote(user, safe="")

@@ -17,18 +17,21 @@ from tests.conftest import Namespace, wait_until
 pytestmark = [pytest.mark.broker, pytest.mark.redis]
 
 
-def _start(ns: Namespace, worker: bool = True) -> str:
+def start_stack(ns: Namespace, worker: bool = True, **env: str) -> str:
+    """Topics, a worker (unless ``worker`` is false) and the API under gunicorn for this namespace, with
+    ``env`` added to their environment; returns the API's base URL once it is ready."""
+    ns.env.update({"STREAMREC_WORKER_METRICS_PORT": "0", **env})  # no fixed port shared with other runs
     ensure_topics(ns.settings.kafka_bootstrap, Topics(ns.settings.topic_prefix), 2)
     if worker:
-        ns.env["STREAMREC_WORKER_METRICS_PORT"] = "0"  # no fixed port shared with other runs
         ns.start("worker", "worker")
     ns.start("api", "api")
     api = f"http://127.0.0.1:{ns.settings.api_port}"
-    wait_until(lambda: _status(f"{api}/readyz") == 200, 30, what="the API")
+    wait_until(lambda: status(f"{api}/readyz") == 200, 30, what="the API")
     return api
 
 
-def _status(url: str) -> int:
+def status(url: str) -> int:
+    """The HTTP status of a GET of ``url``, 0 when nothing answers."""
     try:
         return requests.get(url, timeout=2).status_code
     except requests.RequestException:
@@ -41,7 +44,7 @@ def _post(api: str, body: bytes | str, ctype: str = "application/json") -> reque
 
 
 def test_odd_ids_go_through_the_pipeline_and_back(namespace: Namespace) -> None:
-    api = _start(namespace)
+    api = start_stack(namespace)
     tag = uuid.uuid4().hex[:6]
     user = f"ユーザー😀|{tag}:%s%%"  # wide, astral, and characters the state script and keys treat specially
     items = [f"商品-{tag}-1", f"item|{tag}|2", "x" * 128, f"é{tag}/3"]
@@ -85,7 +88,7 @@ SLASHED = ["SKU-1/XL", "acct/1", "/", "a//b/", "100%2F", "a+b c?#", "é/商😀"
 
 def test_ids_with_slashes_are_reachable_through_gunicorn(namespace: Namespace) -> None:
     # gunicorn decodes %2F into '/' before the app routes; the app reads the raw request target instead
-    api = _start(namespace, worker=False)
+    api = start_stack(namespace, worker=False)
     for value in SLASHED:
         seg = quote(value, safe="")
         recs = requests.get(f"{api}/v1/users/{seg}/recommendations", timeout=10)
@@ -109,7 +112,7 @@ def test_ids_with_slashes_are_reachable_through_gunicorn(namespace: Namespace) -
 def test_ids_with_slashes_go_through_the_worker_and_back(namespace: Namespace) -> None:
     # issue 13's third input end to end: accepted (202), folded by the worker, then reachable on every
     # endpoint by their percent-encoded path segment
-    api = _start(namespace)
+    api = start_stack(namespace)
     ns, tag = namespace, uuid.uuid4().hex[:6]
     xl, m, user, other = f"SKU-1/XL-{tag}", f"SKU-1/M-{tag}", f"acct/1-{tag}", f"acct/2-{tag}"
     seg = {v: quote(v, safe="") for v in (xl, m, user, other)}
@@ -165,7 +168,7 @@ def test_ids_with_slashes_go_through_the_worker_and_back(namespace: Namespace) -
 
 
 def test_catalog_ts_in_seconds_or_microseconds_is_refused_naming_the_unit(namespace: Namespace) -> None:
-    api = _start(namespace, worker=False)
+    api = start_stack(namespace, worker=False)
     now = int(time.time() * 1000)
     for ts, unit in ((now // 1000, "seconds"), (now * 1000, "microseconds")):
         resp = requests.put(f"{api}/v1/items/P", json={"in_stock": False, "ts": ts}, timeout=10)
@@ -209,7 +212,7 @@ BAD_BODIES = (
 
 
 def test_bad_bodies_get_a_400_that_names_the_problem(namespace: Namespace) -> None:
-    api = _start(namespace, worker=False)
+    api = start_stack(namespace, worker=False)
     for body, status, says in BAD_BODIES:
         resp = _post(api, body)
         assert resp.status_code == status, (body[:80], resp.text)
@@ -217,7 +220,7 @@ def test_bad_bodies_get_a_400_that_names_the_problem(namespace: Namespace) -> No
 
 
 def test_oversized_and_mistyped_bodies_at_the_real_server(namespace: Namespace) -> None:
-    api = _start(namespace, worker=False)
+    api = start_stack(namespace, worker=False)
     huge = _post(api, b'{"pad": "' + b"x" * (5 * 1024 * 1024) + b'"}')
     assert huge.status_code == 413 and huge.json()["code"] == 1413
     form = _post(api, "event_id=a", "application/x-www-form-urlencoded")
@@ -225,4 +228,4 @@ def test_oversized_and_mistyped_bodies_at_the_real_server(namespace: Namespace) 
     batch = [{"event_id": f"b{n}", "type": "view", "user_id": "u", "item_id": "i"} for n in range(1001)]
     too_many = requests.post(f"{api}/v1/events", json=batch, timeout=30)
     assert too_many.status_code == 400 and "at most 1000" in too_many.json()["msg"]
-    assert _status(f"{api}/healthz") == 200  # and the server is still there
+    assert status(f"{api}/healthz") == 200  # and the server is still there
