@@ -114,7 +114,7 @@ def test_ids_with_slashes_go_through_the_worker_and_back(namespace: Namespace) -
     # endpoint by their percent-encoded path segment
     api = start_stack(namespace)
     ns, tag = namespace, uuid.uuid4().hex[:6]
-    xl, m, user, other = f"SKU-1/XL-{tag}", f"SKU-1/M-{tag}", f"acct/1-{tag}", f"acct/2-{tag}"
+    xl, m, user, other = "SKU-1/XL", "SKU-1/M", "acct/1", "acct/2"  # the namespace keeps them apart
     seg = {v: quote(v, safe="") for v in (xl, m, user, other)}
     put = requests.put(
         f"{api}/v1/items/{seg[xl]}", json={"title": "Shirt XL", "category": "shirts/tops"}, timeout=30
@@ -142,7 +142,7 @@ def test_ids_with_slashes_go_through_the_worker_and_back(namespace: Namespace) -
     ).json()["data"]
     assert recs["user_id"] == user and recs["strategy"] == "personalized"
     assert [i["item_id"] for i in recs["items"]][:1] == [m]
-    assert xl in recs["items"][0]["reason"]  # "viewed together with SKU-1/XL-…", the id unaltered
+    assert xl in recs["items"][0]["reason"]  # "viewed together with SKU-1/XL", the id unaltered
     popular = requests.get(f"{api}/v1/popular", params={"category": "shirts/tops"}, timeout=10).json()
     assert [i["item_id"] for i in popular["data"]["items"]] == [xl]
     # an update through the slashed path applies to the same item
