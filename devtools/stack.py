@@ -43,7 +43,7 @@ LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
 DEFAULT_DATASET = "movielens-100k"
 # The built-in shop (``streamrec simulate``): big enough for neighbours and categories to show, small
 # enough to fold in seconds.
-SHOP_USERS, SHOP_ITEMS, SHOP_EVENTS = 500, 300, 20_000
+SHOP_USERS, SHOP_ITEMS, SHOP_EVENTS = 500, 300, 10_000
 # The worker metrics that say how far the workers got (names owned by ``streamrec.metrics``).
 EVENTS_METRIC = "streamrec_worker_events_total"
 DUPLICATES_METRIC = "streamrec_worker_dedupe_hits_total"

@@ -160,9 +160,9 @@ def test_up_without_datasets_runs_the_built_in_shop_stops_on_an_ignored_sigint_a
     notes = [line for line in output.splitlines() if line.startswith("no datasets in")]
     assert len(notes) == 1 and str(empty) in notes[0]
     assert "STREAMREC_DATASETS" in notes[0] and "--dataset" in notes[0]
-    assert "simulated 20000 events over 300 catalog items" in output
+    assert "simulated 10000 events over 300 catalog items" in output
     assert re.search(
-        r"\n20,000 events folded into Redis [\d.]+s after the feed started \([\d,]+ events/s", output
+        r"\n10,000 events folded into Redis [\d.]+s after the feed started \([\d,]+ events/s", output
     )
     assert "Popular now:" in output
     assert re.search(r"Recommended for user shopper-\d+ \(personalized", output)
@@ -192,7 +192,7 @@ def test_up_without_datasets_runs_the_built_in_shop_stops_on_an_ignored_sigint_a
     again = start_up("--data-dir", str(data_dir), "--exit-after-demo", env={"STREAMREC_DATASETS": str(empty)})
     assert again.proc.wait(FIRST_ANSWERS_S) == 0, again.output()
     output = again.output()
-    assert "the feed was already folded into Redis: its 20,000 events were skipped as duplicates" in output
+    assert "the feed was already folded into Redis: its 10,000 events were skipped as duplicates" in output
     assert "events/s" not in output
     assert "Popular now:" in output
 
