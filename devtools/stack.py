@@ -166,7 +166,7 @@ def _ensure_free(port: int, env_var: str) -> None:
 
 def _get_text(url: str, timeout: float = 5) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback URL we built
-        return str(resp.read().decode())
+        return resp.read().decode()
 
 
 def _get_json(url: str) -> dict:
@@ -185,13 +185,23 @@ def wait_http(url: str, timeout: float) -> None:
 
 
 def wait_folded(
-    metrics_urls: Sequence[str], expected: int | None, timeout: float, quiet_for: float = 1.0
+    metrics_urls: Sequence[str],
+    expected: int | None,
+    timeout: float,
+    services: Sequence[ManagedProcess],
+    quiet_for: float = 1.0,
 ) -> tuple[Progress, float]:
     """Wait until the workers have taken ``expected`` events (or, unknown, until they stop taking any)
-    and then nothing changes for ``quiet_for`` seconds; return the progress and when it last changed."""
+    and then nothing changes for ``quiet_for`` seconds; return the progress and when it last changed.
+
+    Raises ``ServiceError`` when one of ``services`` exits meanwhile, or at the timeout.
+    """
     deadline = time.monotonic() + timeout
     last, since = Progress(), time.monotonic()
     while time.monotonic() < deadline:
+        dead = [p.name for p in services if not p.alive()]
+        if dead:
+            raise ServiceError(f"{', '.join(dead)} exited while the feed was being folded; see its log")
         try:
             now = progress_from_metrics([_get_text(u, timeout=2) for u in metrics_urls])
         except OSError:
@@ -381,7 +391,7 @@ def _run(
         print(f"publishing {feed.label} ...", flush=True)
         published, started = _publish(feed, me, env, helpers)
         print("waiting for the workers to fold it into Redis ...", flush=True)
-        progress, done = wait_folded(metrics_urls, published, timeout=600)
+        progress, done = wait_folded(metrics_urls, published, timeout=600, services=services)
         print(fold_summary(progress, done - started, data_dir))
     _demo(api_url, client, keys)
     print(
