@@ -8,12 +8,12 @@ from typing import Any
 import redis
 from flask import Flask
 
-from streamrec.api import admin, errors, observability, openapi, security, storefront, views
+from streamrec.api import admin, errors, observability, openapi, paths, security, storefront, views
 from streamrec.api.extensions import EXTENSION, Publisher, Services, kafka_publisher
-from streamrec.keys import Keys
+from streamrec.fold import redis_client as redis_client_for
 from streamrec.modelstore import ModelStore
 from streamrec.recommend import Recommender
-from streamrec.settings import Settings
+from streamrec.settings import Settings, keys_of
 from streamrec.state import StateReader
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -32,16 +32,21 @@ def create_app(
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
     if test_config:
         app.config.update(test_config)
-    client = redis_client or redis.Redis.from_url(
-        settings.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0, health_check_interval=10
+    client = redis_client or redis_client_for(
+        settings.redis_url,
+        settings.redis_cluster,
+        socket_timeout=2.0,
+        socket_connect_timeout=1.0,
+        health_check_interval=10,
     )
-    reader = observability.TimedReader(StateReader(client, Keys(settings.redis_prefix), settings.scoring))
+    reader = observability.TimedReader(StateReader(client, keys_of(settings), settings.scoring))
     app.extensions[EXTENSION] = Services(
         settings,
         client,
-        Recommender(reader, settings.scoring, ModelStore(client, Keys(settings.redis_prefix))),
+        Recommender(reader, settings.scoring, ModelStore(client, keys_of(settings))),
         publisher_factory or kafka_publisher,
     )
+    paths.init_app(app)  # first: the id converters must be in place before any route is added
     errors.init_app(app)
     observability.init_app(app)
     app.register_blueprint(views.bp)

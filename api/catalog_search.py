@@ -96,7 +96,7 @@ class CatalogSearch:
         self._built = 0.0
 
     def _catalog_size(self) -> int:
-        return int(self.client.hget(self.keys.stats(), "items") or 0)
+        return self.recommender.reader.catalog_size()
 
     def _index(self) -> tuple[dict[str, Product], list[tuple[str, str]]]:
         """The indexed catalog and its search texts, rebuilt first if the catalog changed size or is stale."""
@@ -112,7 +112,7 @@ class CatalogSearch:
         template = self.keys.templates()["catalog"]
         head, tail = template.split("%s")
         ids: list[str] = []
-        for key in self.client.scan_iter(match=template % "*", count=1000):
+        for key in self.client.scan_iter(match=self.keys.catalog("*"), count=1000):
             name = _text(key)
             if name.startswith(head) and name.endswith(tail):
                 ids.append(name[len(head) : len(name) - len(tail)])
@@ -123,25 +123,23 @@ class CatalogSearch:
             chunk = ids[start : start + 1000]
             pipe = self.client.pipeline(transaction=False)
             for item in chunk:
-                pipe.hmget(self.keys.catalog(item), list(_FIELDS))
+                pipe.hmget(self.keys.catalog(item), [*_FIELDS, "deleted"])
             for item, values in zip(chunk, pipe.execute(), strict=True):
-                record = {f: _text(v) for f, v in zip(_FIELDS, values, strict=True)}
-                products[item] = Product.from_record(item, record)
+                record = {f: _text(v) for f, v in zip((*_FIELDS, "deleted"), values, strict=True)}
+                if record["deleted"] != "1":  # a discontinued product's tombstone is no product
+                    products[item] = Product.from_record(item, record)
         ordered = dict(sorted(products.items(), key=lambda kv: (_fold(kv[1].title), kv[0])))
         return ordered, [(i, _fold(f"{p.title} {p.category} {i}")) for i, p in ordered.items()]
 
     def _popularity(self, ids: list[str]) -> dict[str, float]:
         if not ids:
             return {}
-        scores = self.client.zmscore(self.keys.popular(), ids)
-        return {i: float(s) for i, s in zip(ids, scores, strict=True) if s is not None}
+        return self.recommender.reader.popularity_log(ids)
 
     def listing(self, offset: int, limit: int) -> tuple[list[Product], int]:
         """One page of the catalog, most popular first; returns the page and the catalog's size."""
         products, _ = self._index()
-        top = [
-            _text(m) for m in self.client.zrevrange(self.keys.popular(), 0, offset + limit - 1)
-        ]  # the popular set's log scores rank alike at any one moment, so no decay is needed to order them
+        top = self.recommender.reader.popular_ids(offset + limit)
         order = [i for i in top if i in products]
         if len(order) < offset + limit:
             seen = set(order)

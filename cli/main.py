@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from streamrec.settings import Settings
+from streamrec.settings import Settings, keys_of
 
 if TYPE_CHECKING:
     import redis
@@ -412,11 +412,10 @@ def _store(settings: Settings | None = None) -> ModelStore:
     """The deployment's model store (Redis URL and key prefix from the settings)."""
     import redis as redis_lib
 
-    from streamrec.keys import Keys
     from streamrec.modelstore import ModelStore
 
     settings = settings or _settings()
-    return ModelStore(redis_lib.Redis.from_url(settings.redis_url), Keys(settings.redis_prefix))
+    return ModelStore(redis_lib.Redis.from_url(settings.redis_url), keys_of(settings))
 
 
 @model_app.command("list")
@@ -478,6 +477,34 @@ def bench(
     figures = perf.run(plan, out_dir)
     typer.echo("\n" + perf.markdown(figures))
     typer.echo(f"written to {out_dir}/bench.json, bench.md and scale.png in {figures['seconds']:.0f}s")
+
+
+@app.command()
+def healthcheck(
+    url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HEALTHCHECK_URL",
+            help="URL to probe (default: the API's /healthz on STREAMREC_API_HOST:STREAMREC_API_PORT).",
+        ),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 2.0,
+) -> None:
+    """Exit 0 if the program answers HTTP 2xx, else 1 (the container image's HEALTHCHECK)."""
+    import urllib.request
+
+    if url is None:
+        settings = Settings()
+        host = "127.0.0.1" if settings.api_host in ("", "0.0.0.0", "::") else settings.api_host
+        host = f"[{host}]" if ":" in host else host
+        url = f"http://{host}:{settings.api_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - the operator's URL
+            status = resp.status
+    except (OSError, ValueError) as exc:
+        typer.echo(f"unhealthy: {url}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"healthy: {url} answered {status}")
 
 
 @app.command("settings")

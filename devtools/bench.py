@@ -41,6 +41,7 @@ from streamrec.devtools.localstack import (
 )
 from streamrec.keys import Keys
 from streamrec.settings import ScoringSettings
+from streamrec.state import StateReader, applied_events
 
 PREFIX = "bench"
 TARGETS = {
@@ -131,8 +132,7 @@ class Stack:
         self.procs.remove(proc)
 
     def applied(self) -> int:
-        stats = self.client.hgetall(Keys(PREFIX).stats())
-        return sum(int(v) for k, v in stats.items() if k.startswith(b"applied:"))
+        return applied_events(self.client, Keys(PREFIX))
 
 
 @contextmanager
@@ -271,7 +271,7 @@ def faust_null_worker() -> None:
     import faust
     import redis.asyncio
 
-    from streamrec.settings import Settings
+    from streamrec.settings import Settings, keys_of
     from streamrec.stream_processor.transport import ConsumerThread
     from streamrec.topics import Topics
 
@@ -295,7 +295,7 @@ def faust_null_worker() -> None:
         broker_commit_interval=1.0,
     )
     client = redis.asyncio.Redis.from_url(s.redis_url)
-    stats = Keys(s.redis_prefix).stats()
+    stats = keys_of(s).stats("ev", 0)
     topic = app.topic(Topics(s.topic_prefix).events, value_serializer="raw", key_serializer="raw")
 
     @app.agent(topic, name="bench-count")
@@ -338,7 +338,7 @@ def broker_raw_rate(stack: Stack, tag: str, n: int) -> float:
 
 def redis_raw_rate(stack: Stack, events: Sequence[Event], batch: int = 500) -> float:
     """The state script alone, in process, in the worker's batch size: Redis's rate for the same writes."""
-    from streamrec.state import StateWriter
+    from streamrec.fold import StateWriter
 
     stack.client.flushall()
     writer = StateWriter(stack.client, Keys(PREFIX), ScoringSettings())
@@ -376,7 +376,7 @@ def freshness(stack: Stack, tag: str, plan: Plan) -> dict[str, Any]:
 
     from streamrec.topics import Topics
 
-    seeds = [m.decode() for m in stack.client.zrevrange(Keys(PREFIX).popular(), 0, 49)]
+    seeds = StateReader(stack.client, Keys(PREFIX), ScoringSettings()).popular_ids(50)
     seeds = [s for s in seeds if stack.client.zcard(Keys(PREFIX).neighbours(s))] or seeds
     duration = int(plan.freshness_probes * 0.6 + 10)
     background = stack.start(
@@ -478,7 +478,7 @@ def wrk(
 
 def api_paths(stack: Stack, events: Sequence[Event]) -> dict[str, list[str]]:
     users = list(dict.fromkeys(e.user_id for e in events))[:500]
-    items = [m.decode() for m in stack.client.zrevrange(Keys(PREFIX).popular(), 0, 499)]
+    items = StateReader(stack.client, Keys(PREFIX), ScoringSettings()).popular_ids(500)
     return {
         "recommendations": [f"/v1/users/{u}/recommendations?k=10" for u in users],
         "similar": [f"/v1/items/{i}/similar?k=10" for i in items],
@@ -492,9 +492,9 @@ def api_bench(stack: Stack, paths: dict[str, list[str]], seconds: float) -> dict
 
 
 FAMILIES = {
-    "user": ("history", "prefs", "bought", "searches"),
-    "item": ("neighbours", "catalog"),
-    "event": ("dedupe",),
+    "user": ("history", "prefs", "bought", "searches", "version"),
+    "item": ("neighbours", "catalog", "activity"),
+    "event": ("claims",),
 }
 
 
@@ -503,7 +503,7 @@ def memory(stack: Stack, sample: int = 300) -> dict[str, Any]:
     templates = Keys(PREFIX).templates()
     families: dict[str, dict[str, float]] = {}
     for name in (*FAMILIES["user"], *FAMILIES["item"], *FAMILIES["event"]):
-        keys = list(stack.client.scan_iter(match=templates[name] % "*", count=5000))
+        keys = list(stack.client.scan_iter(match=templates[name].replace("%s", "*"), count=5000))
         picked = random.Random(0).sample(keys, min(sample, len(keys)))
         pipe = stack.client.pipeline(transaction=False)
         for k in picked:
@@ -511,20 +511,26 @@ def memory(stack: Stack, sample: int = 300) -> dict[str, Any]:
         sizes = [s or 0 for s in pipe.execute()]
         families[name] = {"keys": len(keys), "bytes": (sum(sizes) / len(sizes) * len(keys)) if sizes else 0.0}
     shared = 0
-    for name in ("item_counts", "popular", "trending", "clock", "stats"):
-        shared += stack.client.memory_usage(templates[name], samples=0) or 0
+    for name in ("popular", "popular_cat", "trending", "trending_cat", "stats", "watermark"):
+        for key in stack.client.scan_iter(match=templates[name].replace("%s", "*"), count=5000):
+            shared += stack.client.memory_usage(key, samples=0) or 0
     info = stack.client.info("memory")
     users = families["history"]["keys"]
     items = max(families["catalog"]["keys"], families["neighbours"]["keys"])
     user_bytes = sum(families[n]["bytes"] for n in FAMILIES["user"])
     item_bytes = sum(families[n]["bytes"] for n in FAMILIES["item"])
-    events = families["dedupe"]["keys"]
+    events = int(
+        sum(
+            stack.client.zcard(k)
+            for k in stack.client.scan_iter(match=templates["claims"].replace("%s", "*"), count=5000)
+        )
+    )
     return {
         "users": users,
         "items": items,
         "bytes_per_user": user_bytes / max(users, 1),
         "bytes_per_item": item_bytes / max(items, 1),
-        "dedupe_bytes_per_event": families["dedupe"]["bytes"] / max(events, 1),
+        "dedupe_bytes_per_event": families["claims"]["bytes"] / max(events, 1),
         "dedupe_claims": events,
         "shared_bytes": shared,
         "used_memory": int(info["used_memory"]),
@@ -534,7 +540,7 @@ def memory(stack: Stack, sample: int = 300) -> dict[str, Any]:
 
 
 def replay_in_process(stack: Stack, catalog: Sequence[CatalogItem], events: Sequence[Event]) -> None:
-    from streamrec.state import StateWriter
+    from streamrec.fold import StateWriter
 
     stack.client.flushall()
     writer = StateWriter(stack.client, Keys(PREFIX), ScoringSettings())

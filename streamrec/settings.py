@@ -11,7 +11,9 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamrec.contract import DEFAULT_MAX_FUTURE_SKEW_MS
 from streamrec.event_types import TYPES, EventType
+from streamrec.keys import Keys
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -64,7 +66,28 @@ class ScoringSettings(BaseSettings):
         90 * 86_400, description="A user's state expires this long after their last event."
     )
     term_ttl_s: int = Field(30 * 86_400, description="A search term's items expire this long after last use.")
-    dedupe_ttl_s: int = Field(7 * 86_400, description="How long an event_id is remembered for deduplication.")
+    dedupe_window_s: int = Field(
+        15 * 60,
+        ge=1,
+        description="A client's retry of an event_id within this window is folded once (broker redelivery is caught by offset watermarks, however late).",
+    )
+    cooc_halflife_ms: int = Field(
+        90 * DAY_MS,
+        ge=1,
+        description="Half-life of co-occurrence and of the item counts it is normalised by.",
+    )
+    item_ttl_s: int = Field(
+        30 * 86_400, description="An item's neighbours and activity expire this long after its last event."
+    )
+    outbox_ttl_s: int = Field(
+        86_400,
+        description="Redis Cluster only: effects a crash left between fold stages are kept this long for redelivery.",
+    )
+    forget_below: float = Field(
+        0.01,
+        gt=0,
+        description="An item leaves the popularity and trending lists once its decayed weight falls below this.",
+    )
 
     history_used: int = Field(10, description="Recent history items that seed personal recommendations.")
     history_position_decay: float = Field(0.7, description="Seed weight falls by this factor per step back.")
@@ -100,6 +123,14 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis connection URL.")
     topic_prefix: str = Field("streamrec", description="Prefix of every Kafka topic name.")
     redis_prefix: str = Field("sr", description="Prefix of every Redis key.")
+    redis_cluster: bool = Field(
+        False, description="Redis is a Redis Cluster (STREAMREC_REDIS_URL names any one node)."
+    )
+    redis_shards: int = Field(
+        8,
+        ge=1,
+        description="Shards of the popularity and trending lists (fixed for a deployment's lifetime).",
+    )
     partitions: int = Field(4, description="Partitions of the events topic when streamrec creates it.")
 
     api_host: str = Field("127.0.0.1", description="Address the API binds to.")
@@ -108,6 +139,11 @@ class Settings(BaseSettings):
     max_batch: int = Field(1000, description="Most events accepted in one POST /v1/events.")
     default_k: int = Field(10, description="Items returned when the request does not say k.")
     max_k: int = Field(100, description="Most items one request may ask for.")
+    max_future_skew_ms: int = Field(
+        DEFAULT_MAX_FUTURE_SKEW_MS,
+        ge=0,
+        description="How far ahead of this receiver's clock an event or catalog 'ts' may be, in ms (API and worker).",
+    )
 
     worker_group: str = Field(
         "streamrec-worker", description="Kafka consumer group (Faust app id) of workers."
@@ -155,6 +191,11 @@ class Settings(BaseSettings):
     )
 
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+
+
+def keys_of(settings: Settings) -> Keys:
+    """The deployment's key builder: its prefix and its number of popularity shards."""
+    return Keys(settings.redis_prefix, settings.redis_shards)
 
 
 def describe(model: BaseSettings) -> list[tuple[str, Any, str]]:

@@ -1,157 +1,33 @@
-"""Recommendation state in Redis: the writers that fold events in, and the reader the API ranks from.
+"""Reading recommendation state from Redis for ranking (the writers are in ``streamrec.fold``).
 
-Writes go through two Lua scripts (``state.lua``, ``catalog.lua``) so that a batch is applied with one
-round trip and atomically with its event_id claims. The argument encoding is shared by the synchronous
-writer (tests, offline evaluation) and the asynchronous one (the Faust worker).
+Each method is one pipelined round trip. A user's state is read in one ``MULTI`` (every key of a user is
+in one hash slot), so the history, preferences, purchases and searches of one answer are one consistent
+snapshot; its ``version`` (events folded) lets a caller notice an event folded between two reads.
+Decayed totals are stored in log space (``scoring``) and turned into values at the caller's ``now_ms``.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import Any
 
-import orjson
-import redis
-import redis.asyncio
-
-from streamrec.contract import CatalogItem, Event
-from streamrec.event_types import EventType
 from streamrec.keys import Keys
-from streamrec.scoring import HistoryEntry, decay_rate, decayed_value, search_terms, trending_score
+from streamrec.scoring import HistoryEntry, decayed_value, trending_score
 from streamrec.settings import ScoringSettings
-
-
-@cache
-def _script(name: str) -> str:
-    return resources.files("streamrec").joinpath(name).read_text(encoding="utf-8")
-
-
-def script_config(keys: Keys, s: ScoringSettings) -> bytes:
-    """The state script's configuration argument."""
-    return orjson.dumps(
-        {
-            "tpl": keys.templates(),
-            "w": s.type_weights(),
-            "w_search": s.weight_search_click,
-            "history_max": s.history_len,
-            "window": s.cooc_window,
-            "pos_decay": s.cooc_position_decay,
-            "backward": s.cooc_backward_weight,
-            "max_gap": s.cooc_max_gap_ms,
-            "nbr_max": s.neighbours_max,
-            "nbr_slack": s.neighbours_slack,
-            "alpha": s.popularity_alpha,
-            "pref_rate": decay_rate(s.preference_halflife_ms),
-            "pref_max": s.preference_max,
-            "bought_max": s.purchases_max,
-            "pop_rate": decay_rate(s.popularity_halflife_ms),
-            "trend_rate": decay_rate(s.trending_halflife_ms),
-            "popular_max": s.popular_max,
-            "searches_max": s.searches_max,
-            "search_window": s.search_window_ms,
-            "term_max": s.term_items_max,
-            "user_ttl": s.user_ttl_s,
-            "term_ttl": s.term_ttl_s,
-            "dedupe_ttl": s.dedupe_ttl_s,
-        }
-    )
-
-
-def encode_events(events: Iterable[Event]) -> bytes:
-    """The state script's events argument: only what the script needs, search queries as terms."""
-    out = []
-    for e in events:
-        row: dict[str, Any] = {"id": e.event_id, "type": e.type.value, "user": e.user_id, "ts": e.ts}
-        if e.type is EventType.SEARCH:
-            row["terms"] = search_terms(e.query or "")
-        else:
-            row["item"] = e.item_id
-        out.append(row)
-    return orjson.dumps(out)
-
-
-def catalog_fields(item: CatalogItem) -> dict[str, str]:
-    """A catalog record as the flat string hash stored in Redis."""
-    return {
-        "item_id": item.item_id,
-        "title": item.title,
-        "description": item.description,
-        "category": item.category,
-        "price": "" if item.price is None else repr(item.price),
-        "image_url": item.image_url,
-        "in_stock": "1" if item.in_stock else "0",
-        "attributes": orjson.dumps(item.attributes).decode(),
-        "ts": str(item.ts),
-    }
-
-
-def encode_items(items: Iterable[CatalogItem]) -> bytes:
-    return orjson.dumps([{"id": i.item_id, "ts": i.ts, "fields": catalog_fields(i)} for i in items])
-
-
-@dataclass(frozen=True)
-class ApplyResult:
-    applied: int
-    duplicates: int
-
-
-class StateWriter:
-    """Synchronous writer, for tests and offline evaluation (same scripts as the worker)."""
-
-    def __init__(self, client: redis.Redis, keys: Keys, scoring: ScoringSettings) -> None:
-        self._keys = keys
-        self._config = script_config(keys, scoring)
-        self._apply = client.register_script(_script("state.lua"))
-        self._upsert = client.register_script(_script("catalog.lua"))
-
-    def apply(self, events: Sequence[Event]) -> ApplyResult:
-        if not events:
-            return ApplyResult(0, 0)
-        applied, dup = self._apply(args=[self._config, encode_events(events)])
-        return ApplyResult(int(applied), int(dup))
-
-    def upsert_items(self, items: Sequence[CatalogItem]) -> int:
-        if not items:
-            return 0
-        return int(
-            self._upsert(args=[self._keys.templates()["catalog"], self._keys.stats(), encode_items(items)])
-        )
-
-
-class AsyncStateWriter:
-    """The worker's writer, on ``redis.asyncio``."""
-
-    def __init__(self, client: redis.asyncio.Redis, keys: Keys, scoring: ScoringSettings) -> None:
-        self._keys = keys
-        self._config = script_config(keys, scoring)
-        self._apply = client.register_script(_script("state.lua"))
-        self._upsert = client.register_script(_script("catalog.lua"))
-
-    async def apply(self, events: Sequence[Event]) -> ApplyResult:
-        if not events:
-            return ApplyResult(0, 0)
-        applied, dup = await self._apply(args=[self._config, encode_events(events)])
-        return ApplyResult(int(applied), int(dup))
-
-    async def upsert_items(self, items: Sequence[CatalogItem]) -> int:
-        if not items:
-            return 0
-        tpl = self._keys.templates()["catalog"]
-        return int(await self._upsert(args=[tpl, self._keys.stats(), encode_items(items)]))
 
 
 @dataclass(frozen=True)
 class UserState:
-    """What the state knows of one user, decayed to the state's clock."""
+    """What the state knows of one user, decayed to ``now``; ``version`` counts the events folded in."""
 
     history: list[HistoryEntry]
     preferences: dict[str, float]
     bought: set[str]
     searches: list[tuple[int, list[str]]]
+    version: int = 0
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -161,6 +37,7 @@ def _text(value: bytes | str | None) -> str | None:
 
 
 def parse_history(raw: Iterable[bytes | str]) -> list[HistoryEntry]:
+    """History entries ``item|ts|type`` (item ids may hold ``|``: split from the right), newest first."""
     out = []
     for entry in raw:
         item, _, rest = (_text(entry) or "").rpartition("|")
@@ -171,6 +48,7 @@ def parse_history(raw: Iterable[bytes | str]) -> list[HistoryEntry]:
 
 
 def parse_searches(raw: Iterable[bytes | str]) -> list[tuple[int, list[str]]]:
+    """Search entries ``ts|term\\tterm…`` as (ts ms, terms), newest first."""
     out = []
     for entry in raw:
         ts, _, terms = (_text(entry) or "").partition("|")
@@ -179,27 +57,56 @@ def parse_searches(raw: Iterable[bytes | str]) -> list[tuple[int, list[str]]]:
     return out
 
 
-class StateReader:
-    """Reads state for ranking. Every method is one pipelined round trip."""
+STATS_PARTITIONS = 256  # stats shards are read for partitions 0..255 of each topic
 
-    def __init__(self, client: redis.Redis, keys: Keys, scoring: ScoringSettings) -> None:
+
+def read_stats(client: Any, keys: Keys, kinds: Sequence[str] = ("ev", "it")) -> dict[str, int]:
+    """The counters of every partition's stats shard, summed (``applied:<type>`` for the events topic,
+    ``items`` for the catalog's size), in one pipelined round trip over partitions 0..255.
+
+    The shards' watermark fields (``wm:<partition>``, ``guard``) are bookkeeping and left out.
+    """
+    pipe = client.pipeline(transaction=False)
+    for kind in kinds:
+        for partition in range(STATS_PARTITIONS):
+            pipe.hgetall(keys.stats(kind, partition))
+    total: dict[str, int] = {}
+    for fields in pipe.execute():
+        for k, v in fields.items():
+            name = _text(k) or ""
+            if not name.startswith("wm:") and name != "guard":
+                total[name] = total.get(name, 0) + int(v)
+    return total
+
+
+def applied_events(client: Any, keys: Keys) -> int:
+    """How many events have been folded in so far (every type)."""
+    return sum(v for k, v in read_stats(client, keys).items() if k.startswith("applied:"))
+
+
+class StateReader:
+    """Reads state for ranking. Every method is one pipelined round trip.
+
+    ``client`` is a ``redis.Redis`` or a ``redis.cluster.RedisCluster`` (whose pipelines send each node its
+    commands at once).
+    """
+
+    def __init__(self, client: Any, keys: Keys, scoring: ScoringSettings) -> None:
         self.client = client
         self.keys = keys
         self.scoring = scoring
 
-    def clock(self) -> int | None:
-        """The newest event time folded in: the state's notion of now."""
-        value = self.client.get(self.keys.clock())
-        return int(value) if value else None
-
     def user(self, user_id: str, now_ms: int) -> UserState:
+        """One user's state in one transaction: history, preferences decayed to ``now_ms``, purchases,
+        searches and the version (events folded). An unknown user has empty state and version 0."""
         k, s = self.keys, self.scoring
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=True)
         pipe.lrange(k.history(user_id), 0, -1)
         pipe.zrange(k.prefs(user_id), 0, -1, withscores=True)
         pipe.zrange(k.bought(user_id), 0, -1)
         pipe.lrange(k.searches(user_id), 0, -1)
-        history, prefs, bought, searches = pipe.execute()
+        pipe.hget(k.version(user_id), "n")
+        history, prefs, bought, searches, version = pipe.execute()
         return UserState(
             history=parse_history(history),
             preferences={
@@ -207,27 +114,53 @@ class StateReader:
             },
             bought={_text(m) or "" for m in bought},
             searches=parse_searches(searches),
+            version=int(version or 0),
         )
 
-    def neighbours(self, items: Sequence[str], n: int) -> dict[str, dict[str, float]]:
-        """Raw co-occurrence weights of each item's top ``n`` neighbours."""
+    def version(self, user_id: str) -> int:
+        """The number of events folded into the user's state (0 for an unknown user)."""
+        return int(self.client.hget(self.keys.version(user_id), "n") or 0)
+
+    def neighbours(self, items: Sequence[str], n: int, now_ms: int) -> dict[str, dict[str, float]]:
+        """Each item's top ``n`` neighbours with their co-occurrence decayed to ``now_ms`` (raw, not yet
+        normalised by popularity)."""
         if not items:
             return {}
         pipe = self.client.pipeline(transaction=False)
         for item in items:
             pipe.zrevrange(self.keys.neighbours(item), 0, n - 1, withscores=True)
+        hl = self.scoring.cooc_halflife_ms
         return {
-            item: {_text(m) or "": float(w) for m, w in rows}
+            item: {_text(m) or "": decayed_value(w, now_ms, hl) for m, w in rows}
             for item, rows in zip(items, pipe.execute(), strict=True)
         }
 
-    def counts(self, items: Sequence[str]) -> dict[str, float]:
+    def counts(self, items: Sequence[str], now_ms: int) -> dict[str, float]:
+        """Each item's occurrence count decayed to ``now_ms`` (the co-occurrence normaliser); items with no
+        activity left (expired, deleted, never seen) are absent."""
         if not items:
             return {}
-        values = self.client.hmget(self.keys.item_counts(), list(items))
-        return {item: float(v) for item, v in zip(items, values, strict=True) if v is not None}
+        pipe = self.client.pipeline(transaction=False)
+        for item in items:
+            pipe.hget(self.keys.activity(item), "n")
+        hl = self.scoring.cooc_halflife_ms
+        return {
+            item: decayed_value(float(v), now_ms, hl)
+            for item, v in zip(items, pipe.execute(), strict=True)
+            if v is not None
+        }
+
+    def occurrences(self, items: Sequence[str]) -> dict[str, int]:
+        """Each item's plain number of folded occurrences (not decayed; items with no activity absent)."""
+        if not items:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for item in items:
+            pipe.hget(self.keys.activity(item), "c")
+        return {item: int(v) for item, v in zip(items, pipe.execute(), strict=True) if v is not None}
 
     def term_items(self, terms: Sequence[str], n: int) -> dict[str, dict[str, float]]:
+        """For each search term, the top ``n`` items shoppers acted on after searching it."""
         if not terms:
             return {}
         pipe = self.client.pipeline(transaction=False)
@@ -240,7 +173,7 @@ class StateReader:
         }
 
     def catalog(self, items: Sequence[str]) -> dict[str, dict[str, str]]:
-        """Catalog records by item id; unknown items are left out."""
+        """Catalog records by item id; unknown items are left out (a deleted one reads ``deleted: "1"``)."""
         if not items:
             return {}
         pipe = self.client.pipeline(transaction=False)
@@ -252,27 +185,66 @@ class StateReader:
                 out[item] = {_text(f) or "": _text(v) or "" for f, v in record.items()}
         return out
 
-    def popular(self, n: int, now_ms: int, category: str | None = None) -> list[tuple[str, float]]:
-        rows = self.client.zrevrange(self.keys.popular(category), 0, n - 1, withscores=True)
+    def _merged(self, names: list[str], start: int, stop: int) -> list[tuple[str, float]]:
+        """Rows ``start..stop`` (by rank) of each sharded ZSET, merged by score (highest first, ties by id)."""
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.zrevrange(name, start, stop, withscores=True)
+        rows = [((_text(m) or ""), float(w)) for shard in pipe.execute() for m, w in shard]
+        return heapq.nsmallest(len(rows), rows, key=lambda r: (-r[1], r[0]))
+
+    def popular(
+        self, n: int, now_ms: int, category: str | None = None, offset: int = 0
+    ) -> list[tuple[str, float]]:
+        """The ``n`` most popular items (time-decayed to ``now_ms``), overall or in one category, skipping
+        the first ``offset``. Read from every shard; exact, because each shard returns its own top."""
+        k = self.keys
+        names = [k.popular(s, category) for s in range(k.shards)]
+        rows = self._merged(names, 0, offset + n - 1)[offset : offset + n]
         hl = self.scoring.popularity_halflife_ms
-        return [(_text(m) or "", decayed_value(w, now_ms, hl)) for m, w in rows]
+        return [(item, decayed_value(w, now_ms, hl)) for item, w in rows]
 
     def trending(self, n: int, now_ms: int, category: str | None = None) -> list[tuple[str, float]]:
-        """Items gaining interest fastest: the top of the fast-decayed set, re-scored against popularity."""
-        s = self.scoring
+        """Items gaining interest fastest: the top of the fast-decayed lists, re-scored against popularity
+        (``scoring.trending_score``). Two round trips."""
+        s, k = self.scoring, self.keys
         pool = max(n * 5, 50)
-        fast = self.client.zrevrange(self.keys.trending(category), 0, pool - 1, withscores=True)
+        fast = self._merged([k.trending(sh, category) for sh in range(k.shards)], 0, pool - 1)[:pool]
         if not fast:
             return []
-        members = [_text(m) or "" for m, _ in fast]
-        slow = self.client.zmscore(self.keys.popular(category), members)
+        pipe = self.client.pipeline(transaction=False)
+        for item, _ in fast:
+            pipe.zscore(k.popular(k.shard(item), category), item)
+        slow = pipe.execute()
         scored = [
             (item, trending_score(fl, sl, now_ms, s.trending_halflife_ms, s.popularity_halflife_ms))
-            for item, (_, fl), sl in zip(members, fast, slow, strict=True)
+            for (item, fl), sl in zip(fast, slow, strict=True)
         ]
         scored = [(item, score) for item, score in scored if score > 0 and math.isfinite(score)]
         scored.sort(key=lambda row: (-row[1], row[0]))
         return scored[:n]
 
     def stats(self) -> dict[str, int]:
-        return {_text(k) or "": int(v) for k, v in self.client.hgetall(self.keys.stats()).items()}
+        """The deployment's counters, summed over partitions (see ``read_stats``)."""
+        return read_stats(self.client, self.keys)
+
+    def catalog_size(self) -> int:
+        """How many items the catalog holds (records created minus deleted)."""
+        return read_stats(self.client, self.keys, ("it",)).get("items", 0)
+
+    def popularity_log(self, items: Sequence[str], category: str | None = None) -> dict[str, float]:
+        """Each item's log-space popularity total (comparable between items at any one moment), read from
+        its shard; items with none are absent."""
+        if not items:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for item in items:
+            pipe.zscore(self.keys.popular(self.keys.shard(item), category), item)
+        return {i: float(s) for i, s in zip(items, pipe.execute(), strict=True) if s is not None}
+
+    def popular_ids(self, n: int, category: str | None = None) -> list[str]:
+        """The ids of the ``n`` most popular items, most popular first (no decay needed to order them)."""
+        k = self.keys
+        return [
+            item for item, _ in self._merged([k.popular(s, category) for s in range(k.shards)], 0, n - 1)[:n]
+        ]

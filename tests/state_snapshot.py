@@ -6,6 +6,8 @@ from typing import Any
 
 import redis
 
+from streamrec.keys import Keys
+
 _READ = {
     b"string": lambda pipe, key: pipe.get(key),
     b"hash": lambda pipe, key: pipe.hgetall(key),
@@ -31,4 +33,33 @@ def snapshot(client: redis.Redis, pattern: str, chunk: int = 2000) -> dict[bytes
             _READ[kind](pipe, key)
         for (key, _), value in zip(read, pipe.execute(), strict=True):
             out[key] = value
+    return out
+
+
+def item_occurrences(client: redis.Redis, keys: Keys) -> dict[str, int]:
+    """Every item's plain occurrence count (the activity hash's ``c``), for exactly-once checks."""
+    head, tail = keys.activity("\0").split("\0")
+    names = list(client.scan_iter(match=keys.activity("*"), count=1000))
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.hget(name, "c")
+    return {
+        name.decode()[len(head) : len(name.decode()) - len(tail)]: int(v)
+        for name, v in zip(names, pipe.execute(), strict=True)
+        if v is not None
+    }
+
+
+def state_only(snap: dict[bytes, Any], keys: Keys) -> dict[bytes, Any]:
+    """A snapshot without the fold's bookkeeping, which legitimately differs between two runs that
+    folded the same events: offset watermarks (where each run's consumer got to), and the times in the
+    event-id claims (wall clock when first seen; the claimed ids themselves are kept)."""
+    claims = keys.claims("\0").split("\0")[1].encode()  # the claims keys' suffix, e.g. b"}:e"
+    out: dict[bytes, Any] = {}
+    for key, value in snap.items():
+        if key == keys.watermark().encode() or key.endswith(b"}:wm"):
+            continue
+        if key.endswith(claims):
+            value = sorted(member for member, _ in value)
+        out[key] = value
     return out

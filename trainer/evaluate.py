@@ -19,11 +19,12 @@ from tqdm import tqdm
 
 from streamrec.contract import Event
 from streamrec.datasets import merge_events
+from streamrec.fold import StateWriter
 from streamrec.keys import Keys
 from streamrec.modelstore import ModelStore
 from streamrec.recommend import Recommender
 from streamrec.settings import ScoringSettings
-from streamrec.state import StateReader, StateWriter
+from streamrec.state import StateReader
 from streamrec.trainer import models, train
 from streamrec.trainer.models import Matrix
 from streamrec.trainer.ranking_metrics import Result, score_lists
@@ -88,7 +89,11 @@ def served_lists(
     jobs = [(user, sorted(split.exclude.get(user, ()))) for user in split.targets]
     chunks = [jobs[i : i + CHUNK] for i in range(0, len(jobs), CHUNK)]
     store = ModelStore(client, keys) if blend_model else None
-    _worker["recommender"] = Recommender(StateReader(client, keys, scoring), scoring, store)
+    # answers as of the end of the training data, whatever today's date (decay is relative to it)
+    end = max((ts for actions in split.train.values() for _, _, ts in actions), default=0)
+    _worker["recommender"] = Recommender(
+        StateReader(client, keys, scoring), scoring, store, clock=lambda: end + 1
+    )
     out: dict[str, list[str]] = {}
     try:
         with (

@@ -10,6 +10,7 @@ import pytest
 import requests
 from kafka import KafkaProducer
 
+from streamrec.state import applied_events
 from streamrec.topics import Topics, ensure_topics
 from tests.conftest import Namespace, needs_dataset, wait_until
 
@@ -55,7 +56,7 @@ def _view_until_personal(
 
 
 def _applied(ns: Namespace) -> int:
-    return sum(int(v) for k, v in ns.redis.hgetall(ns.keys.stats()).items() if k.startswith(b"applied:"))
+    return applied_events(ns.redis, ns.keys)
 
 
 def test_a_view_from_a_plain_kafka_producer_changes_recommendations_within_a_second(

@@ -26,8 +26,10 @@ from streamrec.devtools.localstack import free_port, start_broker, start_redis
 from streamrec.event_types import EventType
 from streamrec.keys import Keys
 from streamrec.publisher import EventPublisher, publish_stream
+from streamrec.state import applied_events
 from streamrec.topics import Topics, ensure_topics
 from tests.conftest import Namespace, wait_until
+from tests.state_snapshot import item_occurrences
 
 pytestmark = [pytest.mark.e2e, pytest.mark.broker, pytest.mark.redis, pytest.mark.slow]
 
@@ -48,14 +50,14 @@ def _events(n: int, tag: str) -> list[Event]:
 
 def _applied(client: redis.Redis, keys: Keys) -> int:
     try:
-        return sum(int(v) for k, v in client.hgetall(keys.stats()).items() if k.startswith(b"applied:"))
+        return applied_events(client, keys)
     except redis.RedisError:
         return -1
 
 
 def _counts_match(client: redis.Redis, keys: Keys, events: list[Event]) -> None:
     want = Counter(e.item_id for e in events)
-    got = {k.decode(): int(v) for k, v in client.hgetall(keys.item_counts()).items()}
+    got = item_occurrences(client, keys)
     assert got == dict(want)
 
 

@@ -2,7 +2,7 @@
 worker's RSS must level off, and every structure must stay within its bound.
 
 What grows with time is only the dedupe claims, one per event until its TTL ends it: they are bounded
-by rate x ``STREAMREC_SCORING_DEDUPE_TTL_S``. The test shortens that TTL to 15 s so the plateau is
+by rate x ``STREAMREC_SCORING_DEDUPE_WINDOW_S``. The test shortens that TTL to 15 s so the plateau is
 reached inside the run (the default, 7 days, bounds them at rate x 7 days). Users and search terms are
 bounded per key and expire; items (neighbours, catalog, counts) have no TTL: they grow with the
 catalog, O(items x neighbours_max), not with time.
@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from streamrec.devtools.localstack import free_port, start_redis
+from streamrec.state import applied_events
 from streamrec.topics import Topics, ensure_topics
 from tests.conftest import Namespace, wait_until
 
@@ -35,7 +36,7 @@ def _rss_bytes(pid: int) -> int:
 
 
 def _applied(ns: Namespace) -> int:
-    return sum(int(v) for k, v in ns.redis.hgetall(ns.keys.stats()).items() if k.startswith(b"applied:"))
+    return applied_events(ns.redis, ns.keys)
 
 
 def test_memory_levels_off_under_a_steady_stream(namespace: Namespace, tmp_path: Path) -> None:
@@ -45,7 +46,7 @@ def test_memory_levels_off_under_a_steady_stream(namespace: Namespace, tmp_path:
     ns.procs.append(server)
     ns.env["STREAMREC_REDIS_URL"] = f"redis://127.0.0.1:{server.port}/0"
     ns.redis = redis.Redis(host="127.0.0.1", port=server.port)
-    ns.env["STREAMREC_SCORING_DEDUPE_TTL_S"] = str(DEDUPE_TTL_S)
+    ns.env["STREAMREC_SCORING_DEDUPE_WINDOW_S"] = str(DEDUPE_TTL_S)
     ensure_topics(ns.settings.kafka_bootstrap, Topics(ns.settings.topic_prefix), 2)
     worker = ns.start("worker", "worker")
     total = RATE * SECONDS
@@ -94,16 +95,16 @@ def test_memory_levels_off_under_a_steady_stream(namespace: Namespace, tmp_path:
         assert after <= before * slack, f"{what} still climbing: {before} -> {after}"
 
     # dedupe claims are bounded by rate x TTL (with the expiry cycle's lag)
-    claims = sum(1 for _ in ns.redis.scan_iter(match=f"{ns.keys.prefix}:e:*", count=2000))
+    claims = sum(ns.redis.zcard(k) for k in ns.redis.scan_iter(match=ns.keys.claims("*"), count=2000))
     assert claims <= RATE * (DEDUPE_TTL_S + 10), claims
     # every per-user and per-term key will expire; item keys are bounded per item
     scoring = ns.settings.scoring
-    for key in ns.redis.scan_iter(match=f"{ns.keys.prefix}:u:*", count=2000):
+    for key in ns.redis.scan_iter(match=f"{ns.keys.prefix}:{{u:*", count=2000):
         assert ns.redis.ttl(key) > 0, key
-    for key in ns.redis.scan_iter(match=f"{ns.keys.prefix}:u:*:h", count=2000):
+    for key in ns.redis.scan_iter(match=ns.keys.history("*"), count=2000):
         assert ns.redis.llen(key) <= scoring.history_len
     pairs = 0
-    for key in ns.redis.scan_iter(match=f"{ns.keys.prefix}:i:*:n", count=2000):
+    for key in ns.redis.scan_iter(match=ns.keys.neighbours("*"), count=2000):
         pairs += (n := ns.redis.zcard(key))
         assert n <= scoring.neighbours_max + scoring.neighbours_slack
     first, end = run[0], run[-1]

@@ -13,6 +13,7 @@ import requests
 from kafka import KafkaConsumer
 from playwright.sync_api import Page, sync_playwright
 
+from streamrec.state import read_stats
 from streamrec.topics import Topics, ensure_topics
 from tests.conftest import Namespace, wait_until
 
@@ -59,9 +60,9 @@ def _seed(api: str, ns: Namespace) -> None:
     assert requests.post(f"{api}/v1/events", json=events, timeout=10).status_code == 202
 
     def landed() -> bool:
-        stats = ns.redis.hgetall(ns.keys.stats())
-        applied = sum(int(v) for k, v in stats.items() if k.startswith(b"applied:"))
-        return applied == len(events) and int(stats.get(b"items", 0)) == len(CATALOG)
+        stats = read_stats(ns.redis, ns.keys)
+        applied = sum(v for k, v in stats.items() if k.startswith("applied:"))
+        return applied == len(events) and stats.get("items", 0) == len(CATALOG)
 
     wait_until(landed, 30, what="the seeded events and catalog to be folded in")
 

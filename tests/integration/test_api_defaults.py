@@ -16,9 +16,9 @@ from streamrec.api.app import create_app
 from streamrec.contract import CatalogItem, Event
 from streamrec.devtools.localstack import ManagedProcess
 from streamrec.event_types import EventType
+from streamrec.fold import StateWriter
 from streamrec.keys import Keys
 from streamrec.settings import Settings
-from streamrec.state import StateWriter
 
 pytestmark = pytest.mark.redis
 
@@ -47,15 +47,20 @@ def test_fields_a_catalog_record_leaves_out_come_back_as_placeholder_image_and_n
     shop: tuple[FlaskClient, StateWriter],
 ) -> None:
     client, writer = shop
+    now = int(time.time() * 1000)
     writer.upsert_items(
         [
-            CatalogItem(item_id="bare", ts=1),  # only an id, as `POST /v1/items [{"item_id": …}]` allows
+            CatalogItem(item_id="bare", ts=now - 5000),  # only an id, as `POST /v1/items` allows
             CatalogItem(
-                item_id="full", title="Boot", category="shoes", price=20, image_url="/i/boot.png", ts=1
+                item_id="full",
+                title="Boot",
+                category="shoes",
+                price=20,
+                image_url="/i/boot.png",
+                ts=now - 5000,
             ),
         ]
     )
-    now = int(time.time() * 1000)
     writer.apply(
         [
             Event(event_id=f"e{n}", type=EventType.VIEW, user_id=f"u{n}", item_id=item, ts=now - 1000 + n)

@@ -13,10 +13,10 @@ from streamrec.api.app import create_app
 from streamrec.contract import Event, now_ms
 from streamrec.devtools.localstack import ManagedProcess
 from streamrec.event_types import EventType
+from streamrec.fold import StateWriter
 from streamrec.keys import Keys
 from streamrec.modelstore import KEEP_VERSIONS, ModelError, ModelStore
 from streamrec.settings import ScoringSettings, Settings
-from streamrec.state import StateWriter
 
 pytestmark = pytest.mark.redis
 

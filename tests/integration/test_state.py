@@ -15,12 +15,13 @@ from itertools import count
 import pytest
 import redis
 
-from streamrec.contract import CatalogItem, Event
+from streamrec.contract import MIN_TS_MS, CatalogItem, Event
 from streamrec.event_types import EventType
+from streamrec.fold import StateWriter
 from streamrec.keys import Keys
 from streamrec.recommend import Answer, Recommender
 from streamrec.settings import DAY_MS, ScoringSettings
-from streamrec.state import StateReader, StateWriter
+from streamrec.state import StateReader
 from tests.state_snapshot import snapshot
 
 pytestmark = pytest.mark.redis
@@ -56,17 +57,23 @@ class World:
         self.writer.apply([ev("view", user, item, ts + i * step) for i, item in enumerate(items)])
 
     def nbr(self, item: str) -> dict[str, float]:
-        return {
-            m.decode(): s for m, s in self.client.zrange(self.keys.neighbours(item), 0, -1, withscores=True)
-        }
+        """The item's stored neighbours with their co-occurrence (decayed to T0: undecayed here, as the
+        world's half-life is centuries)."""
+        return self.reader.neighbours([item], 1000, T0)[item]
+
+    def counts(self, *items: str) -> dict[str, float]:
+        return self.reader.counts(list(items), T0)
 
     def recommender(self) -> Recommender:
         return Recommender(self.reader, self.scoring)
 
 
+NO_DECAY = {"cooc_halflife_ms": 10**15}  # co-occurrence and counts that keep their values (exact weights)
+
+
 def make_world(client: redis.Redis, scoring: ScoringSettings | None = None) -> World:
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
-    s = scoring or ScoringSettings()
+    s = scoring or ScoringSettings(**NO_DECAY)
     return World(client, keys, s, StateWriter(client, keys, s), StateReader(client, keys, s))
 
 
@@ -87,7 +94,7 @@ def test_cooccurrence_of_a_sequence_is_order_and_distance_weighted(world: World)
     assert world.nbr("a") == {"b": pytest.approx(1.0), "c": pytest.approx(0.7)}
     assert world.nbr("b") == {"a": pytest.approx(back), "c": pytest.approx(1.0)}
     assert world.nbr("c") == {"b": pytest.approx(back), "a": pytest.approx(back * 0.7)}
-    assert world.reader.counts(["a", "b", "c", "zz"]) == {"a": 1.0, "b": 1.0, "c": 1.0}
+    assert world.counts("a", "b", "c", "zz") == pytest.approx({"a": 1.0, "b": 1.0, "c": 1.0})
 
 
 def test_cooccurrence_window_pairs_only_the_last_actions(world: World) -> None:
@@ -102,7 +109,7 @@ def test_a_consecutive_repeat_adds_no_pairs(world: World) -> None:
     before = (world.nbr("a"), world.nbr("b"))
     world.views("u", "b", ts=T0 + 5000)
     assert (world.nbr("a"), world.nbr("b")) == before
-    assert world.reader.counts(["b"]) == {"b": 2.0}
+    assert world.counts("b") == pytest.approx({"b": 2.0})
 
 
 def test_an_item_seen_twice_in_the_window_pairs_once_with_the_nearest(world: World) -> None:
@@ -122,7 +129,7 @@ def test_actions_further_apart_than_the_max_gap_are_not_paired(world: World) -> 
 
 
 def test_neighbour_lists_stay_bounded_and_keep_the_best_normalised(redis_client: redis.Redis) -> None:
-    w = make_world(redis_client, ScoringSettings(neighbours_max=5, neighbours_slack=2))
+    w = make_world(redis_client, ScoringSettings(neighbours_max=5, neighbours_slack=2, **NO_DECAY))
     try:
         # 'pop' co-occurs with the hub twice (the largest raw weight) but is viewed by everyone
         w.apply(*[ev("view", "fan", "pop", T0 + i) for i in range(100)])  # consecutive repeats: counts only
@@ -171,7 +178,7 @@ def test_a_duplicate_inside_one_batch_is_applied_once(world: World) -> None:
     e = ev("view", "u", "a")
     result = world.writer.apply([e, e])
     assert (result.applied, result.duplicates) == (1, 1)
-    assert world.reader.counts(["a"]) == {"a": 1.0}
+    assert world.counts("a") == pytest.approx({"a": 1.0})
     assert world.reader.stats() == {"applied:view": 1}
 
 
@@ -207,7 +214,7 @@ def test_remove_from_cart_is_no_cooccurrence_and_no_popularity(world: World) -> 
     world.apply(ev("view", "u", "a", T0), ev("remove_from_cart", "u", "b", T0 + 1000))
     assert world.nbr("a") == {} and world.nbr("b") == {}
     assert [i for i, _ in world.reader.popular(10, T0)] == ["a"]
-    assert world.reader.counts(["b"]) == {}
+    assert world.counts("b") == {}
     assert [h.item_id for h in world.reader.user("u", T0).history] == ["a"]
 
 
@@ -232,14 +239,15 @@ def test_an_action_before_the_search_is_not_credited(world: World) -> None:
 def test_popularity_halves_per_halflife(world: World) -> None:
     hl = world.scoring.popularity_halflife_ms
     world.apply(ev("view", "u", "old", T0 - hl), ev("view", "v", "new", T0))
-    now = world.reader.clock()
-    assert now == T0
-    assert dict(world.reader.popular(10, now)) == {"new": pytest.approx(1.0), "old": pytest.approx(0.5)}
+    assert dict(world.reader.popular(10, T0)) == {"new": pytest.approx(1.0), "old": pytest.approx(0.5)}
 
 
 def test_popularity_is_type_weighted_and_per_category(world: World) -> None:
     world.writer.upsert_items(
-        [CatalogItem(item_id="h1", category="hats", ts=1), CatalogItem(item_id="s1", category="shoes", ts=1)]
+        [
+            CatalogItem(item_id="h1", category="hats", ts=MIN_TS_MS),
+            CatalogItem(item_id="s1", category="shoes", ts=MIN_TS_MS),
+        ]
     )
     world.apply(ev("view", "u", "h1", T0), ev("purchase", "v", "s1", T0), ev("view", "w", "nocat", T0))
     assert dict(world.reader.popular(10, T0)) == {
@@ -261,8 +269,10 @@ def test_trending_prefers_a_fresh_burst_over_old_steady_interest(world: World) -
 
 
 def test_catalog_upsert_ignores_an_older_record(world: World) -> None:
-    new = CatalogItem(item_id="a", title="new", category="shoes", price=10.0, ts=2000)
-    old = CatalogItem(item_id="a", title="old", category="hats", price=1.0, in_stock=False, ts=1000)
+    new = CatalogItem(item_id="a", title="new", category="shoes", price=10.0, ts=MIN_TS_MS + 2000)
+    old = CatalogItem(
+        item_id="a", title="old", category="hats", price=1.0, in_stock=False, ts=MIN_TS_MS + 1000
+    )
     assert world.writer.upsert_items([new]) == 1
     assert world.writer.upsert_items([old]) == 0
     record = world.reader.catalog(["a", "missing"])
@@ -273,7 +283,9 @@ def test_catalog_upsert_ignores_an_older_record(world: World) -> None:
         "10.0",
         "1",
     )
-    newer = CatalogItem(item_id="a", title="newer", in_stock=False, attributes={"size": 42}, ts=3000)
+    newer = CatalogItem(
+        item_id="a", title="newer", in_stock=False, attributes={"size": 42}, ts=MIN_TS_MS + 3000
+    )
     assert world.writer.upsert_items([newer]) == 1
     record = world.reader.catalog(["a"])["a"]
     assert (record["title"], record["in_stock"], record["attributes"], record["price"]) == (
@@ -294,21 +306,21 @@ def test_user_keys_expire(world: World) -> None:
     for key in (k.history("u"), k.prefs("u"), k.bought("u"), k.searches("u")):
         assert 0 < world.client.ttl(key) <= ttl, key
     assert 0 < world.client.ttl(k.term("hat")) <= world.scoring.term_ttl_s
-    assert world.client.ttl(k.neighbours("a")) == -1  # item state does not expire
+    # an item's activity and neighbours leave once it has had no event for item_ttl
+    for key in (k.activity("a"), k.activity("b"), k.neighbours("a")):
+        assert 0 < world.client.ttl(key) <= world.scoring.item_ttl_s, key
+    assert world.client.ttl(k.catalog("a")) == -2  # no record: a catalog record never expires on its own
 
 
-def test_the_clock_is_the_newest_event_time(world: World) -> None:
-    assert world.reader.clock() is None
-    world.apply(
-        ev("view", "u", "a", T0 + 5000),
-        ev("view", "u", "b", T0 + 1000),
-        ev("search", "v", query="q", ts=T0 + 3000),
-    )
-    assert world.reader.clock() == T0 + 5000
-    world.apply(ev("view", "w", "c", T0))  # an older event does not move the clock back
-    assert world.reader.clock() == T0 + 5000
-    world.apply(ev("search", "w", query="hats", ts=T0 + 9000))
-    assert world.reader.clock() == T0 + 9000
+def test_an_event_from_the_future_weighs_as_if_it_happened_now(world: World) -> None:
+    """The state's clock never runs ahead of the wall clock: decay uses min(ts, wall clock at fold)."""
+    now = int(time.time() * 1000)
+    hour = 3_600_000
+    world.apply(ev("view", "early", "ahead", now + 10 * hour), ev("view", "ok", "normal", now))
+    trend = dict(world.reader.trending(10, now + 1000))
+    assert trend["ahead"] == pytest.approx(trend["normal"], rel=1e-3)
+    pop = dict(world.reader.popular(10, now + 1000))
+    assert pop["ahead"] == pytest.approx(pop["normal"], rel=1e-3)
 
 
 def test_item_ids_with_separators_survive_history(world: World) -> None:
@@ -327,9 +339,12 @@ def shop(w: World) -> None:
     b has three more views (so it is more popular, and normalises lower); g is viewed after a 'wool hat' search.
     """
     w.writer.upsert_items(
-        [CatalogItem(item_id=i, title=f"Item {i}", category="shoes", price=10.0, ts=1) for i in "abcd"]
-        + [CatalogItem(item_id="e", title="Item e", category="shoes", in_stock=False, ts=1)]
-        + [CatalogItem(item_id=i, title=f"Item {i}", category="hats", price=5.0, ts=1) for i in "fg"]
+        [
+            CatalogItem(item_id=i, title=f"Item {i}", category="shoes", price=10.0, ts=MIN_TS_MS)
+            for i in "abcd"
+        ]
+        + [CatalogItem(item_id="e", title="Item e", category="shoes", in_stock=False, ts=MIN_TS_MS)]
+        + [CatalogItem(item_id=i, title=f"Item {i}", category="hats", price=5.0, ts=MIN_TS_MS) for i in "fg"]
     )
     for n, item in enumerate("bcdef"):
         w.views(f"u{n}", "a", item, ts=T0 + n * 10_000)
@@ -345,12 +360,13 @@ def test_personal_recommendations_rank_neighbours_and_exclude_seen(world: World)
     shop(world)
     world.views("me", "a", ts=T0 + 300_000)
     answer = world.recommender().for_user("me", 4)
-    # c, d, f co-occur with a once each (ties by id); b as often but three times as popular; e is out of stock
-    assert ids(answer) == ["c", "d", "f", "b"]
+    # c, d, f co-occur with a once each (the newest pair weighs a hair more: forward decay); b as often but
+    # three times as popular; e is out of stock
+    assert ids(answer) == ["f", "d", "c", "b"]
     assert answer.strategy == "personalized"
     assert {r.source for r in answer.items} == {"item_to_item"}
     assert answer.items[0].reason == "viewed together with a"
-    n_a = world.reader.counts(["a"])["a"]
+    n_a = world.counts("a")["a"]
     assert answer.items[0].score == pytest.approx(1.0 / math.sqrt(n_a))
     assert answer.items[3].score == pytest.approx(1.0 / math.sqrt(n_a * 4.0))
     assert answer.catalog["c"]["title"] == "Item c"
@@ -417,8 +433,8 @@ def test_empty_state_answers_empty(world: World) -> None:
 def test_similar_normalises_by_popularity_and_excludes_the_item(world: World) -> None:
     shop(world)
     answer = world.recommender().similar("a", 4)
-    assert ids(answer) == ["c", "d", "f", "b"]
-    n_a = world.reader.counts(["a"])["a"]
+    assert ids(answer) == ["f", "d", "c", "b"]
+    n_a = world.counts("a")["a"]
     assert [r.score for r in answer.items] == pytest.approx(
         [1 / math.sqrt(n_a)] * 3 + [1 / math.sqrt(n_a * 4)]
     )
@@ -428,7 +444,7 @@ def test_similar_normalises_by_popularity_and_excludes_the_item(world: World) ->
 def test_similar_with_a_user_excludes_what_they_bought(world: World) -> None:
     shop(world)
     world.apply(ev("purchase", "buyer", "d", T0 + 500_000))
-    assert ids(world.recommender().similar("a", 3, user_id="buyer")) == ["c", "f", "b"]
+    assert ids(world.recommender().similar("a", 3, user_id="buyer")) == ["f", "c", "b"]
 
 
 def test_popular_in_a_category_skips_out_of_stock(world: World) -> None:
@@ -464,5 +480,5 @@ def test_similar_finds_the_best_normalised_neighbours_beyond_the_raw_top_50(worl
         events += [ev("view", f"r{j}", "a", T0 + 1000), ev("view", f"r{j}", f"rare{j}", T0 + 2000)]
     world.writer.apply(events)
     assert len(world.nbr("a")) == 60
-    assert world.reader.counts(["p00", "rare0"]) == {"p00": 16.0, "rare0": 1.0}
-    assert ids(world.recommender().similar("a", 5)) == [f"rare{j}" for j in range(5)]
+    assert world.counts("p00", "rare0") == pytest.approx({"p00": 16.0, "rare0": 1.0})
+    assert sorted(ids(world.recommender().similar("a", 5))) == [f"rare{j}" for j in range(5)]

@@ -1,0 +1,574 @@
+-- Fold events and catalog records into streamrec's Redis state (docs/STATE.md).
+--
+-- ARGV[1]: JSON config {tpl = key templates (keys.py), w = type weights, ...scoring settings}
+-- ARGV[2]: the mode, one stage or a whole schedule:
+--   "all"      one Redis: every stage of a batch of events in this one call, atomically
+--   "catalog"  one Redis: a batch of catalog records (upserts, deletions) and the copies that follow them
+--   "user"     cluster, user stage: the events of the users of one hash slot -> outcomes + effects
+--   "item"     cluster, item stage: effects on the items and search terms of one slot -> copies + trims
+--   "copies"   cluster, global stage: ZADD GT / ZREM on popularity and trending shards of one slot
+--   "trim"     cluster: trim over-full neighbour lists of one slot, given their members' counts
+--   "ack"      cluster: drop the user stage's outbox entries once every later stage is done
+--   "stats"    cluster: add a batch's counters to its partition's stats, exactly once
+--   "citem"    cluster, catalog stage: the catalog records of one slot -> copies to move
+-- ARGV[3]: JSON input of the mode (see each entry point at the bottom).
+--
+-- Every decayed total is kept in log space, ln(sum w * 2^(t/h)) (scoring.py), so it never overflows and
+-- never needs rewriting. Time is the event's ts capped at the worker's wall clock ("wall"): a client whose
+-- clock runs ahead cannot move decay for everyone else.
+
+local C = cjson.decode(ARGV[1])
+local MODE = ARGV[2]
+local IN = cjson.decode(ARGV[3])
+local T = C.tpl
+local fmt = string.format
+local call = redis.call
+local mlog, mexp = math.log, math.exp
+local WALL = IN.wall or 0
+local NEG = -1e308
+
+-- --------------------------------------------------------------------------------------------- helpers
+
+local function lse(a, b)
+  -- ln(e^a + e^b); a may be nil (an empty total)
+  if not a then return b end
+  if b > a then a, b = b, a end
+  return a + mlog(1 + mexp(b - a))
+end
+
+local function zlog_add(key, member, x)
+  local cur = call('ZSCORE', key, member)
+  local v = lse(cur and tonumber(cur), x)
+  return call('ZADD', key, v, member), v
+end
+
+local function zlog_sub(key, member, x)
+  -- subtract e^x from a log total; drop the member when nothing is left
+  local cur = call('ZSCORE', key, member)
+  if not cur then return end
+  cur = tonumber(cur)
+  if x >= cur - 1e-9 then
+    call('ZREM', key, member)
+  else
+    call('ZADD', key, cur + mlog(1 - mexp(x - cur)), member)
+  end
+end
+
+local function cap_lowest(key, max, slack)
+  local card = call('ZCARD', key)
+  if card > max + slack then
+    call('ZREMRANGEBYRANK', key, 0, card - max - 1)
+  end
+end
+
+local ttl_set = {}
+local function touch(key, ttl)
+  -- refresh a key's time to live once per call (the key's owner is active)
+  if ttl_set[key] then return end
+  if call('EXPIRE', key, ttl) == 1 then ttl_set[key] = true end  -- a key created later still gets one
+end
+
+local function num(x)
+  -- a number as text that reads back to the same double (cjson keeps only 14 digits)
+  return fmt('%.17g', x)
+end
+
+local function split_entry(entry)
+  -- history entries are "item|ts|type"; item ids may themselves hold '|', so split from the right
+  local item, ts, typ = string.match(entry, '^(.*)|(%d+)|([%w_]+)$')
+  return item, tonumber(ts), typ
+end
+
+-- Errors that mean "Redis cannot do this now", not "this event is wrong": they abort the whole call so
+-- that the worker waits and retries (Redis refuses a script's first write when full, so nothing was written).
+local TRANSIENT = {'OOM', 'READONLY', 'LOADING', 'BUSY', 'MASTERDOWN', 'TRYAGAIN', 'CLUSTERDOWN',
+                   'MISCONF', 'NOREPLICAS', 'MOVED', 'ASK', 'NOSCRIPT'}
+local function err_text(e)
+  if type(e) == 'table' then return tostring(e.err or e[1]) end
+  return tostring(e)
+end
+local function is_transient(msg)
+  -- the code stands at the start, or after ": " or "-" (Redis quotes a refused command's error as
+  -- "@user_script: 12: -OOM command not allowed ...")
+  for _, code in ipairs(TRANSIENT) do
+    local word = code .. ' '
+    if string.sub(msg, 1, #word) == word or string.sub(msg, 1, #word + 1) == '-' .. word
+      or string.find(msg, ': ' .. word, 1, true) or string.find(msg, ': -' .. word, 1, true) then
+      return true
+    end
+  end
+  return false
+end
+
+local function guard(key)
+  -- The call's first write, and one Redis refuses when it is full (HSET is a deny-oom command): once a
+  -- script has written anything, even a command that frees memory (ZREMRANGEBYSCORE, DEL), Redis lets
+  -- every later write through past maxmemory. So a full Redis refuses the whole call, before any write,
+  -- and the worker waits instead of folding past the limit.
+  call('HSET', key, 'guard', '1')
+end
+
+-- ------------------------------------------------------------------------------- the user stage
+
+-- Outcomes per event: 0 applied, 1 duplicate (offset at or below the watermark, or event id claimed
+-- within the dedupe window), 2 erased (the user was erased after this event), or a string: refused.
+local APPLIED, DUPLICATE, ERASED = 0, 1, 2
+
+local function user_effects(e, w, tse, ops)
+  -- the item-side effects of one event on an item, in the order they are applied
+  local u, item, ts = e.user, e.item, e.ts
+  ops[#ops + 1] = {'occ', item, e.s, num(mlog(w) + tse * C.pop_rate), num(mlog(w) + tse * C.trend_rate),
+                   num(tse * C.cooc_rate), tse}
+  local hk = fmt(T.history, u)
+  local prev = call('LRANGE', hk, 0, C.window - 1)
+  local first = prev[1] and split_entry(prev[1])
+  if first ~= item then
+    local paired = {}
+    for pos, entry in ipairs(prev) do
+      local pitem, pts = split_entry(entry)
+      -- history is in arrival order, so a late event may be older than entries before it
+      if pitem and pts and math.abs(ts - pts) <= C.max_gap then
+        if pitem ~= item and not paired[pitem] then
+          paired[pitem] = true
+          local c = C.pos_decay ^ (pos - 1)
+          ops[#ops + 1] = {'nb', pitem, item, num(mlog(c) + tse * C.cooc_rate), tse}
+          ops[#ops + 1] = {'nb', item, pitem, num(mlog(c * C.backward) + tse * C.cooc_rate), tse}
+        end
+      end
+    end
+  end
+  -- search-term credit: actions within the window after one of the user's recent searches
+  local recent = call('LRANGE', fmt(T.searches, u), 0, 2)
+  local credited = {}
+  for _, entry in ipairs(recent) do
+    local qts, terms = string.match(entry, '^(%d+)|(.*)$')
+    qts = tonumber(qts)
+    if qts and ts >= qts and ts - qts <= C.search_window then
+      for term in string.gmatch(terms, '[^\t]+') do
+        if not credited[term] then
+          credited[term] = true
+          ops[#ops + 1] = {'term', term, item, num(w * C.w_search)}
+        end
+      end
+    end
+  end
+end
+
+local function fold_event(e, ops)
+  -- one event into its user's state; the item-side effects are appended to ops
+  local u = e.user
+  if e.type == 'erase' then
+    for _, name in ipairs({'history', 'prefs', 'bought', 'searches', 'version', 'claims', 'outbox'}) do
+      call('DEL', fmt(T[name], u))
+    end
+    call('SET', fmt(T.erased, u), fmt('%d', e.ts), 'EX', C.user_ttl)
+    return
+  end
+  if e.type == 'search' then
+    local qk = fmt(T.searches, u)
+    call('LPUSH', qk, fmt('%d|%s', e.ts, table.concat(e.terms, '\t')))
+    call('LTRIM', qk, 0, C.searches_max - 1)
+    touch(qk, C.user_ttl)
+    return
+  end
+  local w = C.w[e.type] or 0
+  local item, tse = e.item, math.min(e.ts, WALL)
+  local pk = fmt(T.prefs, u)
+  if w <= 0 then
+    -- negative feedback lowers the user's interest only; it is no co-occurrence and no popularity
+    if w < 0 then zlog_sub(pk, item, mlog(-w) + tse * C.pref_rate) end
+    touch(pk, C.user_ttl)
+    return
+  end
+  zlog_add(pk, item, mlog(w) + tse * C.pref_rate)
+  cap_lowest(pk, C.pref_max, 0)
+  touch(pk, C.user_ttl)
+  if e.type == 'purchase' then
+    local bk = fmt(T.bought, u)
+    call('ZADD', bk, e.ts, item)
+    cap_lowest(bk, C.bought_max, 0)
+    touch(bk, C.user_ttl)
+  end
+  user_effects(e, w, tse, ops)
+  local hk = fmt(T.history, u)
+  call('LPUSH', hk, fmt('%s|%d|%s', item, e.ts, e.type))
+  call('LTRIM', hk, 0, C.history_max - 1)
+  touch(hk, C.user_ttl)
+end
+
+-- Fold events (already in partition/offset order) into their users' state. wm: the watermark hash;
+-- wm_field: its field for this partition; outbox: keep each event's effects until the ack stage.
+-- Calls on_applied(e, ops) for each applied event. Returns outcomes (by position) and the new watermark.
+local function user_stage(events, wm, wm_field, outbox, on_applied)
+  local mark = -1
+  if wm and wm_field then mark = tonumber(call('HGET', wm, wm_field) or '-1') end
+  local outcomes, newest = {}, mark
+  local pruned, erased_memo, folded, order = {}, {}, {}, {}
+  for n, e in ipairs(events) do
+    local outcome
+    local u = e.user
+    local ek = fmt(T.claims, u)
+    if e.o and e.o >= 0 and e.o <= mark then
+      outcome = DUPLICATE
+      if outbox then
+        local kept = call('HGET', fmt(T.outbox, u), e.p .. ':' .. e.o)
+        if kept then on_applied(e, cjson.decode(kept)) end
+      end
+    else
+      if e.o and e.o > newest then newest = e.o end
+      if not pruned[ek] then
+        pruned[ek] = true
+        call('ZREMRANGEBYSCORE', ek, '-inf', '(' .. fmt('%d', WALL - C.dedupe_window))
+      end
+      if erased_memo[u] == nil then erased_memo[u] = tonumber(call('GET', fmt(T.erased, u)) or '-1') end
+      if e.type ~= 'erase' and e.ts <= erased_memo[u] then
+        outcome = ERASED
+      elseif e.type ~= 'erase' and call('ZADD', ek, 'NX', WALL, e.id) == 0 then
+        outcome = DUPLICATE  -- the same event_id within the dedupe window: a client's retry
+      else
+        local ops = {}
+        local ok, err = pcall(fold_event, e, ops)
+        if ok then
+          outcome = APPLIED
+          if e.type == 'erase' then
+            erased_memo[u] = e.ts
+            folded[u] = 0
+          else
+            touch(ek, C.dedupe_window_s)
+            if folded[u] == nil then order[#order + 1] = u end
+            folded[u] = (folded[u] or 0) + 1
+          end
+          if outbox and #ops > 0 then
+            local ok_key = fmt(T.outbox, u)
+            call('HSET', ok_key, e.p .. ':' .. e.o, cjson.encode(ops))
+            touch(ok_key, C.outbox_ttl)
+          end
+          on_applied(e, ops)
+        else
+          local msg = err_text(err)
+          if is_transient(msg) then error(err) end
+          if e.type ~= 'erase' then call('ZREM', ek, e.id) end  -- refused: a fixed replay may fold it
+          outcome = 'state update failed: ' .. msg
+        end
+      end
+    end
+    outcomes[n] = outcome
+  end
+  -- each user's version moves once per call by the events folded: a reader compares it between trips
+  for _, u in ipairs(order) do
+    if folded[u] > 0 then
+      local vk = fmt(T.version, u)
+      call('HINCRBY', vk, 'n', folded[u])
+      touch(vk, C.user_ttl)
+    end
+  end
+  if wm and wm_field and newest > mark then call('HSET', wm, wm_field, newest) end
+  return outcomes
+end
+
+-- ------------------------------------------------------------------------------- the item stage
+
+local catalog_memo = {}
+local function catalog_of(item)
+  -- the item's deletion flag and category (a catalog record cannot change during an events call)
+  local m = catalog_memo[item]
+  if m == nil then
+    local r = call('HMGET', fmt(T.catalog, item), 'deleted', 'category')
+    m = {r[1] == '1', r[2] or ''}
+    catalog_memo[item] = m
+  end
+  return m
+end
+
+local function is_deleted(item)
+  return catalog_of(item)[1]
+end
+
+local card_memo = {}
+local function count_of(item, now)
+  -- an item's decayed occurrence count at now, or nil when it has no activity (expired, deleted)
+  local n = call('HGET', fmt(T.activity, item), 'n')
+  if not n then return nil end
+  return mexp(tonumber(n) - now * C.cooc_rate)
+end
+
+local function trim_neighbours(key, counts, now)
+  -- keep the neighbours with the best popularity-normalised score c / n^alpha (not the merely
+  -- popular ones); members with no activity left go first. counts: member -> log count (the activity
+  -- hash's n), or nil to read them here (one Redis: every item is local).
+  local card = card_memo[key] or call('ZCARD', key)
+  if card <= C.nbr_max + C.nbr_slack then return false end
+  local flat = call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  local scored = {}
+  for i = 1, #flat, 2 do
+    local member, logc = flat[i], tonumber(flat[i + 1])
+    local n
+    if counts then
+      n = counts[member]
+      if n then n = mexp(tonumber(n) - now * C.cooc_rate) end
+    else
+      n = count_of(member, now)
+    end
+    local s = NEG
+    if n then
+      if n < 1 then n = 1 end
+      s = logc - C.alpha * mlog(n)
+    end
+    scored[#scored + 1] = {member, s}
+  end
+  table.sort(scored, function(a, b)
+    -- weakest first; on a tie the larger id goes first, as rank() prefers the smaller one
+    if a[2] == b[2] then return a[1] > b[1] end
+    return a[2] < b[2]
+  end)
+  local drop = {}
+  for i = 1, #scored - C.nbr_max do drop[#drop + 1] = scored[i][1] end
+  if #drop > 0 then call('ZREM', key, unpack(drop)) end
+  card_memo[key] = #scored - #drop
+  return true
+end
+
+-- Apply one effect. copies: receives {item, shard, pop, trend, category} to file in the shards;
+-- overfull: receives neighbour keys past their bound when their members' counts are not local (cluster).
+local function apply_op(op, copies, overfull)
+  local kind = op[1]
+  if kind == 'occ' then
+    local item, shard, tse = op[2], op[3], op[7]
+    local pop_x, trend_x, cnt_x = tonumber(op[4]), tonumber(op[5]), tonumber(op[6])
+    if is_deleted(item) then return end
+    local sk = fmt(T.activity, item)
+    local cur = call('HMGET', sk, 'n', 'pop', 'trend')
+    local n = lse(tonumber(cur[1]), cnt_x)
+    local pop = lse(tonumber(cur[2]), pop_x)
+    local trend = lse(tonumber(cur[3]), trend_x)
+    local cat = catalog_of(item)[2]
+    call('HSET', sk, 'n', n, 'pop', pop, 'trend', trend, 'last', fmt('%d', tse), 'cat', cat)
+    call('HINCRBY', sk, 'c', 1)  -- plain occurrences, for audits (exactly-once checks) and capacity figures
+    touch(sk, C.item_ttl)
+    touch(fmt(T.neighbours, item), C.item_ttl)
+    copies[#copies + 1] = {item, shard, num(pop), num(trend), cat, tse}
+  elseif kind == 'nb' then
+    local anchor, member, x, tse = op[2], op[3], tonumber(op[4]), op[5]
+    if is_deleted(anchor) then return end
+    local nk = fmt(T.neighbours, anchor)
+    local added = zlog_add(nk, member, x)
+    touch(nk, C.item_ttl)
+    if card_memo[nk] == nil then card_memo[nk] = call('ZCARD', nk) else card_memo[nk] = card_memo[nk] + added end
+    if card_memo[nk] > C.nbr_max + C.nbr_slack then
+      if overfull then overfull[nk] = anchor else trim_neighbours(nk, nil, tse) end
+    end
+  elseif kind == 'term' then
+    local term, item, x = op[2], op[3], tonumber(op[4])
+    local tk = fmt(T.term, term)
+    call('ZINCRBY', tk, x, item)
+    cap_lowest(tk, C.term_max, 10)
+    touch(tk, C.term_ttl)
+  end
+end
+
+-- ------------------------------------------------------------------------------- the copies stage
+
+local function file_copy(key, score, item, tse, rate)
+  -- ZADD GT keeps the newest copy whatever order copies arrive in (totals only grow); members whose
+  -- decayed value fell below C.forget are dropped, and the shard is capped
+  if call('ZADD', key, 'GT', score, item) == 0 then return end
+  -- a new member: the set grew, so drop what decayed below the floor, and cap it
+  call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (tse * rate + C.forget_log))
+  cap_lowest(key, C.shard_max, 100)
+end
+
+local function shard_keys(shard, scope)
+  -- scope '' is the overall ranking, 'c:<category>' one category's
+  if scope == '' then return fmt(T.popular, shard), fmt(T.trending, shard) end
+  local cat = string.sub(scope, 3)
+  return fmt(T.popular_cat, shard, cat), fmt(T.trending_cat, shard, cat)
+end
+
+local function apply_copy(c)
+  -- c: {item, shard, pop, trend, scope, tse} files an item's totals; a 7th element 'rm' removes it
+  local item, shard, scope = c[1], c[2], c[5]
+  local pk, tk = shard_keys(shard, scope)
+  if c[7] == 'rm' then
+    call('ZREM', pk, item)
+    call('ZREM', tk, item)
+    return
+  end
+  file_copy(pk, tonumber(c[3]), item, c[6], C.pop_rate)
+  file_copy(tk, tonumber(c[4]), item, c[6], C.trend_rate)
+end
+
+local function overall_and_category(copy, out)
+  -- an item's totals go to the overall shards and to its category's shards
+  local item, shard, pop, trend, cat, tse = copy[1], copy[2], copy[3], copy[4], copy[5], copy[6]
+  out[#out + 1] = {item, shard, pop, trend, '', tse}
+  if cat ~= '' then out[#out + 1] = {item, shard, pop, trend, 'c:' .. cat, tse} end
+end
+
+-- ------------------------------------------------------------------------------- the catalog stage
+
+-- One catalog record (upsert or deletion). Returns the created-minus-deleted count change, and appends
+-- the copy moves that follow a changed category or a deletion. A record older than the stored one (by
+-- ts) loses; a stored ts from the future (another unit) never wins.
+local function fold_record(r, moves)
+  local ck = fmt(T.catalog, r.id)
+  local cur = call('HMGET', ck, 'ts', 'deleted', 'category')
+  local cts = tonumber(cur[1])
+  if cts and cts > WALL + C.max_skew then cts = nil end
+  if cts and cts > r.ts then return 0, false end
+  local existed = cur[1] ~= false and cur[2] ~= '1'
+  local sk = fmt(T.activity, r.id)
+  local act = call('HMGET', sk, 'pop', 'trend', 'cat')
+  local has_activity = act[1] ~= false
+  local oldcat = act[3] or ''
+  local tse = math.min(r.ts, WALL)
+  if r.deleted then
+    call('DEL', ck)
+    call('HSET', ck, 'deleted', '1', 'ts', fmt('%d', r.ts))
+    call('EXPIRE', ck, C.item_ttl)
+    call('DEL', sk, fmt(T.neighbours, r.id))
+    if has_activity then
+      moves[#moves + 1] = {r.id, r.s, 0, 0, '', tse, 'rm'}
+      if oldcat ~= '' then moves[#moves + 1] = {r.id, r.s, 0, 0, 'c:' .. oldcat, tse, 'rm'} end
+    end
+    if existed then return -1, true end
+    return 0, true
+  end
+  local args = {}
+  for k, v in pairs(r.fields) do
+    args[#args + 1] = k
+    args[#args + 1] = v
+  end
+  call('DEL', ck)
+  call('HSET', ck, unpack(args))
+  local newcat = r.fields.category or ''
+  if has_activity and newcat ~= oldcat then
+    if oldcat ~= '' then moves[#moves + 1] = {r.id, r.s, 0, 0, 'c:' .. oldcat, tse, 'rm'} end
+    if newcat ~= '' then
+      moves[#moves + 1] = {r.id, r.s, act[1], act[2], 'c:' .. newcat, tse}
+    end
+    call('HSET', sk, 'cat', newcat)
+  end
+  if existed then return 0, true end
+  return 1, true
+end
+
+-- ------------------------------------------------------------------------------- entry points
+
+local function add_stats(key, counts)
+  for field, n in pairs(counts) do
+    if n ~= 0 then call('HINCRBY', key, field, n) end
+  end
+end
+
+if MODE == 'all' then
+  -- IN: {wall, p (partition, -1: none), events = [{id, type, user, item, terms, ts, o, s}]}
+  guard(T.watermark)
+  local counts = {}
+  local wm_field = nil
+  if IN.p >= 0 then wm_field = 'ev:' .. IN.p end
+  local outcomes = user_stage(IN.events, T.watermark, wm_field, false, function(e, ops)
+    for _, op in ipairs(ops) do
+      local copies = {}
+      apply_op(op, copies, nil)
+      for _, c in ipairs(copies) do
+        local filed = {}
+        overall_and_category(c, filed)
+        for _, f in ipairs(filed) do apply_copy(f) end
+      end
+    end
+  end)
+  for n, outcome in ipairs(outcomes) do
+    -- only what changed the state is counted: a replay of folded events leaves the stats as they were
+    if outcome == APPLIED then
+      local field = 'applied:' .. IN.events[n].type
+      counts[field] = (counts[field] or 0) + 1
+    end
+  end
+  add_stats(fmt(T.stats, 'ev:' .. math.max(IN.p, 0)), counts)
+  return cjson.encode(outcomes)
+
+elseif MODE == 'catalog' then
+  -- IN: {wall, p, records = [{id, ts, s, fields | deleted}]}
+  guard(T.watermark)
+  local delta, written = 0, 0
+  for _, r in ipairs(IN.records) do
+    local moves = {}
+    local d, w = fold_record(r, moves)
+    delta = delta + d
+    if w then written = written + 1 end
+    for _, m in ipairs(moves) do apply_copy(m) end
+  end
+  add_stats(fmt(T.stats, 'it:' .. math.max(IN.p, 0)), {items = delta})
+  return written
+
+elseif MODE == 'user' then
+  -- IN: {wall, wm (this slot's watermark key), p, events}; returns {outcomes, effects}
+  guard(IN.wm)
+  local effects = {}
+  local outcomes = user_stage(IN.events, IN.wm, 'u:' .. IN.p, true, function(e, ops)
+    for _, op in ipairs(ops) do
+      op[#op + 1] = e.o
+      effects[#effects + 1] = op
+    end
+  end)
+  return cjson.encode({outcomes, effects})
+
+elseif MODE == 'item' then
+  -- IN: {wm, p, ops (each ends with its event's offset, in offset order)}; returns {copies, overfull}
+  guard(IN.wm)
+  local mark = tonumber(call('HGET', IN.wm, 'i:' .. IN.p) or '-1')
+  local newest = mark
+  local copies, overfull = {}, {}
+  for _, op in ipairs(IN.ops) do
+    local o = op[#op]
+    if o < 0 or o > mark then
+      if o > newest then newest = o end
+      local made = {}
+      apply_op(op, made, overfull)
+      for _, c in ipairs(made) do overall_and_category(c, copies) end
+    end
+  end
+  if newest > mark then call('HSET', IN.wm, 'i:' .. IN.p, newest) end
+  local full = {}
+  for key, anchor in pairs(overfull) do full[#full + 1] = {anchor, call('ZRANGE', key, 0, -1)} end
+  table.sort(full, function(a, b) return a[1] < b[1] end)
+  return cjson.encode({copies, full})
+
+elseif MODE == 'copies' then
+  -- IN: {copies}: idempotent (ZADD GT, ZREM), so no watermark is needed
+  for _, c in ipairs(IN.copies) do apply_copy(c) end
+  return #IN.copies
+
+elseif MODE == 'trim' then
+  -- IN: {now, lists = [[anchor, {member = log count}]]}
+  local trimmed = 0
+  for _, l in ipairs(IN.lists) do
+    if trim_neighbours(fmt(T.neighbours, l[1]), l[2], IN.now) then trimmed = trimmed + 1 end
+  end
+  return trimmed
+
+elseif MODE == 'ack' then
+  -- IN: {entries = [[user, "<partition>:<offset>"], ...]}
+  for _, entry in ipairs(IN.entries) do call('HDEL', fmt(T.outbox, entry[1]), entry[2]) end
+  return #IN.entries
+
+elseif MODE == 'stats' then
+  -- IN: {key, p, o (the batch's last offset), counts}: exactly once per (partition, offset)
+  local field = 'wm:' .. IN.p
+  local mark = tonumber(call('HGET', IN.key, field) or '-1')
+  if IN.o >= 0 and IN.o <= mark then return 0 end
+  add_stats(IN.key, IN.counts)
+  if IN.o >= 0 then call('HSET', IN.key, field, IN.o) end
+  return 1
+
+elseif MODE == 'citem' then
+  -- IN: {wall, wm, records}: the records of one slot; returns {moves, items delta}
+  guard(IN.wm)
+  local moves, delta = {}, 0
+  for _, r in ipairs(IN.records) do
+    local d = fold_record(r, moves)
+    delta = delta + d
+  end
+  return cjson.encode({moves, delta})
+end
+error('unknown fold mode ' .. tostring(MODE))
