@@ -14,7 +14,7 @@ from kafka import KafkaProducer
 from streamrec.datasets import datasets_dir
 from streamrec.modelstore import ModelStore
 from streamrec.trainer.splits import load_split
-from tests.conftest import Namespace
+from tests.conftest import Namespace, needs_dataset
 
 pytestmark = pytest.mark.redis
 
@@ -52,6 +52,7 @@ def streamrec(*args: str, env: dict[str, str] | None = None, timeout: float = 24
     return proc.stdout
 
 
+@needs_dataset("movielens-100k")
 def test_eval_reports_every_model_and_two_runs_agree(
     tmp_path: Path, redis_server, redis_client: redis.Redis
 ) -> None:
@@ -93,6 +94,7 @@ def test_eval_reports_every_model_and_two_runs_agree(
     assert not list(redis_client.scan_iter(match="eval-*", count=1000))  # its keyspace is cleaned up
 
 
+@needs_dataset("amazon-beauty")
 def test_eval_explains_bad_arguments(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
@@ -129,6 +131,7 @@ def test_eval_explains_bad_arguments(tmp_path: Path) -> None:
 
 
 @pytest.mark.broker
+@needs_dataset("amazon-beauty")
 def test_train_from_the_event_log_publishes_and_rolls_back(namespace: Namespace, tmp_path: Path) -> None:
     """Events on Kafka -> ``streamrec train`` -> an active model the API reports; rollback restores the previous."""
     lines = BEAUTY.read_text().splitlines()[:400]
