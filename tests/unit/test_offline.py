@@ -158,8 +158,8 @@ def test_every_family_learns_a_chain(config: Config) -> None:
 
 
 def test_selection_happens_on_validation_and_picks_a_family() -> None:
-    config, results = select(chain_split(), ScoringSettings())
-    assert config in DEFAULT_CONFIGS and len(results) == len(DEFAULT_CONFIGS)
+    config, results, skipped = select(chain_split(), ScoringSettings())
+    assert config in DEFAULT_CONFIGS and len(results) == len(DEFAULT_CONFIGS) and not skipped
     assert all(r.users == 60 for r in results)  # validation users, not test users
 
 
