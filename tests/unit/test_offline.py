@@ -352,3 +352,11 @@ def test_blend_choice_ranks_with_the_apis_maths() -> None:
                 hits, gains = hits + h, gains + g
             assert hr == pytest.approx(hits / len(split.targets)), (exclude_seen, share)
             assert ndcg == pytest.approx(gains / len(split.targets)), (exclude_seen, share)
+
+
+def test_tune_grids_event_type_weights_only_where_the_data_has_those_types() -> None:
+    from streamrec.trainer.tune import GRID, grid_for
+
+    assert grid_for(chain_split()) == GRID  # purchases only
+    mixed = Split("m", {"u": [(C, "a", 1), (P, "b", 2)]}, {}, {})
+    assert grid_for(mixed) == {**GRID, "weight_add_to_cart": (3.0, 1.0)}
