@@ -285,6 +285,7 @@ def evaluate(
             say=typer.echo,
             bar=progress,
             budget_bytes=settings.trainer.budget_bytes,
+            max_share=settings.trainer.max_blend,
         )
     held_out_tail = tail_share(split.targets, offline.support_counts(split))
     typer.echo("\n" + table(results))
@@ -403,6 +404,7 @@ def train(
         budget_bytes=settings.trainer.budget_bytes,
         live=live,
         bars=True,
+        max_share=settings.trainer.max_blend,
     )
     state = "active" if report.activated else "published (not active)"
     share = "global" if report.blend is None else f"{report.blend:g}"

@@ -105,6 +105,13 @@ class TrainerSettings(BaseSettings):
         description="Memory a model fit may use, in MiB: dense item x item families (EASE, SLIST) are tried only where they fit.",
     )
 
+    max_blend: float = Field(
+        0.9,
+        ge=0.0,
+        le=1.0,
+        description="Largest blend share the trainer may give its model, so the live state keeps new items and new co-occurrences in answers before the next training.",
+    )
+
     @property
     def budget_bytes(self) -> int:
         return self.memory_budget_mb << 20

@@ -177,6 +177,7 @@ def run(
     say: Say = print,
     bar: bool = True,
     budget_bytes: int = 4 * train.GIB,
+    max_share: float = train.MAX_BLEND,
 ) -> list[Result]:
     """Evaluate the ``wanted`` models on ``split``; ``client``/``keys`` must point at an empty keyspace.
 
@@ -259,7 +260,15 @@ def run(
             t0 = time.perf_counter()
             live = validation_live(split, client, keys, scoring, bar)
             trained = train.train(
-                split, scoring, progress=say, cache=cache, m=m, live=live, budget_bytes=budget_bytes, bars=bar
+                split,
+                scoring,
+                progress=say,
+                cache=cache,
+                m=m,
+                live=live,
+                budget_bytes=budget_bytes,
+                bars=bar,
+                max_share=max_share,
             )
             version = train.new_version(trained.config)
             store.publish(

@@ -67,6 +67,7 @@ DEFAULT_CONFIGS: tuple[Config, ...] = (
 # weights a non-purchase action (a cart add, a view) gets in the matrix, tried where the data has several
 TYPE_WEIGHT_GRID = (0.25, 1.0)
 BLEND_GRID = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+MAX_BLEND = 0.9  # the live state always keeps a share: new items and co-occurrences show before a retrain
 NEIGHBOURS = 100  # neighbours kept per item in the served model
 SLIST_WINDOW = 10  # SLIT's past and future reach, in actions (Choi et al. use whole sessions)
 VALIDATION_USERS = 30_000  # held-out users scored per validation pass (a fixed, evenly spread sample above)
@@ -353,8 +354,9 @@ def choose_blend(
     live: sp.csr_matrix,
     progress: Progress | None = None,
     cache: dict | None = None,
+    max_share: float = MAX_BLEND,
 ) -> tuple[float, list[dict[str, float]]]:
-    """The batch model's blend share that serves the validation split best (HR@10, then NDCG@10).
+    """The batch model's blend share, at most ``max_share``, that serves the validation split best (HR@10, then NDCG@10).
 
     ``live`` is the live state built from the validation split's training events (by the real state
     script), as a popularity-normalised items x items table in ``split.validation()``'s item order.
@@ -362,7 +364,7 @@ def choose_blend(
     valid = sampled(split.validation())
     m = Matrix.from_split(valid)
     table = fit(m, config, cache=cache, split=valid)
-    rows = blend_results(m, valid, table, live, scoring)
+    rows = blend_results(m, valid, table, live, scoring, [s for s in BLEND_GRID if s <= max_share])
     out = [{"share": s, "hr_at_10": round(h, 6), "ndcg_at_10": round(g, 6)} for s, h, g in rows]
     if progress:
         progress("validation blend " + ", ".join(f"{s:g}: {h:.4f}/{g:.4f}" for s, h, g in rows))
@@ -380,13 +382,14 @@ def train(
     live: sp.csr_matrix | None = None,
     budget_bytes: int = 4 * GIB,
     bars: bool = False,
+    max_share: float = MAX_BLEND,
 ) -> TrainedModel:
     """Choose on validation (the family, then the blend share if ``live`` is given), then fit on all of ``split``."""
     cache = {} if cache is None else cache
     config, validation, skipped = select(split, scoring, configs, progress, budget_bytes, bars, cache)
     blend, blend_rows = (None, [])
     if live is not None:
-        blend, blend_rows = choose_blend(split, config, scoring, live, progress, cache)
+        blend, blend_rows = choose_blend(split, config, scoring, live, progress, cache, max_share)
     m = m or Matrix.from_split(split)
     t0 = time.perf_counter()
     table = fit(m, config, cache=cache, split=split, progress=bars)
@@ -447,6 +450,7 @@ def train_and_publish(
     budget_bytes: int = 4 * GIB,
     live: sp.csr_matrix | None = None,
     bars: bool = False,
+    max_share: float = MAX_BLEND,
 ) -> Report:
     """Choose on validation, report the held-out figures, then refit on everything and publish.
 
@@ -459,7 +463,7 @@ def train_and_publish(
     config, validation, skipped = select(split, scoring, configs, progress, budget_bytes, bars, cache)
     blend, blend_rows = (None, [])
     if live is not None:
-        blend, blend_rows = choose_blend(split, config, scoring, live, progress, cache)
+        blend, blend_rows = choose_blend(split, config, scoring, live, progress, cache, max_share)
     cache.clear()
     m = Matrix.from_split(split)
     t0 = time.perf_counter()
