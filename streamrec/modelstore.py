@@ -9,8 +9,9 @@ log makes ``rollback`` a switch back to the previously active version. The train
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -32,17 +33,6 @@ class ModelInfo:
     published_ms: int
     active: bool
     meta: dict[str, Any]
-
-
-def _batched(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    part = []
-    for row in rows:
-        part.append(row)
-        if len(part) >= size:
-            yield part
-            part = []
-    if part:
-        yield part
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -79,9 +69,9 @@ class ModelStore:
             raise ModelError(f"a model's blend share must be within 0..1, not {meta['blend']!r}")
         table = k.model_neighbours(version)
         self.client.delete(table, k.model_meta(version))
-        rows = neighbours.items() if isinstance(neighbours, Mapping) else neighbours
+        rows = iter(neighbours.items() if isinstance(neighbours, Mapping) else neighbours)
         written = 0
-        for part in _batched(rows, chunk):
+        while part := list(islice(rows, chunk)):
             mapping = {
                 item: orjson.dumps([list(ids), [round(float(w), 6) for w in weights]])
                 for item, (ids, weights) in part
