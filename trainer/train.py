@@ -86,11 +86,6 @@ class TrainedModel:
     blend_validation: list[dict[str, float]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
-    @property
-    def neighbours(self) -> dict[str, tuple[list[str], list[float]]]:
-        """``item -> (neighbour ids, weights)``, strongest first (small models; publishing streams rows)."""
-        return dict(neighbour_rows(self.items, self.table))
-
     def meta(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         counts = np.diff(self.table.indptr)
         meta: dict[str, Any] = {
