@@ -287,8 +287,10 @@ def evaluate(
     ] = None,
     models: Annotated[
         str,
-        typer.Option(help="Comma-separated: streamrec, streamrec-live, popularity, bm25, cosine, als, ease."),
-    ] = ",".join(("streamrec", "streamrec-live", "popularity", "bm25", "cosine", "als", "ease")),
+        typer.Option(
+            help="Comma-separated: streamrec, streamrec-live, popularity, bm25, cosine, als, ease, slist."
+        ),
+    ] = ",".join(("streamrec", "streamrec-live", "popularity", "bm25", "cosine", "als", "ease", "slist")),
     redis_url: Annotated[
         str | None,
         typer.Option(
@@ -297,7 +299,8 @@ def evaluate(
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Offline evaluation: hold out each user's last action, rank every item, report HR@10, NDCG@10, coverage.
+    """Offline evaluation: hold out each user's last action, rank every item, report HR@10, NDCG@10, coverage
+    and the long-tail share (shown items with fewer than 5 training interactions, beside that of the held-out items).
 
     Formats: seq = 'user item1 item2 ...' per line in time order; movielens = a RecBole .inter file;
     session = TSV 'SessionId ItemId Time' with a header; multi = a Beibei-style folder with train.txt
@@ -306,7 +309,7 @@ def evaluate(
     import json
 
     from streamrec.trainer import evaluate as offline
-    from streamrec.trainer.ranking_metrics import table
+    from streamrec.trainer.ranking_metrics import TAIL_SUPPORT, table, tail_share
     from streamrec.trainer.splits import load_split
 
     settings = _settings()
@@ -320,13 +323,28 @@ def evaluate(
     )
     started = time.perf_counter()
     with _eval_redis(redis_url) as (client, keys):
-        results = offline.run(split, client, keys, settings.scoring, wanted, say=typer.echo, bar=progress)
-    typer.echo("\n" + table(results))
-    typer.echo(f"\ntotal {time.perf_counter() - started:.1f}s")
-    if json_out:
-        json_out.write_text(
-            json.dumps({"dataset": str(dataset), "results": [r.as_dict() for r in results]}, indent=2) + "\n"
+        results = offline.run(
+            split,
+            client,
+            keys,
+            settings.scoring,
+            wanted,
+            say=typer.echo,
+            bar=progress,
+            budget_bytes=settings.trainer.budget_bytes,
+            max_share=settings.trainer.max_blend,
         )
+    held_out_tail = tail_share(split.targets, offline.support_counts(split))
+    typer.echo("\n" + table(results))
+    typer.echo(f"\nheld-out items with fewer than {TAIL_SUPPORT} training interactions: {held_out_tail:.3f}")
+    typer.echo(f"total {time.perf_counter() - started:.1f}s")
+    if json_out:
+        body = {
+            "dataset": str(dataset),
+            "held_out_tail_share": round(held_out_tail, 6),
+            "results": [r.as_dict() for r in results],
+        }
+        json_out.write_text(json.dumps(body, indent=2) + "\n")
 
 
 @app.command()
@@ -349,6 +367,25 @@ def tune(
     typer.echo(f"best: {best} (validation HR@10 {result.hr_at_10:.4f}, NDCG@10 {result.ndcg_at_10:.4f})")
 
 
+def _simulated_split(events: int, items: int, users: int, seed: int):  # type: ignore[no-untyped-def]
+    """A leave-last-out split of a simulated shop's log, built in process (no broker), with its whole catalog."""
+    from streamrec.producers.simulate import make_catalog, simulate_events
+    from streamrec.trainer.splits import SYNTHETIC_END_MS, leave_last_out
+
+    catalog = make_catalog(items, seed)
+    actions: dict[str, list] = {}
+    stream = simulate_events(catalog, users, events, seed, SYNTHETIC_END_MS - 86_400_000)
+    from tqdm import tqdm
+
+    for event in tqdm(stream, total=events, desc="simulate", unit="ev"):
+        if event.item_id is not None:
+            actions.setdefault(event.user_id, []).append((event.type, event.item_id, event.ts))
+    split = leave_last_out(f"simulated-{events}x{items}", actions.items())
+    seen = set(split.items)
+    split.items.extend(i.item_id for i in catalog if i.item_id not in seen)
+    return split
+
+
 @app.command()
 def train(
     dataset: Annotated[
@@ -356,17 +393,39 @@ def train(
         typer.Option(help="Train from this file instead of the event log (see 'streamrec eval')."),
     ] = None,
     format: Annotated[str, typer.Option("--format", help="The dataset's format, with --dataset.")] = "seq",
+    simulate_events: Annotated[
+        int,
+        typer.Option(
+            help="Train on a simulated shop's log of this many events, made in process (no broker), instead."
+        ),
+    ] = 0,
+    simulate_items: Annotated[int, typer.Option(help="The simulated catalog's size.")] = 100_000,
+    simulate_users: Annotated[int, typer.Option(help="The simulated shoppers.")] = 20_000,
     activate: Annotated[bool, typer.Option(help="Switch the API to the new model at once.")] = True,
+    choose_blend: Annotated[
+        bool,
+        typer.Option(
+            help="Choose the model's blend share on validation: fold the validation events with the state "
+            "script into a throwaway local Redis (needs the 'local' extra)."
+        ),
+    ] = True,
 ) -> None:
-    """Build a batch model from the event log (Kafka, from the beginning) or a dataset, and publish it to Redis."""
+    """Build a batch model from the event log (Kafka, from the beginning) or a dataset, and publish it to Redis.
+
+    Model families are tried only where they fit STREAMREC_TRAINER_MEMORY_BUDGET_MB; the command reports
+    the family chosen, its blend share, the time taken and the peak memory (RSS).
+    """
     from streamrec.topics import Topics
     from streamrec.trainer import eventlog
     from streamrec.trainer.splits import leave_last_out, load_split
     from streamrec.trainer.train import train_and_publish
 
     settings = _settings()
+    started = time.perf_counter()
     with _usage_errors():
-        if dataset is not None:
+        if simulate_events:
+            split = _simulated_split(simulate_events, simulate_items, simulate_users, seed=7)
+        elif dataset is not None:
             split = load_split(dataset, format)
         else:
             topic = Topics(settings.topic_prefix).events
@@ -379,14 +438,44 @@ def train(
             split = leave_last_out(topic, users.items())
         if not split.targets:
             raise ValueError("no user has two or more actions yet: nothing to choose a model on")
+    typer.echo(
+        f"{split.name}: {split.n_events:,} events, {len(split.train):,} users, {len(split.items):,} items, "
+        f"memory budget {settings.trainer.memory_budget_mb:,} MiB"
+    )
+    live = _validation_live(split, settings) if choose_blend else None
     report = train_and_publish(
-        split, _store(settings), settings.scoring, activate=activate, progress=typer.echo
+        split,
+        _store(settings),
+        settings.scoring,
+        activate=activate,
+        progress=typer.echo,
+        budget_bytes=settings.trainer.budget_bytes,
+        live=live,
+        bars=True,
+        max_share=settings.trainer.max_blend,
     )
     state = "active" if report.activated else "published (not active)"
+    share = "global" if report.blend is None else f"{report.blend:g}"
     typer.echo(
-        f"model {report.version} {state}: {report.config.name}, held-out HR@10 {report.test.hr_at_10:.4f} "
-        f"NDCG@10 {report.test.ndcg_at_10:.4f}, trained on {report.events:,} events"
+        f"model {report.version} {state}: {report.config.name}, blend share {share}, held-out HR@10 "
+        f"{report.test.hr_at_10:.4f} NDCG@10 {report.test.ndcg_at_10:.4f}, trained on {report.events:,} events "
+        f"over {report.items:,} items in {time.perf_counter() - started:.1f}s, "
+        f"peak RSS {report.peak_rss_bytes / (1 << 20):,.0f} MiB"
     )
+
+
+def _validation_live(split, settings: Settings):  # type: ignore[no-untyped-def]
+    """The live state of the validation split (folded by the state script in a throwaway Redis), or None."""
+    from streamrec.devtools.localstack import ServiceError
+    from streamrec.trainer.evaluate import validation_live
+
+    scoring = settings.scoring.model_copy(update={"exclude_seen": False})
+    try:
+        with _eval_redis(None) as (client, keys):
+            return validation_live(split, client, keys, scoring, bar=True)
+    except (ServiceError, FileNotFoundError) as exc:
+        typer.echo(f"no blend share chosen (no throwaway Redis: {exc}); the API uses its global one")
+        return None
 
 
 @contextmanager
@@ -510,10 +599,10 @@ def healthcheck(
 @app.command("settings")
 def show_settings() -> None:
     """Print every setting: its environment variable, its current value and what it does (Markdown)."""
-    from streamrec.settings import ScoringSettings, describe
+    from streamrec.settings import ScoringSettings, TrainerSettings, describe
 
     typer.echo("| variable | value | meaning |\n|---|---|---|")
-    for model in (Settings(), ScoringSettings()):
+    for model in (Settings(), ScoringSettings(), TrainerSettings()):
         for var, value, doc in describe(model):
             typer.echo(f"| `{var}` | `{value}` | {doc} |")
 
