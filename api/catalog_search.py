@@ -58,6 +58,7 @@ class Product:
 
     @classmethod
     def from_record(cls, item_id: str, record: dict[str, str], note: str = "") -> Product:
+        """The product an answer shows for item_id, from its catalog hash; a price that is not a number is left out."""
         try:
             price = float(record["price"]) if record.get("price") else None
         except ValueError:
@@ -165,10 +166,12 @@ class CatalogSearch:
             found += [
                 Product.from_record(i, r, note="shoppers who searched this chose it")
                 for i, r in records.items()
+                if r.get("deleted") != "1"  # a discontinued product's tombstone is no product
             ]
         return found
 
     def product(self, item_id: str) -> Product | None:
-        """One product straight from Redis (not the index, so a new record shows at once)."""
+        """One product straight from Redis (not the index, so a new record shows at once); None when
+        unknown or deleted."""
         record = self.recommender.reader.catalog([item_id]).get(item_id)
-        return Product.from_record(item_id, record) if record else None
+        return Product.from_record(item_id, record) if record and record.get("deleted") != "1" else None

@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -96,6 +97,7 @@ class ModelStore:
         self._activate = client.register_script(_ACTIVATE)
         self._rollback = client.register_script(_ROLLBACK)
         self._forget = client.register_script(_FORGET)
+        self._shares: dict[str, float | None] = {}
 
     def _control(self) -> list[str]:
         k = self.keys
@@ -110,27 +112,39 @@ class ModelStore:
     def publish(
         self,
         version: str,
-        neighbours: Mapping[str, tuple[Sequence[str], Sequence[float]]],
+        neighbours: Mapping[str, tuple[Sequence[str], Sequence[float]]]
+        | Iterable[tuple[str, tuple[Sequence[str], Sequence[float]]]],
         meta: Mapping[str, Any],
         chunk: int = 2000,
     ) -> None:
         """Write a model under ``version`` (not yet active): rows, then metadata, then its entry in the
-        versions list, which marks it complete. Raises ``ModelError`` if the version exists."""
+        versions list, which marks it complete. Raises ``ModelError`` if the version exists or a ``blend``
+        entry in ``meta`` is outside 0..1.
+
+        ``neighbours`` is ``item -> (neighbour ids, weights)``, or an iterable of such pairs, written
+        ``chunk`` items at a time (a 100,000-item model never sits in memory as Python objects). A
+        ``blend`` entry in ``meta`` (0..1) is the share the API gives this model instead of
+        ``STREAMREC_SCORING_MODEL_BLEND``.
+        """
         k = self.keys
         if self.client.zscore(k.model_versions(), version) is not None:
             raise ModelError(f"model version {version!r} already exists")
+        if "blend" in meta and not 0.0 <= float(meta["blend"]) <= 1.0:
+            raise ModelError(f"a model's blend share must be within 0..1, not {meta['blend']!r}")
         self._delete(version)  # what a publish of this version that died half-way left behind
-        rows = list(neighbours.items())
-        for start in range(0, len(rows), chunk):
+        rows = iter(neighbours.items() if isinstance(neighbours, Mapping) else neighbours)
+        written = 0
+        while part := list(islice(rows, chunk)):
             shards: dict[int, dict[str, bytes]] = defaultdict(dict)
-            for item, (ids, weights) in rows[start : start + chunk]:
+            for item, (ids, weights) in part:
                 shards[k.shard(item)][item] = orjson.dumps([list(ids), [round(float(w), 6) for w in weights]])
             pipe = self.client.pipeline(transaction=False)
             for shard, mapping in shards.items():
                 pipe.hset(k.model_rows(version, shard), mapping=mapping)
             pipe.execute()
+            written += len(part)
         fields = {name: orjson.dumps(value) for name, value in meta.items()}
-        fields["items"] = orjson.dumps(len(rows))
+        fields["items"] = orjson.dumps(written)
         self.client.hset(k.model_meta(version), mapping=fields)
         if not self.client.zadd(k.model_versions(), {version: int(time.time() * 1000)}, nx=True):
             raise ModelError(f"model version {version!r} already exists")
@@ -167,6 +181,16 @@ class ModelStore:
             meta = {_text(f): orjson.loads(v) for f, v in self.client.hgetall(k.model_meta(version)).items()}
             out.append(ModelInfo(version, int(score), version == active, meta))
         return out
+
+    def blend_share(self, version: str) -> float | None:
+        """The blend share the trainer chose for ``version`` on validation, or None when it chose none.
+
+        A version's metadata never changes once published, so the answer is kept per process.
+        """
+        if version not in self._shares:
+            raw = self.client.hget(self.keys.model_meta(version), "blend")
+            self._shares[version] = None if raw is None else float(orjson.loads(raw))
+        return self._shares[version]
 
     def neighbours(self, items: Iterable[str]) -> tuple[str | None, dict[str, dict[str, float]]]:
         """The active version and its neighbours of ``items`` (two round trips; empty without a model)."""
