@@ -579,12 +579,28 @@ def bench(
     repeats: Annotated[
         int | None, typer.Option(help="Runs of each repeated measure (median quoted).")
     ] = None,
+    redis_cluster: Annotated[
+        bool,
+        typer.Option(
+            help="Instead: one Redis beside a local Redis Cluster (3 masters, 3 replicas) in the same run, "
+            "ingest with 1, 2 and 4 workers on 4 partitions, API latency and memory (bench-cluster.json, .md)."
+        ),
+    ] = False,
 ) -> None:
     """Measure ingest, freshness, API latency, memory and scale on a local stack of its own (Tansu, Redis, workers, API)."""
     import dataclasses
 
     from streamrec.devtools import bench as perf
 
+    if redis_cluster:
+        figures = perf.cluster_vs_standalone(
+            perf.ClusterPlan.quick() if quick else perf.ClusterPlan.full(), out_dir
+        )
+        typer.echo("\n" + perf.cluster_markdown(figures))
+        typer.echo(
+            f"written to {out_dir}/bench-cluster.json and bench-cluster.md in {figures['seconds']:.0f}s"
+        )
+        return
     plan = perf.Plan.quick() if quick else perf.Plan.full()
     if repeats is not None:
         plan = dataclasses.replace(plan, repeats=repeats)

@@ -746,3 +746,409 @@ def plot_scale(scale: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# --- Redis Cluster beside one Redis (issue 16) ---------------------------------------------------------
+# Kept apart from the measures above: the same Tansu feeds a standalone Redis and a local Redis Cluster
+# (3 masters, 3 replicas) in the same run, 4 partitions each, so the two columns differ only in the state.
+
+SCALE_PARTITIONS = 4
+CLUSTER_SHARDS = 3
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """How much work ``cluster_vs_standalone`` does: ``full`` for the published figures, ``quick`` to check it."""
+
+    events: int
+    workers: tuple[int, ...]
+    api_seconds: float
+    dataset: str = "amazon-beauty"
+
+    @classmethod
+    def full(cls) -> ClusterPlan:
+        return cls(10_000, (1, 2, 4), 5.0)
+
+    @classmethod
+    def quick(cls) -> ClusterPlan:
+        return cls(2_000, (1, 2), 1.0)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and every descendant still alive (from /proc; 0 if gone)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def _redis_cpu(ports: Sequence[int]) -> dict[int, float]:
+    """used_cpu_user + used_cpu_sys of each Redis node (INFO cpu), by port."""
+    out = {}
+    for port in ports:
+        with redis.Redis(host=LOOPBACK, port=port) as node:
+            info = node.info("cpu")
+        out[port] = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return out
+
+
+def _masters(client: Any, ports: Sequence[int]) -> list[int]:
+    """The ports of the nodes that serve slots (one port for a standalone Redis)."""
+    if len(ports) == 1:
+        return list(ports)
+    out = []
+    for port in ports:
+        with redis.Redis(host=LOOPBACK, port=port) as node:
+            if node.info("replication")["role"] == "master":
+                out.append(port)
+    return out
+
+
+def _logs_say(paths: Sequence[Path], text: str) -> bool:
+    return all(p.exists() and text in p.read_text(errors="replace") for p in paths)
+
+
+def scaled_drain(
+    stack: Stack,
+    target: dict[str, Any],
+    workers: int,
+    catalog: Sequence[CatalogItem],
+    events: Sequence[Event],
+) -> dict[str, Any]:
+    """A backlog on 4 partitions, then ``workers`` started together; events/s once every worker has joined.
+
+    Measured from the moment the last worker reports ready (its group's last rebalance is done) to the
+    last fold, so neither start-up nor rebalancing is in the figure. Also the CPU seconds the workers and
+    each Redis master spent on that window: events per CPU-second is what one worker or one shard folds
+    with a core of its own, which this shared 2-core machine cannot give each of them.
+    """
+    from streamrec.topics import Topics, ensure_topics
+
+    client = target["client"]
+    client.flushall()
+    tag = f"c{uuid.uuid4().hex[:8]}"
+    topics = Topics(tag)
+    ensure_topics(stack.bootstrap, topics, SCALE_PARTITIONS)
+    with _publisher(stack.bootstrap, tag) as pub:
+        for item in catalog:
+            pub.publish_item(item)
+        for e in events:
+            pub.publish_raw(topics.events, e.user_id.encode(), e.to_json())
+    env = stack.env(tag, **target["env"], STREAMREC_LOG_LEVEL="INFO")
+    procs = [stack.start(f"worker-{tag}-{n}", env, "worker") for n in range(workers)]
+    logs = [stack.root / f"worker-{tag}-{n}.log" for n in range(workers)]
+    applied = lambda: applied_events(client, Keys(PREFIX))  # noqa: E731
+    _wait(lambda: _logs_say(logs, "Worker ready"), 120, f"{workers} worker(s) to join")
+    time.sleep(1.0)  # the last rebalance's recovery
+    first, started = applied(), time.monotonic()
+    masters = _masters(client, target["ports"])
+    redis_before = _redis_cpu(masters)
+    workers_before = [cpu_seconds(p.proc.pid) for p in procs]
+    _wait(lambda: applied() >= len(events), 900, "the backlog to be folded", interval=0.01)
+    took = time.monotonic() - started
+    worker_cpu = sum(cpu_seconds(p.proc.pid) for p in procs) - sum(workers_before)
+    redis_after = _redis_cpu(masters)
+    for p in procs:
+        stack.stop(p)
+    folded = len(events) - first
+    shard_cpu = {port: redis_after[port] - redis_before[port] for port in masters}
+    return {
+        "workers": workers,
+        "events_measured": folded,
+        "events_per_s": folded / took,
+        "events_per_worker_cpu_s": folded / max(worker_cpu, 1e-6),
+        "redis_cpu_s_by_master": shard_cpu,
+        "events_per_busiest_shard_cpu_s": folded / max(max(shard_cpu.values()), 1e-6),
+        "events_per_shard_cpu_s": per_shard_rate(folded, shard_cpu),
+    }
+
+
+def per_shard_rate(events: int, shard_cpu: dict[Any, float]) -> float:
+    """Events/s one master takes per core of its own: events ÷ (masters × the busiest master's CPU
+    seconds). With M masters the state takes M times this before its busiest master saturates a core."""
+    return events / max(len(shard_cpu) * max(shard_cpu.values()), 1e-6)
+
+
+def scaled_api(
+    stack: Stack, target: dict[str, Any], events: Sequence[Event], seconds: float
+) -> dict[str, Any]:
+    """The API (gunicorn, 2 workers) on ``target``'s state under wrk: latency, req/s, and req/s per API
+    CPU-second (the rate one API core gives when it has the core to itself)."""
+    port = free_port()
+    env = stack.env(
+        "api",
+        **target["env"],
+        STREAMREC_API_PORT=str(port),
+        STREAMREC_API_HOST=LOOPBACK,
+        STREAMREC_API_WORKERS="2",
+    )
+    proc = stack.start(f"api-{target['name']}", env, "api")
+    stack.api_url = f"http://{LOOPBACK}:{port}"
+    _wait(lambda: _answers(f"{stack.api_url}/healthz", proc), 60, "the API")
+    saved, stack.client = stack.client, target["client"]
+    try:
+        paths = api_paths(stack, events)
+    finally:
+        stack.client = saved
+    out = {}
+    for name in ("recommendations", "similar", "popular"):
+        before = cpu_seconds(proc.proc.pid)
+        figures = wrk(paths[name], stack.api_url, seconds, stack.root)
+        used = cpu_seconds(proc.proc.pid) - before
+        figures["requests_per_api_cpu_s"] = figures["requests_per_s"] * seconds / max(used, 1e-6)
+        out[name] = figures
+    stack.stop(proc)
+    return out
+
+
+def _answers(url: str, proc: ManagedProcess) -> bool:
+    if not proc.alive():
+        raise ServiceError("the API exited; see its log")
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def cluster_vs_standalone(plan: ClusterPlan, out_dir: Path) -> dict[str, Any]:
+    """Ingest with each of ``plan.workers`` workers, API latency and memory per user/item/event, on one
+    Redis and on a 3-master Redis Cluster in the same run; writes bench-cluster.json and bench-cluster.md
+    into ``out_dir`` and returns the figures. Raises ``ServiceError`` if a service fails."""
+    from streamrec.devtools.localstack import free_cluster_ports, start_cluster
+    from streamrec.fold import redis_client
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    load_before = list(os.getloadavg())
+    say(f"loading {plan.dataset} ({plan.events:,} events) ...")
+    catalog, events = dataset_records(plan.dataset, plan.events)
+    started = time.monotonic()
+    results: dict[str, Any] = {}
+    with local_stack() as stack, ExitStack() as more:
+        say("starting a Redis Cluster (3 masters, 3 replicas) beside the standalone Redis")
+        cluster = start_cluster(
+            free_cluster_ports(2 * CLUSTER_SHARDS), stack.root / "cluster", 1, stack.root, appendonly=False
+        )
+        more.callback(cluster.stop)
+        cluster_client = redis_client(cluster.url, cluster=True)
+        more.callback(cluster_client.close)
+        targets = [
+            {"name": "standalone", "client": stack.client, "ports": [stack.redis_server.port], "env": {}},
+            {
+                "name": "cluster",
+                "client": cluster_client,
+                "ports": cluster.ports,
+                "env": {"STREAMREC_REDIS_URL": cluster.url, "STREAMREC_REDIS_CLUSTER": "1"},
+            },
+        ]
+        for target in targets:
+            target["env"] = {**target["env"], "STREAMREC_PARTITIONS": str(SCALE_PARTITIONS)}
+            name = target["name"]
+            res: dict[str, Any] = {"ingest": []}
+            for workers in plan.workers:
+                say(f"{name}: backlog drain, {workers} worker(s), {SCALE_PARTITIONS} partitions")
+                drained = scaled_drain(stack, target, workers, catalog, events)
+                say(f"  {drained['events_per_s']:,.0f} events/s")
+                res["ingest"].append(drained)
+            say(f"{name}: API under wrk")
+            if name == "standalone":  # the same keys and sizes on a cluster; memory() reads one server's INFO
+                res["memory"] = memory(stack)
+            res["api"] = scaled_api(stack, target, events, plan.api_seconds)
+            results[name] = res
+    figures = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "plan": plan.__dict__ | {"workers": list(plan.workers), "partitions": SCALE_PARTITIONS},
+        "shards": {"standalone": 1, "cluster": CLUSTER_SHARDS},
+        "results": results,
+        "seconds": round(time.monotonic() - started, 1),
+        "load_average_before_after": [load_before, list(os.getloadavg())],
+    }
+    write_cluster_report(figures, out_dir)
+    return figures
+
+
+def write_cluster_report(figures: dict[str, Any], out_dir: Path) -> None:
+    """bench-cluster.json (the figures) and bench-cluster.md (their tables and the capacity model's)."""
+    (out_dir / "bench-cluster.json").write_text(json.dumps(figures, indent=2) + "\n")
+    (out_dir / "bench-cluster.md").write_text(
+        cluster_markdown(figures)
+        + "\nThe capacity model on these figures (docs/SCALING.md):\n\n"
+        + capacity_table(capacity_inputs(figures))
+    )
+
+
+def cluster_markdown(f: dict[str, Any]) -> str:
+    """The cluster-beside-standalone figures as Markdown tables (ingest, API, memory)."""
+    res = f["results"]
+    names = list(res)
+    lines = [
+        f"{f['plan']['events']:,} {f['plan']['dataset']} events from a backlog on {f['plan']['partitions']} "
+        f"partitions, one run, on this {f['machine']['cpus']}-core machine (load average before "
+        f"{f['load_average_before_after'][0][0]:.1f}); standalone = one Redis, cluster = 3 masters + 3 replicas.",
+        "",
+        "| state | workers | events/s | events per worker CPU-second | events per master CPU-second "
+        "(÷ masters × busiest master's CPU) |",
+        "|---|---|---|---|---|",
+    ]
+    for name in names:
+        for r in res[name]["ingest"]:
+            lines.append(
+                f"| {name} | {r['workers']} | {r['events_per_s']:,.0f} | {r['events_per_worker_cpu_s']:,.0f} | "
+                f"{per_shard_rate(r['events_measured'], r['redis_cpu_s_by_master']):,.0f} |"
+            )
+    lines += [
+        "",
+        "| state | API path (gunicorn, 2 workers, wrk 8 connections) | p50 ms | p99 ms | req/s | req per API CPU-second |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        for path, a in res[name]["api"].items():
+            lines.append(
+                f"| {name} | {path} | {a['p50_ms']:.1f} | {a['p99_ms']:.1f} | {a['requests_per_s']:,.0f} | "
+                f"{a['requests_per_api_cpu_s']:,.0f} |"
+            )
+    lines += ["", "| state | users | items | B/user | B/item | dedupe B/event |", "|---|---|---|---|---|---|"]
+    for name in [n for n in names if "memory" in res[n]]:
+        m = res[name]["memory"]
+        lines.append(
+            f"| {name} | {m['users']:,} | {m['items']:,} | {m['bytes_per_user']:,.0f} | {m['bytes_per_item']:,.0f} | "
+            f"{m['dedupe_bytes_per_event']:,.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --- The capacity model of docs/SCALING.md -------------------------------------------------------------
+
+HEADROOM = 0.5  # plan each process to half its measured ceiling: peaks, rebalances, catch-up after failover
+SHARD_DATA_BYTES = 25 * 2**30  # data per Redis master: a 64 GiB machine keeps room for the fork of a rewrite
+MIN_CLUSTER_MASTERS = 3  # a Redis Cluster needs a majority of masters to fail a master over
+
+
+@dataclass(frozen=True)
+class CapacityInputs:
+    """Measured per-unit figures (``streamrec bench --redis-cluster``) the capacity model scales.
+
+    Rates are per CPU-second of one process (a worker, a Redis master, an API process), i.e. what one of
+    them does with a core to itself, for one Redis (``standalone_*``: one script per batch) and for a
+    cluster (one script per slot and stage); bytes are Redis memory per unit (the same keys on both).
+    """
+
+    bytes_per_user: float
+    bytes_per_item: float
+    dedupe_bytes_per_event: float
+    events_per_worker_cpu_s: float
+    events_per_shard_cpu_s: float
+    requests_per_api_cpu_s: float
+    standalone_events_per_worker_cpu_s: float
+    standalone_events_per_shard_cpu_s: float
+    standalone_requests_per_api_cpu_s: float
+    dedupe_window_s: int = 900
+    requests_per_event: float = 1.0  # one recommendations answer per event a shop publishes
+
+
+def capacity(inputs: CapacityInputs, users: int, items: int, events_per_s: float) -> dict[str, Any]:
+    """Partitions, workers, Redis masters and API processes for one case, and what sets the masters.
+
+    Memory = users × B/user + items × B/item + events/s × dedupe window × B/event. One Redis (with a
+    replica) while memory fits one master (25 GiB) and the events/s are at most half its measured rate per
+    core; else a cluster of the larger of memory / 25 GiB and events/s / (half the rate one master takes
+    per core), at least 3. Workers = events/s / (half a worker's rate in that mode); partitions = the power
+    of two at least twice the workers (room to double them without re-partitioning), at least 4; API
+    processes = requests/s / (half an API process's rate in that mode).
+    """
+    import math
+
+    memory_bytes = (
+        users * inputs.bytes_per_user
+        + items * inputs.bytes_per_item
+        + events_per_s * inputs.dedupe_window_s * inputs.dedupe_bytes_per_event
+    )
+    by_memory = math.ceil(memory_bytes / SHARD_DATA_BYTES)
+    one = by_memory <= 1 and events_per_s <= inputs.standalone_events_per_shard_cpu_s * HEADROOM
+    if one:
+        by_cpu, masters, limit = 1, 1, "fits one Redis"
+        worker_rate, api_rate = (
+            inputs.standalone_events_per_worker_cpu_s,
+            inputs.standalone_requests_per_api_cpu_s,
+        )
+    else:
+        by_cpu = math.ceil(events_per_s / (inputs.events_per_shard_cpu_s * HEADROOM))
+        masters = max(by_memory, by_cpu, MIN_CLUSTER_MASTERS)
+        limit = "memory" if by_memory >= by_cpu else "Redis CPU"
+        worker_rate, api_rate = inputs.events_per_worker_cpu_s, inputs.requests_per_api_cpu_s
+    workers = math.ceil(events_per_s / (worker_rate * HEADROOM))
+    partitions = max(4, 2 ** math.ceil(math.log2(2 * workers)))
+    api = math.ceil(events_per_s * inputs.requests_per_event / (api_rate * HEADROOM))
+    return {
+        "users": users,
+        "items": items,
+        "events_per_s": events_per_s,
+        "memory_gib": memory_bytes / 2**30,
+        "cluster": not one,
+        "masters": masters,
+        "masters_by_memory": by_memory,
+        "masters_by_cpu": by_cpu,
+        "limit": limit,
+        "workers": workers,
+        "partitions": partitions,
+        "api_processes": api,
+    }
+
+
+CASES_USERS = (1_000_000, 10_000_000, 100_000_000)
+CASES_ITEMS = (100_000, 1_000_000)
+CASES_RATES = (1_000, 10_000, 100_000)
+
+
+def capacity_inputs(figures: dict[str, Any]) -> CapacityInputs:
+    """The model's inputs from ``cluster_vs_standalone``'s figures: bytes from the standalone Redis (the
+    same keys on a cluster), each mode's rates from its slowest run (to stay on the safe side)."""
+    res = figures["results"]
+    mem = res["standalone"]["memory"]
+
+    def rates(name: str) -> tuple[float, float, float]:
+        runs = res[name]["ingest"]
+        return (
+            min(r["events_per_worker_cpu_s"] for r in runs),
+            min(per_shard_rate(r["events_measured"], r["redis_cpu_s_by_master"]) for r in runs),
+            res[name]["api"]["recommendations"]["requests_per_api_cpu_s"],
+        )
+
+    worker, shard, api = rates("cluster")
+    one_worker, one_shard, one_api = rates("standalone")
+    return CapacityInputs(
+        bytes_per_user=mem["bytes_per_user"],
+        bytes_per_item=mem["bytes_per_item"],
+        dedupe_bytes_per_event=mem["dedupe_bytes_per_event"],
+        events_per_worker_cpu_s=worker,
+        events_per_shard_cpu_s=shard,
+        requests_per_api_cpu_s=api,
+        standalone_events_per_worker_cpu_s=one_worker,
+        standalone_events_per_shard_cpu_s=one_shard,
+        standalone_requests_per_api_cpu_s=one_api,
+    )
+
+
+def capacity_table(inputs: CapacityInputs) -> str:
+    """Every case of docs/SCALING.md (users × items × events/s) as a Markdown table."""
+    lines = [
+        "| users | items | events/s | Redis data GiB | Redis masters (by memory / by CPU) | workers | partitions | API processes | sets the masters |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for users in CASES_USERS:
+        for items in CASES_ITEMS:
+            for rate in CASES_RATES:
+                c = capacity(inputs, users, items, rate)
+                lines.append(
+                    f"| {users:,} | {items:,} | {rate:,} | {c['memory_gib']:,.0f} | {c['masters']} "
+                    f"({c['masters_by_memory']} / {c['masters_by_cpu']}) | {c['workers']} | {c['partitions']} | "
+                    f"{c['api_processes']} | {c['limit']} |"
+                )
+    return "\n".join(lines) + "\n"
