@@ -270,11 +270,9 @@ class LocalCluster:
         every node agrees on the configuration (after a failover, that takes a moment)."""
         self.wait_agreed(timeout)
         ids = {n.port: n.node_id for n in self.view()}
-        done = subprocess.run(
+        _cluster_cli(
+            "reshard",
             [
-                redis_binary("redis-cli"),
-                "--cluster",
-                "reshard",
                 f"{LOOPBACK}:{target}",
                 "--cluster-from",
                 ids[source],
@@ -282,16 +280,9 @@ class LocalCluster:
                 ids[target],
                 "--cluster-slots",
                 str(slots),
-                "--cluster-yes",
             ],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+            timeout,
         )
-        if done.returncode != 0:
-            raise ServiceError(
-                f"redis-cli --cluster reshard failed: {done.stdout[-500:]}{done.stderr[-500:]}"
-            )
 
     def wait_agreed(self, timeout: float = 30.0) -> None:
         """Until ``redis-cli --cluster check`` finds every node agreeing on the configuration, every slot
@@ -344,6 +335,19 @@ class LocalCluster:
         """Stop every node."""
         for node in reversed(self.nodes):
             node.stop()
+
+
+def _cluster_cli(command: str, args: Sequence[str], timeout: float) -> None:
+    """``redis-cli --cluster <command> <args> --cluster-yes``; raises ``ServiceError`` with its output
+    if it fails."""
+    done = subprocess.run(
+        [redis_binary("redis-cli"), "--cluster", command, *args, "--cluster-yes"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise ServiceError(f"redis-cli --cluster {command} failed: {done.stdout[-500:]}{done.stderr[-500:]}")
 
 
 def consecutive_cluster_ports(first: int, n: int) -> list[int]:
@@ -400,24 +404,9 @@ def start_cluster(
                 )
             )
         if not formed:
-            create = subprocess.run(
-                [
-                    redis_binary("redis-cli"),
-                    "--cluster",
-                    "create",
-                    *(f"{LOOPBACK}:{p}" for p in ports),
-                    "--cluster-replicas",
-                    str(replicas),
-                    "--cluster-yes",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=timeout,
+            _cluster_cli(
+                "create", [*(f"{LOOPBACK}:{p}" for p in ports), "--cluster-replicas", str(replicas)], timeout
             )
-            if create.returncode != 0:
-                raise ServiceError(
-                    f"redis-cli --cluster create failed: {create.stdout[-500:]}{create.stderr[-500:]}"
-                )
         cluster = LocalCluster(nodes)
         cluster.wait_ready(timeout)
         return cluster

@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,16 +255,28 @@ def cluster_namespace(
     ``RedisCluster`` client."""
     client = client_for(redis_cluster.url, cluster=True)
     try:
-        with make_namespace(
-            broker,
-            redis_cluster.url,
-            client,
-            tmp_path,
-            artifacts,
-            request,
-            STREAMREC_REDIS_CLUSTER="1",
-            STREAMREC_PARTITIONS="4",
-        ) as ns:
+        with make_cluster_namespace(broker, redis_cluster.url, client, tmp_path, artifacts, request) as ns:
             yield ns
     finally:
         client.close()
+
+
+def make_cluster_namespace(
+    broker: ManagedProcess,
+    url: str,
+    client: Any,
+    tmp_path: Path,
+    artifacts: Path,
+    request: pytest.FixtureRequest,
+) -> AbstractContextManager[Namespace]:
+    """``make_namespace`` on the Redis Cluster at ``url``: ``STREAMREC_REDIS_CLUSTER=1``, 4 partitions."""
+    return make_namespace(
+        broker,
+        url,
+        client,
+        tmp_path,
+        artifacts,
+        request,
+        STREAMREC_REDIS_CLUSTER="1",
+        STREAMREC_PARTITIONS="4",
+    )

@@ -20,7 +20,7 @@ from streamrec.fold import redis_client
 from streamrec.keys import slot
 from streamrec.state import applied_events
 from streamrec.topics import Topics, ensure_topics
-from tests.conftest import Namespace, local_cluster, make_namespace, wait_until
+from tests.conftest import Namespace, local_cluster, make_cluster_namespace, wait_until
 from tests.integration.test_pipeline import _dlq_records
 
 pytestmark = [pytest.mark.e2e, pytest.mark.broker, pytest.mark.redis]
@@ -66,16 +66,7 @@ def test_a_master_killed_mid_stream_loses_no_event_and_dead_letters_none(
 ) -> None:
     cluster = own_cluster
     client = redis_client(cluster.url, cluster=True)
-    with make_namespace(
-        broker,
-        cluster.url,
-        client,
-        tmp_path,
-        artifacts,
-        request,
-        STREAMREC_REDIS_CLUSTER="1",
-        STREAMREC_PARTITIONS="4",
-    ) as ns:
+    with make_cluster_namespace(broker, cluster.url, client, tmp_path, artifacts, request) as ns:
         topics = Topics(ns.settings.topic_prefix)
         ensure_topics(ns.settings.kafka_bootstrap, topics, 4)
         workers = [ns.start("worker-a", "worker"), ns.start("worker-b", "worker")]
@@ -140,16 +131,7 @@ def test_a_manual_failover_and_a_resharding_mid_stream_lose_no_event(
     slots migrating with their keys (ASK, TRYAGAIN for a script whose keys are half moved)."""
     cluster = own_cluster
     client = redis_client(cluster.url, cluster=True)
-    with make_namespace(
-        broker,
-        cluster.url,
-        client,
-        tmp_path,
-        artifacts,
-        request,
-        STREAMREC_REDIS_CLUSTER="1",
-        STREAMREC_PARTITIONS="4",
-    ) as ns:
+    with make_cluster_namespace(broker, cluster.url, client, tmp_path, artifacts, request) as ns:
         topics = Topics(ns.settings.topic_prefix)
         ensure_topics(ns.settings.kafka_bootstrap, topics, 4)
         workers = [ns.start("worker-a", "worker"), ns.start("worker-b", "worker")]
