@@ -17,7 +17,7 @@ from streamrec.fold import Source, StateWriter, redis_client
 from streamrec.keys import Keys
 from streamrec.producers.simulate import make_catalog, simulate_events
 from streamrec.settings import ScoringSettings
-from streamrec.state import applied_events
+from streamrec.state import applied_events, read_stats
 from tests.state_snapshot import snapshot, state_only
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
@@ -145,3 +145,26 @@ def test_a_batch_touching_hundreds_of_slots_folds_on_the_worker_client(redis_clu
     sync = redis_client(redis_cluster.url, cluster=True)
     assert applied_events(sync, keys) == len(events)
     sync.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap, reported: the cluster's catalog stage has no offsets, so catalog records cut after "
+    "their `citem` call and delivered again find themselves stored and count 0 (the catalog size counter "
+    "falls short); found by tests/e2e/test_cluster_crash.py",
+)
+def test_catalog_records_cut_after_their_item_stage_and_delivered_again_count_once(
+    client: Any, shop: tuple[list[CatalogItem], list[Event]]
+) -> None:
+    catalog, _ = shop
+    clean, cut = _writer(client), _writer(client)
+    clean.upsert_items(catalog)
+    plan = cut.catalog_plan(catalog, 0)
+    [cut._one(call) for call in next(plan)]  # the citem calls, then the worker dies
+    cut.upsert_items(catalog)  # the records come again
+
+    def catalog(keys: Keys) -> dict[bytes, Any]:
+        return {k: v for k, v in _state(client, keys).items() if not k.startswith(b":{st:")}
+
+    assert catalog(cut.keys) == catalog(clean.keys)  # the catalog itself is whole
+    assert read_stats(client, cut.keys, ("it",)) == read_stats(client, clean.keys, ("it",)) == {"items": 40}
