@@ -4,10 +4,12 @@ refresh, then the worker's tenacity retries), and every event is folded exactly 
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,23 @@ from streamrec.topics import Topics, ensure_topics
 from tests.conftest import Namespace, local_cluster, make_cluster_namespace, wait_until
 from tests.integration.test_pipeline import _dlq_records
 
-pytestmark = [pytest.mark.e2e, pytest.mark.broker, pytest.mark.redis]
+# A failover or a resharding drops connections under redis-py's cluster clients (this test's own, sync
+# and asyncio); the sockets of some are left to the garbage collector, whose ResourceWarning pytest raises
+# as an unraisable error wherever the collector runs. That is the client's hygiene, not a lost event.
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.broker,
+    pytest.mark.redis,
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning", "ignore::ResourceWarning"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    """Collect those sockets inside the test, where the filter above applies."""
+    yield
+    gc.collect()
+
 
 DURING = 40  # events published while the master is down and its replica not yet promoted
 
