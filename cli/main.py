@@ -635,6 +635,24 @@ def state_forget_offsets(
     )
 
 
+@app.command()
+def soak(
+    minutes: Annotated[float, typer.Option(min=0.5, help="How long the shop streams.")] = 25.0,
+    rate: Annotated[float, typer.Option(min=1, help="Events per second.")] = 500.0,
+    users: Annotated[int, typer.Option(min=1, help="Shoppers in the simulated shop.")] = 100_000,
+    items: Annotated[int, typer.Option(min=1, help="Catalog size.")] = 10_000,
+    census_s: Annotated[float, typer.Option(help="Seconds between measures of every key family.")] = 300.0,
+    out_dir: Annotated[Path, typer.Option(help="Where soak.json, soak.md and soak.png go.")] = Path("docs"),
+) -> None:
+    """Stream a simulated shop through a real worker with production defaults; report Redis memory per
+    user, item and event in the dedupe window, whether it levels off, and the steady state at 1,000 events/s."""
+    from streamrec.devtools import soak as soak_run
+
+    plan = soak_run.SoakPlan(minutes=minutes, rate=rate, users=users, items=items, census_s=census_s)
+    figures = soak_run.run(plan, out_dir, say=typer.echo)
+    typer.echo("\n" + soak_run.markdown(figures))
+
+
 @app.command("settings")
 def show_settings() -> None:
     """Print every setting: its environment variable, its current value and what it does (Markdown)."""
