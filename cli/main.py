@@ -635,6 +635,50 @@ def state_forget_offsets(
     )
 
 
+@state_app.command("rewind-offsets")
+def state_rewind_offsets(
+    yes: Annotated[bool, typer.Option("--yes", help="Do it (without it, only say what would move).")] = False,
+    items: Annotated[
+        bool,
+        typer.Option(help="Also move the items topic back to its start (catalog records are idempotent)."),
+    ] = False,
+) -> None:
+    """After Redis was restored from AOF or a backup: move the workers' committed offsets back to just past
+    the restored watermarks, so that the workers fold again, once, whatever Redis lost.
+
+    Stop the workers first (the consumer group must have no members).
+    """
+    from kafka.errors import KafkaError
+
+    from streamrec.topics import Topics
+    from streamrec.watermarks import event_watermarks, rewind_group
+
+    settings = _settings()
+    topics = Topics(settings.topic_prefix)
+    marks = event_watermarks(_state_client(settings), keys_of(settings))
+    try:
+        done = rewind_group(
+            settings.kafka_bootstrap,
+            settings.worker_group,
+            topics.events,
+            marks,
+            topics.items if items else None,
+            dry_run=not yes,
+        )
+    except (RuntimeError, KafkaError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    verb = "moved" if yes else "would move"
+    for topic, moves in sorted(done.moves.items()):
+        for p, (before, after) in sorted(moves.items()):
+            typer.echo(f"{verb} {topic}[{p}] {before} -> {after}")
+    count = sum(len(m) for m in done.moves.values())
+    typer.echo(
+        f"{verb} {count} partitions of group {settings.worker_group}"
+        + ("" if yes else "; run again with --yes")
+    )
+
+
 @app.command()
 def soak(
     minutes: Annotated[float, typer.Option(min=0.5, help="How long the shop streams.")] = 25.0,

@@ -83,3 +83,96 @@ def forget_offsets(client: Any, keys: Keys) -> Watermarks:
     for name, fields in _stats_marks(client, keys).items():
         client.hdel(name, *fields)
     return before
+
+
+_EVENT_FIELDS = re.compile(r"^(ev|u|i):(\d+)$")
+
+
+def event_watermarks(client: Any, keys: Keys) -> dict[int, int]:
+    """Partition of the events topic -> the offset up to which every stage has folded it.
+
+    One Redis: the ``ev:<partition>`` fields. A cluster: the lowest ``u:`` or ``i:`` field of the
+    partition over every slot's hash (a slot that never saw the partition has none), so that rewinding
+    to it misses nothing in any slot.
+    """
+    marks: dict[int, int] = {}
+    for name in watermark_keys(client, keys):
+        for f, v in client.hgetall(name).items():
+            found = _EVENT_FIELDS.match(_text(f))
+            if found:
+                p = int(found.group(2))
+                marks[p] = min(marks.get(p, int(v)), int(v))
+    return marks
+
+
+def rewind_targets(committed: dict[int, int | None], marks: dict[int, int]) -> dict[int, int]:
+    """Partition -> the offset to commit, for each partition whose committed offset lies beyond
+    ``watermark + 1`` (a partition with no watermark goes back to 0: nothing of it is in Redis).
+    Partitions with nothing committed are left alone (the group starts them from the earliest offset)."""
+    out: dict[int, int] = {}
+    for p, offset in committed.items():
+        target = marks.get(p, -1) + 1
+        if offset is not None and offset > target:
+            out[p] = target
+    return out
+
+
+@dataclass
+class Rewound:
+    """What ``rewind_group`` did (or, with ``dry_run``, would do): topic -> partition -> (from, to)."""
+
+    moves: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)
+    members: int = 0
+
+
+def rewind_group(
+    bootstrap: str,
+    group: str,
+    events_topic: str,
+    marks: dict[int, int],
+    items_topic: str | None = None,
+    dry_run: bool = False,
+) -> Rewound:
+    """Move ``group``'s committed offsets of ``events_topic`` back to just past the watermarks ``marks``
+    (and, with ``items_topic``, that topic's back to 0: catalog records are idempotent by their ``ts``).
+
+    For a Redis restored from AOF or a backup, whose watermarks lie below what the group committed: the
+    workers then fold what Redis lost, once. Raises ``RuntimeError`` if the group has active members
+    (stop the workers first) or the broker refuses a commit.
+    """
+    from kafka import TopicPartition
+    from kafka.admin import KafkaAdminClient
+    from kafka.structs import OffsetAndMetadata
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="streamrec-rewind")
+    try:
+        try:
+            described = admin.describe_groups([group]).get(group) or {}
+        except ValueError:  # kafka-python cannot parse Tansu's answer (an unknown ACL operation)
+            described = {}
+        members = len(described.get("members") or [])
+        out = Rewound(members=members)
+        if members:
+            raise RuntimeError(
+                f"consumer group {group!r} has {members} active members: stop the workers first"
+            )
+        committed = admin.list_group_offsets({group: None}).get(group, {})
+        wanted: dict[TopicPartition, OffsetAndMetadata] = {}
+        for topic, targets in ((events_topic, marks), (items_topic, None)):
+            if topic is None:
+                continue
+            mine = {tp.partition: meta.offset for tp, meta in committed.items() if tp.topic == topic}
+            moves = (
+                rewind_targets(mine, targets) if targets is not None else {p: 0 for p, o in mine.items() if o}
+            )
+            for p, target in moves.items():
+                out.moves.setdefault(topic, {})[p] = (mine[p], target)
+                wanted[TopicPartition(topic, p)] = OffsetAndMetadata(target, "", -1)
+        if wanted and not dry_run:
+            errors = admin.alter_group_offsets(group, wanted)
+            failed = {tp: err for tp, err in errors.items() if getattr(err, "errno", 0)}
+            if failed:
+                raise RuntimeError(f"the broker refused to move offsets of {group!r}: {failed}")
+        return out
+    finally:
+        admin.close()

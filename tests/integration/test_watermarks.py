@@ -1,6 +1,7 @@
-"""``streamrec state offsets`` and ``forget-offsets`` against a real Redis: after a topic is recreated, its
-offsets restart below the watermarks and its events are skipped as folded ones until the watermarks are
-forgotten; the claims window still stops a client's retry afterwards."""
+"""``streamrec state offsets``, ``forget-offsets`` and ``rewind-offsets`` against a real Redis (and Tansu):
+after a topic is recreated, its offsets restart below the watermarks and its events are skipped as folded
+ones until the watermarks are forgotten; after Redis is restored from a backup, the workers' group is
+moved back to the restored watermarks and what Redis lost is folded again, once."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
 
 import pytest
 import redis
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient
 
 from streamrec.contract import Event
 from streamrec.devtools.localstack import ManagedProcess
@@ -19,9 +22,13 @@ from streamrec.event_types import EventType
 from streamrec.fold import APPLIED, DUPLICATE, Source, StateWriter
 from streamrec.keys import Keys
 from streamrec.settings import ScoringSettings
-from streamrec.watermarks import forget_offsets, read_watermarks
+from streamrec.state import applied_events
+from streamrec.topics import Topics, ensure_topics
+from streamrec.watermarks import forget_offsets, read_watermarks, rewind_targets
+from tests.conftest import Namespace, wait_until
+from tests.state_snapshot import item_occurrences
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.broker]
 
 
 def view(user: str, item: str) -> Event:
@@ -30,17 +37,10 @@ def view(user: str, item: str) -> Event:
     )
 
 
-@pytest.fixture
-def keys(redis_client: redis.Redis) -> Iterator[Keys]:
-    k = Keys(f"t{uuid.uuid4().hex[:8]}")
-    yield k
-    for key in redis_client.scan_iter(match=k.pattern(), count=1000):
-        redis_client.delete(key)
-
-
 def test_a_recreated_topic_folds_again_once_its_offsets_are_forgotten(
-    redis_client: redis.Redis, redis_server: ManagedProcess, keys: Keys
+    namespace: Namespace, redis_server: ManagedProcess
 ) -> None:
+    redis_client, keys = namespace.redis, namespace.keys
     writer = StateWriter(redis_client, keys, ScoringSettings())
     old = [view("u", f"i{n}") for n in range(10)]
     assert writer.apply(old, [Source(0, n) for n in range(10)]).outcomes == [APPLIED] * 10
@@ -83,9 +83,8 @@ def test_a_recreated_topic_folds_again_once_its_offsets_are_forgotten(
     assert read_watermarks(redis_client, keys).offsets == {"ev:0": 4}
 
 
-def test_forgetting_clears_the_per_slot_watermarks_and_the_stats_marks(
-    redis_client: redis.Redis, keys: Keys
-) -> None:
+def test_forgetting_clears_the_per_slot_watermarks_and_the_stats_marks(namespace: Namespace) -> None:
+    redis_client, keys = namespace.redis, namespace.keys
     # what the cluster schedule leaves (written by hand here: one Redis has no slots to spread them over)
     slots = [keys.slot_watermark(s) for s in (0, 777, 16383)]
     for n, name in enumerate(slots):
@@ -97,3 +96,81 @@ def test_forgetting_clears_the_per_slot_watermarks_and_the_stats_marks(
     forget_offsets(redis_client, keys)
     assert not any(redis_client.exists(name) for name in slots)
     assert redis_client.hgetall(keys.stats("ev", 0)) == {b"applied:view": b"7"}  # counters stay
+
+
+def test_only_partitions_committed_past_their_watermark_move_back() -> None:
+    committed = {0: 41, 1: 10, 2: None, 3: 7}
+    assert rewind_targets(committed, {0: 30, 1: 9, 3: 12}) == {0: 31}
+    assert rewind_targets({0: 5}, {}) == {0: 0}  # nothing of it in Redis: from the start
+
+
+def _backup(client: redis.Redis, keys: Keys) -> list[tuple[bytes, int, bytes]]:
+    """Every key of the namespace as (name, ttl ms or 0, DUMP): what a backup or an AOF holds."""
+    out = []
+    for name in client.scan_iter(match=keys.pattern(), count=1000):
+        ttl = client.pttl(name)
+        out.append((name, max(ttl, 0), client.dump(name)))
+    return out
+
+
+def _restore(client: redis.Redis, keys: Keys, backup: list[tuple[bytes, int, bytes]]) -> None:
+    for name in client.scan_iter(match=keys.pattern(), count=1000):
+        client.delete(name)
+    for name, ttl, value in backup:
+        client.restore(name, ttl, value)
+
+
+def test_a_restored_redis_gets_back_what_it_lost_once_the_group_is_rewound(namespace: Namespace) -> None:
+    ns = namespace
+    topics = Topics(ns.settings.topic_prefix)
+    ensure_topics(ns.settings.kafka_bootstrap, topics, 2)
+    worker = ns.start("worker", "worker")
+    admin = KafkaAdminClient(bootstrap_servers=ns.settings.kafka_bootstrap)
+    group = ns.settings.worker_group
+
+    def committed() -> int:
+        offsets = admin.list_group_offsets({group: None}).get(group, {})
+        return sum(m.offset for tp, m in offsets.items() if tp.topic == topics.events and m.offset > 0)
+
+    producer = KafkaProducer(bootstrap_servers=ns.settings.kafka_bootstrap, acks="all")
+    events = [view(f"u{n % 5}", f"i{n % 7}") for n in range(40)]
+
+    def publish(part: list[Event]) -> None:
+        for e in part:
+            producer.send(topics.events, key=e.user_id.encode(), value=e.to_json())
+        producer.flush()
+
+    publish(events[:20])
+    wait_until(lambda: applied_events(ns.redis, ns.keys) == 20, 60, what="the first half folded")
+    wait_until(lambda: committed() == 20, 30, interval=0.2, what="the first half committed")
+    backup = _backup(ns.redis, ns.keys)  # a backup (or the AOF's last fsync) taken here
+    publish(events[20:])
+    wait_until(lambda: applied_events(ns.redis, ns.keys) == 40, 60, what="the second half folded")
+    wait_until(lambda: committed() == 40, 30, interval=0.2, what="the second half committed")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "streamrec.cli", "state", *args],
+            env=ns.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    busy = cli("rewind-offsets", "--yes")
+    assert busy.returncode == 1 and "stop the workers first" in busy.stderr, busy.stderr
+    worker.stop()
+    _restore(ns.redis, ns.keys, backup)  # Redis comes back without the second half
+    assert applied_events(ns.redis, ns.keys) == 20
+    asked = cli("rewind-offsets")
+    assert asked.returncode == 0 and "would move 2 partitions" in asked.stdout, asked.stdout + asked.stderr
+    assert committed() == 40
+    done = cli("rewind-offsets", "--yes")
+    assert done.returncode == 0 and "moved 2 partitions" in done.stdout, done.stdout + done.stderr
+    assert committed() == 20
+
+    ns.start("worker-again", "worker")
+    wait_until(lambda: applied_events(ns.redis, ns.keys) == 40, 60, what="what Redis lost, folded again")
+    assert item_occurrences(ns.redis, ns.keys) == dict(Counter(e.item_id for e in events))
+    producer.close()
+    admin.close()
