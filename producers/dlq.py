@@ -104,19 +104,32 @@ def _original(record: dict[str, Any]) -> bytes | None:
     return None
 
 
-def parse_record(partition: int, offset: int, key: bytes | None, value: bytes | None, timestamp_ms: int):  # type: ignore[no-untyped-def]
-    """One record of the dead-letter topic as a ``DeadLetter``, a ``Marker`` or ``Unreadable``."""
+Record = DeadLetter | Marker | Unreadable
+
+
+def parse_record(
+    partition: int, offset: int, key: bytes | None, value: bytes | None, timestamp_ms: int
+) -> Record:
+    """One record of the dead-letter topic (at ``partition``, ``offset``) as a ``DeadLetter``, a replay's
+    ``Marker``, or ``Unreadable`` when it is neither; ``timestamp_ms`` stands in for a missing
+    ``rejected_at``."""
     try:
         record = orjson.loads(value or b"")
-    except orjson.JSONDecodeError:
+        if not isinstance(record, dict):
+            return Unreadable(partition, offset)
+        if record.get("kind") == MARKER_KIND and isinstance(record.get("letters"), list):
+            return Marker([(int(p), int(o)) for p, o in record["letters"]], int(record.get("at", 0)))
+        source = record.get("source")
+        if not isinstance(source, dict) or not isinstance(record.get("reason"), str):
+            return Unreadable(partition, offset)
+        return _dead_letter(partition, offset, key, record, source, timestamp_ms)
+    except (orjson.JSONDecodeError, TypeError, ValueError):  # not JSON, or fields of the wrong shape
         return Unreadable(partition, offset)
-    if not isinstance(record, dict):
-        return Unreadable(partition, offset)
-    if record.get("kind") == MARKER_KIND and isinstance(record.get("letters"), list):
-        return Marker([(int(p), int(o)) for p, o in record["letters"]], int(record.get("at", 0)))
-    source = record.get("source")
-    if not isinstance(source, dict) or not isinstance(record.get("reason"), str):
-        return Unreadable(partition, offset)
+
+
+def _dead_letter(
+    partition: int, offset: int, key: bytes | None, record: dict[str, Any], source: dict[str, Any], ts: int
+) -> DeadLetter:
     original = _original(record)
     prefix = base64.b64decode(record.get("original_prefix_b64") or "") if original is None else original
     return DeadLetter(
@@ -127,7 +140,7 @@ def parse_record(partition: int, offset: int, key: bytes | None, value: bytes | 
         source_topic=str(source.get("topic", "")),
         source_partition=int(source.get("partition", -1)),
         source_offset=int(source.get("offset", -1)),
-        rejected_at=int(record.get("rejected_at") or timestamp_ms),
+        rejected_at=int(record.get("rejected_at") or ts),
         length=int(record.get("original_length", len(original or b""))),
         sha256=str(record.get("original_sha256") or hashlib.sha256(original or b"").hexdigest()),
         original=original,
@@ -155,7 +168,7 @@ def read_topic(
     topic: str,
     idle_s: float = IDLE_S,
     progress: Callable[[int], None] | None = None,
-) -> Iterator[DeadLetter | Marker | Unreadable]:
+) -> Iterator[Record]:
     """Every record of the dead-letter ``topic`` from the beginning, parsed, until ``idle_s`` pass with none.
 
     ``progress(n)`` is called with the running count. Raises ``DlqError`` if the topic does not exist.
@@ -259,7 +272,7 @@ class Stats:
         }
 
 
-def stats(records: Iterator[DeadLetter | Marker | Unreadable], flt: Filter | None = None) -> Stats:
+def stats(records: Iterator[Record], flt: Filter | None = None) -> Stats:
     """Count the dead letters among ``records`` that pass ``flt``; ``replayed`` counts those a marker names."""
     flt = flt or Filter()
     out = Stats()
@@ -281,9 +294,7 @@ def stats(records: Iterator[DeadLetter | Marker | Unreadable], flt: Filter | Non
     return out
 
 
-def samples(
-    records: Iterator[DeadLetter | Marker | Unreadable], flt: Filter | None = None, limit: int = 10
-) -> list[DeadLetter]:
+def samples(records: Iterator[Record], flt: Filter | None = None, limit: int = 10) -> list[DeadLetter]:
     """The first ``limit`` dead letters that pass ``flt``, in topic order."""
     flt = flt or Filter()
     out: list[DeadLetter] = []
@@ -394,7 +405,7 @@ def _valid(topic: str, topics: Topics, original: bytes) -> bool:
 def replay(
     bootstrap: str,
     topics: Topics,
-    records: Iterator[DeadLetter | Marker | Unreadable],
+    records: Iterator[Record],
     flt: Filter | None = None,
     dry_run: bool = False,
     include_invalid: bool = False,
