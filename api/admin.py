@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from streamrec.api.errors import INVALID_PARAMETER, ApiError
+from streamrec.api.errors import CONFLICT, INVALID_PARAMETER, NOT_FOUND, ApiError
 from streamrec.api.extensions import services
 from streamrec.modelstore import ModelError
 
@@ -30,8 +30,8 @@ def activate_model():  # type: ignore[no-untyped-def]
         raise ApiError(400, INVALID_PARAMETER, "the body holds only 'version'")
     try:
         _store().activate(version)
-    except ModelError as exc:
-        raise ApiError(400, INVALID_PARAMETER, str(exc)) from None
+    except ModelError as exc:  # the only refusal: no such published version
+        raise ApiError(404, NOT_FOUND, str(exc)) from None
     return jsonify({"code": 0, "msg": "ok", "data": {"status": "active", "version": version}})
 
 
@@ -40,6 +40,6 @@ def rollback_model():  # type: ignore[no-untyped-def]
     """Switch back to the model version that was active before the current one."""
     try:
         version = _store().rollback()
-    except ModelError as exc:
-        raise ApiError(400, INVALID_PARAMETER, str(exc)) from None
+    except ModelError as exc:  # the only refusal: nothing earlier to go back to, a state conflict
+        raise ApiError(409, CONFLICT, str(exc)) from None
     return jsonify({"code": 0, "msg": "ok", "data": {"status": "active", "version": version}})

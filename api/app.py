@@ -8,7 +8,7 @@ from typing import Any
 import redis
 from flask import Flask
 
-from streamrec.api import admin, errors, observability, openapi, security, storefront, views
+from streamrec.api import admin, errors, observability, openapi, paths, security, storefront, views
 from streamrec.api.extensions import EXTENSION, Publisher, Services, kafka_publisher
 from streamrec.fold import redis_client as redis_client_for
 from streamrec.modelstore import ModelStore
@@ -46,6 +46,7 @@ def create_app(
         Recommender(reader, settings.scoring, ModelStore(client, keys_of(settings))),
         publisher_factory or kafka_publisher,
     )
+    paths.init_app(app)  # first: the id converters must be in place before any route is added
     errors.init_app(app)
     observability.init_app(app)
     app.register_blueprint(views.bp)

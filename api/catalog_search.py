@@ -165,10 +165,12 @@ class CatalogSearch:
             found += [
                 Product.from_record(i, r, note="shoppers who searched this chose it")
                 for i, r in records.items()
+                if r.get("deleted") != "1"  # a discontinued product's tombstone is no product
             ]
         return found
 
     def product(self, item_id: str) -> Product | None:
-        """One product straight from Redis (not the index, so a new record shows at once)."""
+        """One product straight from Redis (not the index, so a new record shows at once); None when
+        unknown or deleted."""
         record = self.recommender.reader.catalog([item_id]).get(item_id)
-        return Product.from_record(item_id, record) if record else None
+        return Product.from_record(item_id, record) if record and record.get("deleted") != "1" else None

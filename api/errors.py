@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 log = logging.getLogger("streamrec.api")
 
@@ -20,6 +20,7 @@ NOT_FOUND = 1404
 METHOD_NOT_ALLOWED = 1405
 UNAUTHORIZED = 1401
 FORBIDDEN = 1403
+CONFLICT = 1409
 RATE_LIMITED = 1429
 BODY_TOO_LARGE = 1413
 UNSUPPORTED_MEDIA = 1415
@@ -48,12 +49,18 @@ def init_app(app: Flask) -> None:
     def _api_error(exc: ApiError):  # type: ignore[no-untyped-def]
         return jsonify(error_body(exc.code, exc.msg, exc.details)), exc.status
 
+    @app.errorhandler(MethodNotAllowed)
+    def _method_not_allowed(exc: MethodNotAllowed):  # type: ignore[no-untyped-def]
+        allowed = ", ".join(sorted(exc.valid_methods or []))
+        resp = jsonify(error_body(METHOD_NOT_ALLOWED, f"method not allowed here; allowed: {allowed}"))
+        resp.headers["Allow"] = allowed  # RFC 9110 §15.5.6: a 405 lists the methods the resource supports
+        return resp, 405
+
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
         status = exc.code or 500
         msg = {
             404: "no such endpoint; see README.md for the API",
-            405: f"method not allowed here; allowed: {', '.join(sorted(getattr(exc, 'valid_methods', None) or []))}",
             413: "request body too large",
         }.get(status, exc.description or exc.name)
         return jsonify(error_body(_HTTP_CODES.get(status, 1000 + status), msg)), status

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import redis
 from flask import Flask, current_app
 
-from streamrec.contract import CatalogItem, Event
+from streamrec.contract import CatalogItem, Event, ItemDeletion, TimePolicy, UserErasure
 from streamrec.recommend import Recommender
 from streamrec.settings import Settings
 
@@ -27,6 +27,8 @@ class Publisher(Protocol):
 
     def publish_event(self, event: Event) -> Any: ...
     def publish_item(self, item: CatalogItem) -> Any: ...
+    def publish_deletion(self, deletion: ItemDeletion) -> Any: ...
+    def publish_erasure(self, erasure: UserErasure) -> Any: ...
     def flush(self, timeout: float | None = None) -> None: ...
 
 
@@ -47,6 +49,11 @@ class Services:
     publisher_factory: Callable[[Settings], Publisher]
     _publisher: Publisher | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def time_policy(self) -> TimePolicy:
+        """The time rule every ``ts`` this API receives follows (``STREAMREC_MAX_FUTURE_SKEW_MS``)."""
+        return TimePolicy(max_future_skew_ms=self.settings.max_future_skew_ms)
 
     @property
     def publisher(self) -> Publisher:

@@ -13,7 +13,8 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
-from streamrec.contract import CatalogItem, Event
+from streamrec.contract import HAS_TEXT_PATTERN, ID_PATTERN, CatalogItem, Event
+from streamrec.event_types import TYPES, EventType
 from streamrec.settings import Settings
 
 bp = Blueprint("docs", __name__)
@@ -23,12 +24,55 @@ UNDOCUMENTED_PREFIXES = ("storefront.", "static")
 REF = "#/components/schemas/{model}"
 
 
-def _schemas() -> dict[str, Any]:
+ID_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": ID_PATTERN}
+
+
+def _variant_name(kind: EventType) -> str:
+    return "".join(word.capitalize() for word in kind.value.split("_")) + "Event"
+
+
+def _event_schemas() -> dict[str, Any]:
+    """``Event`` as a union by ``type`` (a ``oneOf`` with a discriminator), one variant per event type:
+    each variant says which field its type needs (``query`` for a search, ``item_id`` for the others),
+    so that a client generated from the document sends only events the contract accepts."""
+    base = Event.model_json_schema(by_alias=True, ref_template=REF)
+    base.pop("$defs", None)
     out: dict[str, Any] = {}
-    for model in (Event, CatalogItem):
-        schema = model.model_json_schema(by_alias=True, ref_template=REF)
-        out.update(schema.pop("$defs", {}))
-        out[model.__name__] = schema
+    for kind in EventType:
+        needs = "item_id" if TYPES[kind].needs_item else "query"
+        properties = dict(base["properties"])
+        properties["type"] = {"const": kind.value, "type": "string"}
+        properties[needs] = next(s for s in properties[needs]["anyOf"] if s.get("type") != "null")
+        out[_variant_name(kind)] = {
+            **base,
+            "title": _variant_name(kind),
+            "description": f"A {kind.value} event: it needs '{needs}'.",
+            "properties": properties,
+            "required": [*base["required"], needs],
+        }
+    out["Event"] = {
+        "description": base["description"],
+        "oneOf": [{"$ref": REF.format(model=_variant_name(kind))} for kind in EventType],
+        "discriminator": {
+            "propertyName": "type",
+            "mapping": {kind.value: REF.format(model=_variant_name(kind)) for kind in EventType},
+        },
+    }
+    return out
+
+
+def _schemas() -> dict[str, Any]:
+    out: dict[str, Any] = _event_schemas()
+    item = CatalogItem.model_json_schema(by_alias=True, ref_template=REF)
+    out["CatalogItem"] = item
+    out["CatalogItemUpdate"] = {
+        **item,
+        "title": "CatalogItemUpdate",
+        "description": "A catalog record without its item_id, which the path gives (the body may repeat "
+        "it; a different one is a 400).",
+        "properties": {k: v for k, v in item["properties"].items() if k != "item_id"},
+        "required": [r for r in item.get("required", []) if r != "item_id"],
+    }
     nullable_str = {"type": ["string", "null"]}
     out.update(
         {
@@ -77,6 +121,20 @@ def _schemas() -> dict[str, Any]:
                     "event_ids": {"type": "array", "items": {"type": "string"}},
                 },
             },
+            "Deletion": {
+                "type": "object",
+                "required": ["accepted", "item_id"],
+                "properties": {"accepted": {"const": 1}, "item_id": {"type": "string"}},
+            },
+            "Erasure": {
+                "type": "object",
+                "required": ["accepted", "user_id", "erasure_id"],
+                "properties": {
+                    "accepted": {"const": 1},
+                    "user_id": {"type": "string"},
+                    "erasure_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                },
+            },
             "Status": {
                 "type": "object",
                 "required": ["status"],
@@ -101,11 +159,13 @@ def _ok(schema: str, status: str = "200", what: str = "OK") -> dict[str, Any]:
 
 
 ERRORS = {
-    "400": "bad JSON, wrong types, unknown fields or a bad query parameter",
+    "400": "bad JSON, wrong types, unknown fields, a batch over the limit, a bad id in the path or a bad "
+    "query parameter",
     "401": "no API key, or not a valid one (when keys are configured)",
     "403": "the key's role may not do this",
-    "404": "no such path (an id holding '/', say)",
-    "413": "the body or the batch is too large",
+    "404": "no such path, or no such item",
+    "409": "the request conflicts with the current state (nothing to roll back to)",
+    "413": "the body is larger than 4 MiB",
     "415": "the body is not application/json",
     "429": "too many writes for this key; see Retry-After",
     "503": "Redis or Kafka is unavailable; retry",
@@ -139,8 +199,15 @@ def _query(name: str, schema: dict[str, Any], what: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": what}
 
 
-def _path(name: str, what: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": what}
+def _path(name: str, what: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A path parameter; an id by default (the contract's id rule; send '/' as %2F, '%' as %25)."""
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": ID_SCHEMA if schema is None else schema,
+        "description": f"{what}, percent-encoded (a '/' in it as %2F)",
+    }
 
 
 def _body(schema: dict[str, Any]) -> dict[str, Any]:
@@ -156,10 +223,15 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
     """(Flask endpoint, method) -> the operation; the path comes from the app's own URL map."""
     k = _query("k", {"type": "integer", "minimum": 1, "maximum": settings.max_k}, "how many items")
     category = _query("category", {"type": "string", "maxLength": 128}, "only items of this category")
-    explain = _query("explain", {"type": "boolean"}, "add each item's reason and source")
+    explain = _query(
+        "explain",
+        {"type": "boolean"},
+        "add each item's reason and source: exactly true or false (anything else, empty included, is a 400)",
+    )
     reads = {**_errors("400", "503")}
     event = {"$ref": REF.format(model="Event")}
     item = {"$ref": REF.format(model="CatalogItem")}
+    item_update = {"$ref": REF.format(model="CatalogItemUpdate")}
     events_body = {
         "oneOf": [event, {"type": "array", "items": event, "minItems": 1, "maxItems": settings.max_batch}]
     }
@@ -169,7 +241,9 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
     version_body = {
         "type": "object",
         "required": ["version"],
-        "properties": {"version": {"type": "string", "minLength": 1, "maxLength": 128}},
+        "properties": {
+            "version": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": HAS_TEXT_PATTERN}
+        },
         "additionalProperties": False,
     }
     ops: dict[tuple[str, str], dict[str, Any]] = {
@@ -187,7 +261,7 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
             "parameters": [
                 _path("item_id", "the item"),
                 k,
-                _query("user_id", {"type": "string", "maxLength": 128}, "leave out what this user bought"),
+                _query("user_id", ID_SCHEMA, "leave out what this user bought"),
                 explain,
             ],
             "responses": {**_ok("Answer"), **reads, **_errors("404")},
@@ -205,9 +279,33 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
             "security": _write_security(),
             "responses": {**_ok("Accepted", "202", "Kafka acknowledged every event"), **write_errors},
         },
+        ("v1.get_item", "get"): {
+            "parameters": [_path("item_id", "the item")],
+            "responses": {
+                **_ok("CatalogItem", "200", "the stored catalog record"),
+                **reads,
+                **_errors("404"),
+            },
+        },
+        ("v1.delete_item", "delete"): {
+            "parameters": [_path("item_id", "the item")],
+            "security": _write_security(),
+            "responses": {
+                **_ok("Deletion", "202", "Kafka acknowledged the deletion; the worker applies it"),
+                **_errors("400", "401", "403", "404", "429", "503"),
+            },
+        },
+        ("v1.delete_user", "delete"): {
+            "parameters": [_path("user_id", "the shopper")],
+            "security": _write_security(),
+            "responses": {
+                **_ok("Erasure", "202", "Kafka acknowledged the erasure; the worker applies it"),
+                **_errors("400", "401", "403", "404", "429", "503"),
+            },
+        },
         ("v1.put_item", "put"): {
             "parameters": [_path("item_id", "the item")],
-            "requestBody": _body(item),
+            "requestBody": _body(item_update),
             "security": _write_security(),
             "responses": {
                 **_ok("Accepted", "202", "Kafka acknowledged the record"),
@@ -223,7 +321,7 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
         ("v1.healthz", "get"): {"responses": _ok("Status")},
         ("v1.readyz", "get"): {"responses": {**_ok("Status"), **_errors("503")}},
         ("v1.placeholder_image", "get"): {
-            "parameters": [_path("item_id", "the item")],
+            "parameters": [_path("item_id", "the item", {"type": "string"})],
             "responses": {
                 "200": {
                     "description": "an SVG drawing",
@@ -263,7 +361,7 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
         },
         ("admin.rollback_model", "post"): {
             "security": [{"bearer": []}, {"apiKey": []}],
-            "responses": {**_ok("Status"), **admin_errors, **_errors("404")},
+            "responses": {**_ok("Status"), **admin_errors, **_errors("404", "409")},
         },
     }
     return ops

@@ -1,13 +1,15 @@
-"""Query-parameter parsing with messages a person understands."""
+"""Query-parameter and path-id parsing with messages a person understands."""
 
 from __future__ import annotations
 
 from flask import Request
 
 from streamrec.api.errors import INVALID_PARAMETER, ApiError
+from streamrec.contract import id_problem
 
-TRUE = {"1", "true", "yes", "on"}
-FALSE = {"0", "false", "no", "off", ""}
+# Booleans are exactly what the OpenAPI document's ``type: boolean`` serialises to; anything else,
+# an empty value included, is a 400 rather than a guess.
+BOOLEANS = {"true": True, "false": False}
 
 
 def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -35,12 +37,29 @@ def str_param(request: Request, name: str, max_len: int = 128) -> str | None:
 
 
 def bool_param(request: Request, name: str) -> bool:
-    raw = request.args.get(name, "").strip().lower()
-    if raw in TRUE:
-        return True
-    if raw in FALSE:
+    """``true`` or ``false``; False when the parameter is absent; a 400 for anything else."""
+    raw = request.args.get(name)
+    if raw is None:
         return False
+    if raw in BOOLEANS:
+        return BOOLEANS[raw]
     raise ApiError(400, INVALID_PARAMETER, f"'{name}' must be true or false, got {raw!r}")
+
+
+def id_param(request: Request, name: str) -> str | None:
+    """An optional id in the query string, under the contract's id rule (so an empty value is a 400)."""
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    return check_id(name, raw, "query parameter")
+
+
+def check_id(name: str, value: str, where: str = "path") -> str:
+    """``value`` if it is an id the contract accepts, else a 400 naming the rule it breaks."""
+    problem = id_problem(value)
+    if problem:
+        raise ApiError(400, INVALID_PARAMETER, f"'{name}' ({where}) {problem}", {"field": name})
+    return value
 
 
 def list_param(request: Request, name: str, max_items: int = 100) -> list[str]:

@@ -4,7 +4,7 @@ Keys come from ``STREAMREC_API_KEYS`` and/or the file named by ``STREAMREC_API_K
 secret), one entry per comma or line: ``name=secret[:role]``. A role says what a key may do:
 
 - ``events``: only ``POST /v1/events`` — a publishable key, safe to hand to a browser (the storefront);
-- ``write`` (the default): events and catalog upserts;
+- ``write`` (the default): events, catalog upserts and deletions, and user erasures;
 - ``admin``: everything, including ``/v1/admin/...`` (model switch and rollback).
 
 Callers send ``Authorization: Bearer <secret>`` or ``X-API-Key: <secret>``. A presented secret is
@@ -43,6 +43,8 @@ NEEDS: dict[str, Role] = {
     "v1.post_events": "events",
     "v1.put_item": "write",
     "v1.post_items": "write",
+    "v1.delete_item": "write",
+    "v1.delete_user": "write",
 }
 ADMIN_PREFIX = "admin."
 GRANTS: dict[Role, set[Role]] = {
@@ -244,7 +246,7 @@ def _cors(resp: Response) -> Response:
         resp.headers.add("Vary", "Origin")
         resp.headers["Access-Control-Expose-Headers"] = "Retry-After"
         if request.method == "OPTIONS":
-            resp.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, OPTIONS"
+            resp.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS"
             resp.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization, X-API-Key"
             resp.headers["Access-Control-Max-Age"] = "600"
     return resp

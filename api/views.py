@@ -7,6 +7,7 @@ import socket
 import uuid
 import zlib
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from flask import Blueprint, Response, jsonify, request
@@ -19,13 +20,23 @@ from streamrec.api.errors import (
     INVALID_EVENT,
     INVALID_ITEM,
     INVALID_JSON,
+    NOT_FOUND,
     UNAVAILABLE,
     UNSUPPORTED_MEDIA,
     ApiError,
 )
 from streamrec.api.extensions import Services, services
-from streamrec.api.params import bool_param, int_param, list_param, str_param
-from streamrec.contract import CatalogItem, Event, Rejection, decode_event, decode_item
+from streamrec.api.params import bool_param, check_id, id_param, int_param, list_param, str_param
+from streamrec.contract import (
+    CatalogItem,
+    Event,
+    ItemDeletion,
+    Rejection,
+    TimePolicy,
+    UserErasure,
+    decode_event,
+    decode_item,
+)
 from streamrec.recommend import Answer
 
 bp = Blueprint("v1", __name__)
@@ -51,18 +62,27 @@ def _float(value: str | None) -> float | None:
         return None
 
 
+def placeholder_url(item_id: str) -> str:
+    """The path of the item's generated placeholder image (``placeholder_image``)."""
+    return f"/static/img/{quote(item_id, safe='')}.svg"
+
+
 def _shape(answer: Answer, explain: bool, **extra: Any) -> dict[str, Any]:
-    """The answer as JSON: ids, scores and catalog fields, with a fresh recommendation_id."""
+    """The answer as JSON: ids, scores and catalog fields, with a fresh recommendation_id.
+
+    A field the catalog record lacks (or leaves empty) is null, but for ``image_url``, which is then the
+    item's placeholder image.
+    """
     items = []
     for r in answer.items:
         record = answer.catalog.get(r.item_id, {})
         row: dict[str, Any] = {
             "item_id": r.item_id,
             "score": round(r.score, 6),
-            "title": record.get("title"),
+            "title": record.get("title") or None,
             "price": _float(record.get("price")),
-            "image_url": record.get("image_url"),
-            "category": record.get("category"),
+            "image_url": record.get("image_url") or placeholder_url(r.item_id),
+            "category": record.get("category") or None,
             "in_stock": record.get("in_stock", "1") != "0",
         }
         if explain:
@@ -104,6 +124,7 @@ def _k(svc: Services) -> int:
 @_redis_guard
 def recommendations(user_id: str):  # type: ignore[no-untyped-def]
     """Personalised recommendations, with fallbacks for users the state does not know."""
+    check_id("user_id", user_id)
     svc = services()
     k = _k(svc)
     category = str_param(request, "category")
@@ -117,9 +138,10 @@ def recommendations(user_id: str):  # type: ignore[no-untyped-def]
 @_redis_guard
 def similar(item_id: str):  # type: ignore[no-untyped-def]
     """Items shoppers acted on together with this one ("also viewed / bought together")."""
+    check_id("item_id", item_id)
     svc = services()
     k = _k(svc)
-    user_id = str_param(request, "user_id")
+    user_id = id_param(request, "user_id")
     explain = bool_param(request, "explain")
     return ok(_shape(svc.recommender.similar(item_id, k, user_id=user_id), explain, item_id=item_id))
 
@@ -165,15 +187,48 @@ def _decode_all(rows: list[Any], decode, code: int, what: str) -> list:  # type:
     return good
 
 
-def _publish(records: list[Event] | list[CatalogItem]) -> None:
-    """Publish events or catalog records and wait until Kafka acknowledged all of them."""
+# A field that makes a record an erasure or a deletion, refused where only events or catalog records
+# are taken: each of those has its own endpoint (and, for erasure, its own meaning to the worker).
+NOT_HERE = {
+    "erase_user": "a user is erased with DELETE /v1/users/{user_id}",
+    "deleted": "an item is deleted with DELETE /v1/items/{item_id}",
+}
+
+
+def _decoder(decode, policy: TimePolicy, refused: str):  # type: ignore[no-untyped-def]
+    """``decode`` under the API's time policy, with rows holding the ``refused`` field turned down."""
+
+    def only(row: dict[str, Any]) -> Event | CatalogItem | Rejection:
+        if refused in row:
+            problem = f"is not a field of this record ({NOT_HERE[refused]})"
+            return Rejection(f"{refused}: {problem}", [{"field": refused, "problem": problem}])
+        result = decode(row, policy)
+        assert not isinstance(result, UserErasure | ItemDeletion)
+        return result  # type: ignore[no-any-return]
+
+    return only
+
+
+Record = Event | CatalogItem | ItemDeletion | UserErasure
+
+
+def _send(publisher: Any, record: Record) -> Any:
+    if isinstance(record, Event):
+        return publisher.publish_event(record)
+    if isinstance(record, CatalogItem):
+        return publisher.publish_item(record)
+    if isinstance(record, ItemDeletion):
+        return publisher.publish_deletion(record)
+    return publisher.publish_erasure(record)
+
+
+def _publish(records: list[Event] | list[CatalogItem] | list[ItemDeletion] | list[UserErasure]) -> None:
+    """Publish records and wait until Kafka acknowledged all of them."""
     svc = services()
     publisher = None
     try:
         publisher = svc.publisher
-        futures = [
-            publisher.publish_event(r) if isinstance(r, Event) else publisher.publish_item(r) for r in records
-        ]
+        futures = [_send(publisher, r) for r in records]
         publisher.flush(timeout=10)
         for future in futures:
             future.get(timeout=10)  # flush() does not raise for a delivery that failed; get() does
@@ -191,7 +246,8 @@ def _batch(code: int, what: str) -> list[Any]:
     rows = body if isinstance(body, list) else [body]
     limit = services().settings.max_batch
     if len(rows) > limit:
-        raise ApiError(413, BATCH_TOO_LARGE, f"a batch holds at most {limit} {what}, got {len(rows)}")
+        # a 400, not a 413: the count is a rule of the request (the document's maxItems), not its size in bytes
+        raise ApiError(400, BATCH_TOO_LARGE, f"a batch holds at most {limit} {what}, got {len(rows)}")
     if not rows:
         raise ApiError(400, code, "the batch is empty")
     return rows
@@ -200,14 +256,47 @@ def _batch(code: int, what: str) -> list[Any]:
 @bp.post("/v1/events")
 def post_events():  # type: ignore[no-untyped-def]
     """Validate one event or a batch, publish them to Kafka, answer 202 once the broker acknowledged."""
-    events: list[Event] = _decode_all(_batch(INVALID_EVENT, "events"), decode_event, INVALID_EVENT, "events")
+    decode = _decoder(decode_event, services().time_policy, "erase_user")
+    events: list[Event] = _decode_all(_batch(INVALID_EVENT, "events"), decode, INVALID_EVENT, "events")
     _publish(events)
     return ok({"accepted": len(events), "event_ids": [e.event_id for e in events]}, 202)
+
+
+@bp.get("/v1/items/<item_id>")
+@_redis_guard
+def get_item(item_id: str):  # type: ignore[no-untyped-def]
+    """The catalog record of one item, as stored (404 when unknown or deleted)."""
+    check_id("item_id", item_id)
+    record = services().recommender.reader.catalog([item_id]).get(item_id)
+    if not record or record.get("deleted", "") not in ("", "0") or "item_id" not in record:
+        raise ApiError(404, NOT_FOUND, f"no item {item_id!r} in the catalog (unknown, or deleted)")
+    return ok(_stored_item(record))
+
+
+def _stored_item(record: dict[str, str]) -> dict[str, Any]:
+    """A catalog hash as stored by the worker (``state.catalog_fields``), back in the contract's shape."""
+    try:
+        attributes = orjson.loads(record.get("attributes") or "{}")
+    except orjson.JSONDecodeError:
+        attributes = {}
+    ts = record.get("ts", "")
+    return {
+        "item_id": record["item_id"],
+        "title": record.get("title", ""),
+        "description": record.get("description", ""),
+        "category": record.get("category", ""),
+        "price": _float(record.get("price")),
+        "image_url": record.get("image_url", ""),
+        "in_stock": record.get("in_stock", "1") != "0",
+        "attributes": attributes if isinstance(attributes, dict) else {},
+        "ts": int(ts) if ts.isdigit() else None,
+    }
 
 
 @bp.put("/v1/items/<item_id>")
 def put_item(item_id: str):  # type: ignore[no-untyped-def]
     """Create or replace one catalog record."""
+    check_id("item_id", item_id)
     body = _json_body()
     if not isinstance(body, dict):
         raise ApiError(400, INVALID_ITEM, "expected a JSON object describing the item")
@@ -215,15 +304,34 @@ def put_item(item_id: str):  # type: ignore[no-untyped-def]
         raise ApiError(
             400, INVALID_ITEM, f"item_id in the body ({body['item_id']!r}) differs from the URL ({item_id!r})"
         )
-    items: list[CatalogItem] = _decode_all([body], decode_item, INVALID_ITEM, "items")
+    decode = _decoder(decode_item, services().time_policy, "deleted")
+    items: list[CatalogItem] = _decode_all([body], decode, INVALID_ITEM, "items")
     _publish(items)
     return ok({"accepted": 1}, 202)
+
+
+@bp.delete("/v1/items/<item_id>")
+def delete_item(item_id: str):  # type: ignore[no-untyped-def]
+    """Delete a discontinued item from the catalog and from every answer (asynchronously, through Kafka)."""
+    check_id("item_id", item_id)
+    _publish([ItemDeletion(item_id=item_id, deleted=True)])
+    return ok({"accepted": 1, "item_id": item_id}, 202)
+
+
+@bp.delete("/v1/users/<user_id>")
+def delete_user(user_id: str):  # type: ignore[no-untyped-def]
+    """Erase every trace of a user's state (the right to erasure), asynchronously, through Kafka."""
+    check_id("user_id", user_id)
+    erasure = UserErasure(erase_user=user_id, erasure_id=uuid.uuid4().hex)
+    _publish([erasure])
+    return ok({"accepted": 1, "user_id": user_id, "erasure_id": erasure.erasure_id}, 202)
 
 
 @bp.post("/v1/items")
 def post_items():  # type: ignore[no-untyped-def]
     """Create or replace catalog records in bulk."""
-    items: list[CatalogItem] = _decode_all(_batch(INVALID_ITEM, "items"), decode_item, INVALID_ITEM, "items")
+    decode = _decoder(decode_item, services().time_policy, "deleted")
+    items: list[CatalogItem] = _decode_all(_batch(INVALID_ITEM, "items"), decode, INVALID_ITEM, "items")
     _publish(items)
     return ok({"accepted": len(items)}, 202)
 

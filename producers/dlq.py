@@ -32,7 +32,7 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from streamrec.contract import Rejection, decode_catalog_record, decode_event_record
+from streamrec.contract import Rejection, decode_event, decode_item
 from streamrec.publisher import PRODUCER_DEFAULTS
 from streamrec.topics import Topics
 
@@ -398,7 +398,7 @@ def fetch_original(
 
 
 def _valid(topic: str, topics: Topics, original: bytes) -> bool:
-    decode = decode_event_record if topic == topics.events else decode_catalog_record
+    decode = decode_event if topic == topics.events else decode_item
     return not isinstance(decode(original), Rejection)
 
 

@@ -359,4 +359,18 @@ def simulate(
         start -= span_ms + span_ms // 20  # the span is only roughly span_ms: keep events in the past
     catalog = make_catalog(n_items, seed)
     events = simulate_events(catalog, n_users, n_events, seed, start, span_ms)
+    if rate:
+        events = not_ahead_of_the_clock(events)
     return publish_stream(publisher, catalog, events, rate, progress, total=n_events, desc="simulated")
+
+
+def not_ahead_of_the_clock(events: Iterator[Event]) -> Iterator[Event]:
+    """Each event as it is taken, stamped no later than the wall clock.
+
+    Sessions last minutes whatever the span, so a paced simulation's own clock runs ahead of the wall
+    clock (by hours on long runs), and receivers refuse a ``ts`` more than STREAMREC_MAX_FUTURE_SKEW_MS
+    ahead of theirs. Time order is kept: a stamped event's ``ts`` is at most the next one's.
+    """
+    for event in events:
+        now = now_ms()
+        yield event if event.ts <= now else event.model_copy(update={"ts": now})

@@ -13,6 +13,7 @@ from typing import Any
 import faust
 
 from streamrec import metrics
+from streamrec.contract import TimePolicy
 from streamrec.fold import AsyncStateWriter, async_redis_client
 from streamrec.settings import Settings, keys_of
 from streamrec.stream_processor.fold import RawMessage
@@ -37,7 +38,13 @@ def register(app: faust.App, settings: Settings) -> WorkerCounters:
     client = async_redis_client(
         settings.redis_url, settings.redis_cluster, socket_timeout=10, health_check_interval=10
     )
-    writer = AsyncStateWriter(client, keys, settings.scoring, cluster=settings.redis_cluster)
+    writer = AsyncStateWriter(
+        client,
+        keys,
+        settings.scoring,
+        cluster=settings.redis_cluster,
+        max_future_skew_ms=settings.max_future_skew_ms,
+    )
     events_topic = app.topic(topics.events, value_serializer="raw", key_serializer="raw")
     items_topic = app.topic(topics.items, value_serializer="raw", key_serializer="raw")
     dlq_topic = app.topic(topics.dlq, value_serializer="raw", key_serializer="raw")
@@ -46,7 +53,8 @@ def register(app: faust.App, settings: Settings) -> WorkerCounters:
         fut = await dlq_topic.send(key=raw.key, value=record, force=True)
         await fut
 
-    handler = BatchHandler(writer, send_dead, metrics.worker())
+    policy = TimePolicy(max_future_skew_ms=settings.max_future_skew_ms)
+    handler = BatchHandler(writer, send_dead, metrics.worker(), policy=policy)
 
     @app.agent(events_topic, name="streamrec-events")
     async def fold_events(stream: faust.StreamT) -> None:

@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 import orjson
 
 from streamrec.contract import (
+    DEFAULT_TIME_POLICY,
     CatalogItem,
     Event,
     ItemDeletion,
     Rejection,
+    TimePolicy,
     UserErasure,
-    decode_catalog_record,
-    decode_event_record,
+    decode_event,
+    decode_item,
 )
 
 
@@ -76,16 +78,21 @@ def dead_letter(msg: RawMessage, rejection: Rejection, max_original: int = MAX_O
     return orjson.dumps(record)
 
 
-def decode_batch(messages: Sequence[RawMessage], kind: str) -> Decoded:
-    """Validate each message as a record of the events topic (``kind`` "event": an event or a user's
-    erasure) or of the items topic ("item": a catalog record or a deletion)."""
-    decode = decode_event_record if kind == "event" else decode_catalog_record
+def decode_batch(
+    messages: Sequence[RawMessage], kind: str, policy: TimePolicy = DEFAULT_TIME_POLICY
+) -> Decoded:
+    """Validate each message as an events-topic record (``kind`` "event": an ``Event`` or a
+    ``UserErasure``) or an items-topic record ("item": a ``CatalogItem`` or an ``ItemDeletion``).
+
+    ``policy`` is the receiver's time rule; build it from the settings with
+    ``TimePolicy(max_future_skew_ms=settings.max_future_skew_ms)``. ``good`` keeps the topic's order.
+    """
     out = Decoded()
     for msg in messages:
         if msg.value is None:
             out.dead.append((msg, Rejection("empty message (no value)", [])))
             continue
-        result = decode(msg.value)
+        result = decode_event(msg.value, policy) if kind == "event" else decode_item(msg.value, policy)
         if isinstance(result, Rejection):
             out.dead.append((msg, result))
         else:

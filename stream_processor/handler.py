@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from streamrec import metrics
-from streamrec.contract import Event, Rejection, UserErasure
+from streamrec.contract import DEFAULT_TIME_POLICY, Event, Rejection, TimePolicy, UserErasure
 from streamrec.event_types import ATTRIBUTED_TYPES
 from streamrec.fold import APPLIED, DUPLICATE, ERASED, AsyncStateWriter, FoldResult, Refused, Source
 from streamrec.redis_conditions import call_waiting, condition
@@ -95,8 +95,10 @@ class BatchHandler:
         send_dead: SendDead,
         worker_metrics: metrics.WorkerMetrics | None = None,
         counters: WorkerCounters | None = None,
+        policy: TimePolicy = DEFAULT_TIME_POLICY,
     ) -> None:
         self.writer = writer
+        self.policy = policy
         self._send_dead = send_dead
         self.m = worker_metrics or metrics.worker()
         self.counters = counters or WorkerCounters()
@@ -152,7 +154,7 @@ class BatchHandler:
     async def handle(self, raw: Sequence[RawMessage], kind: str) -> None:
         """Process one batch of the events topic (``kind`` "event") or the items topic ("item")."""
         started = time.perf_counter()
-        decoded = decode_batch(raw, kind)
+        decoded = decode_batch(raw, kind, self.policy)
         for msg, rejection in decoded.dead:
             await self.send_dead(msg, rejection, kind, "invalid")
         if kind == "item":

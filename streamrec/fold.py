@@ -26,13 +26,12 @@ import orjson
 import redis
 import redis.asyncio
 
-from streamrec.contract import CatalogItem, Event, ItemDeletion, UserErasure
+from streamrec.contract import DEFAULT_MAX_FUTURE_SKEW_MS, CatalogItem, Event, ItemDeletion, UserErasure
 from streamrec.event_types import EventType
 from streamrec.keys import Keys, slot
 from streamrec.scoring import decay_rate, search_terms
 from streamrec.settings import ScoringSettings
 
-MAX_FUTURE_SKEW_MS = 5 * 60_000
 APPLIED, DUPLICATE, ERASED = "applied", "duplicate", "erased"
 _OUTCOME = {0: APPLIED, 1: DUPLICATE, 2: ERASED}
 
@@ -42,7 +41,9 @@ def _script() -> str:
     return resources.files("streamrec").joinpath("fold.lua").read_text(encoding="utf-8")
 
 
-def script_config(keys: Keys, s: ScoringSettings, max_future_skew_ms: int = MAX_FUTURE_SKEW_MS) -> bytes:
+def script_config(
+    keys: Keys, s: ScoringSettings, max_future_skew_ms: int = DEFAULT_MAX_FUTURE_SKEW_MS
+) -> bytes:
     """The script's configuration argument (JSON): key templates, weights, rates (per ms), bounds, TTLs."""
     return orjson.dumps(
         {
@@ -368,7 +369,7 @@ class _Writer:
         keys: Keys,
         scoring: ScoringSettings,
         cluster: bool = False,
-        max_future_skew_ms: int = MAX_FUTURE_SKEW_MS,
+        max_future_skew_ms: int = DEFAULT_MAX_FUTURE_SKEW_MS,
     ) -> None:
         self.keys = keys
         self.cluster = cluster
@@ -407,7 +408,7 @@ class StateWriter(_Writer):
         keys: Keys,
         scoring: ScoringSettings,
         cluster: bool = False,
-        max_future_skew_ms: int = MAX_FUTURE_SKEW_MS,
+        max_future_skew_ms: int = DEFAULT_MAX_FUTURE_SKEW_MS,
     ) -> None:
         super().__init__(keys, scoring, cluster, max_future_skew_ms)
         self.client = client
@@ -454,7 +455,7 @@ class AsyncStateWriter(_Writer):
         keys: Keys,
         scoring: ScoringSettings,
         cluster: bool = False,
-        max_future_skew_ms: int = MAX_FUTURE_SKEW_MS,
+        max_future_skew_ms: int = DEFAULT_MAX_FUTURE_SKEW_MS,
     ) -> None:
         super().__init__(keys, scoring, cluster, max_future_skew_ms)
         self.client = client

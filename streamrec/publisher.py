@@ -21,7 +21,7 @@ from kafka.metrics.stats import Total
 from tqdm import tqdm
 
 from streamrec import metrics
-from streamrec.contract import CatalogItem, Event
+from streamrec.contract import CatalogItem, Event, ItemDeletion, UserErasure
 from streamrec.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,16 @@ class EventPublisher:
     def publish_item(self, item: CatalogItem) -> Any:
         """Queue one catalog record on the items topic, keyed by item_id; returns the delivery future."""
         return self.publish_raw(self.topics.items, item.item_id.encode(), item.to_json())
+
+    def publish_deletion(self, deletion: ItemDeletion) -> Any:
+        """Queue an item deletion on the items topic, keyed by item_id like the item's catalog records,
+        so it is ordered after them; returns the delivery future."""
+        return self.publish_raw(self.topics.items, deletion.item_id.encode(), deletion.to_json())
+
+    def publish_erasure(self, erasure: UserErasure) -> Any:
+        """Queue a user erasure on the events topic, keyed by the user like their events, so it is ordered
+        after every event of theirs published before it; returns the delivery future."""
+        return self.publish_raw(self.topics.events, erasure.erase_user.encode(), erasure.to_json())
 
     def publish_raw(self, topic: str, key: bytes | None, value: bytes) -> Any:
         """Queue bytes as they are: the escape hatch tests use to send what the contract would refuse."""

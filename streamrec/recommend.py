@@ -69,11 +69,20 @@ class Recommender:
         self.models = models
         self.clock = clock
 
-    def _batch(self, seeds: Sequence[str]) -> tuple[str | None, dict[str, dict[str, float]]]:
-        """The active batch model's neighbours of ``seeds``, unless blending is off or there is no model."""
-        if self.models is None or self.scoring.model_blend <= 0 or not seeds:
-            return None, {}
-        return self.models.neighbours(seeds)
+    def _batch(self, seeds: Sequence[str]) -> tuple[str | None, dict[str, dict[str, float]], float]:
+        """The active batch model's neighbours of ``seeds`` and its blend share (empty: no model to blend).
+
+        The share is the one the trainer chose for that model on validation, recorded in its metadata;
+        a model without one gets ``STREAMREC_SCORING_MODEL_BLEND``.
+        """
+        if self.models is None or not seeds:
+            return None, {}, 0.0
+        version, neighbours = self.models.neighbours(seeds)
+        share = self.models.blend_share(version) if version else None
+        share = self.scoring.model_blend if share is None else share
+        if share <= 0:
+            return None, {}, 0.0
+        return version, neighbours, share
 
     def now(self) -> int:
         """Now in epoch ms: the wall clock, or the clock this recommender was given (offline evaluation
@@ -88,9 +97,8 @@ class Recommender:
         counts = self.reader.counts(every, now)
         # a neighbour with no activity left (expired or deleted) is no candidate
         live = {a: {m: c for m, c in raw[a].items() if m in counts} for a in anchors}
-        return {
-            a: normalised_neighbours(live[a], counts, counts.get(a, 1.0), s.popularity_alpha) for a in anchors
-        }
+        alpha, shrink = s.popularity_alpha, s.neighbour_shrinkage
+        return {a: normalised_neighbours(live[a], counts, counts.get(a, 1.0), alpha, shrink) for a in anchors}
 
     def _finish(
         self,
@@ -169,10 +177,10 @@ class Recommender:
         term_items = self.reader.term_items(terms, TERM_ITEMS_READ)
         neighbours = self._normalised(list(seeds), now)
         candidates = score_personal(seeds, seed_types, neighbours, term_items, s.search_blend)
-        version, batch = self._batch(list(seeds))
+        version, batch, share = self._batch(list(seeds))
         if batch:
             from_model = score_personal(seeds, seed_types, batch, {}, 0.0)
-            candidates = blend(candidates, from_model, s.model_blend)
+            candidates = blend(candidates, from_model, share)
         excluded = set(exclude) | user.bought
         if s.exclude_seen:
             excluded |= {e.item_id for e in user.history} | set(user.preferences)
@@ -196,13 +204,13 @@ class Recommender:
             item: Candidate(item, score, "customers also viewed", "item_to_item")
             for item, score in neighbours.items()
         }
-        version, batch = self._batch([item_id])
+        version, batch, share = self._batch([item_id])
         if batch:
             from_model = {
                 item: Candidate(item, w, "customers also bought", "model")
                 for item, w in batch.get(item_id, {}).items()
             }
-            candidates = blend(candidates, from_model, self.scoring.model_blend)
+            candidates = blend(candidates, from_model, share)
         ranked = rank(candidates.values(), k * 3 + 20, excluded)
         return self._finish(
             ranked, k, None, excluded, [item_id], now, "item_to_item", version if batch else None

@@ -206,21 +206,36 @@ class StateReader:
 
     def trending(self, n: int, now_ms: int, category: str | None = None) -> list[tuple[str, float]]:
         """Items gaining interest fastest: the top of the fast-decayed lists, re-scored against popularity
-        (``scoring.trending_score``). Two round trips."""
+        (``scoring.trending_score``). Two round trips per pool: the pool (the top of the fast lists) widens
+        until it holds ``n`` rising items or the whole list, since yesterday's best-sellers can fill the
+        top of the fast lists while their score is negative (falling). A wider pool reads and scores only
+        the rows it has not seen yet (their popularity with one ZMSCORE per shard)."""
         s, k = self.scoring, self.keys
-        pool = max(n * 5, 50)
-        fast = self._merged([k.trending(sh, category) for sh in range(k.shards)], 0, pool - 1)[:pool]
-        if not fast:
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        for item, _ in fast:
-            pipe.zscore(k.popular(k.shard(item), category), item)
-        slow = pipe.execute()
-        scored = [
-            (item, trending_score(fl, sl, now_ms, s.trending_halflife_ms, s.popularity_halflife_ms))
-            for (item, fl), sl in zip(fast, slow, strict=True)
-        ]
-        scored = [(item, score) for item, score in scored if score > 0 and math.isfinite(score)]
+        names = [k.trending(sh, category) for sh in range(k.shards)]
+        rows: list[tuple[str, float]] = []
+        scores: dict[str, float] = {}
+        start, pool = 0, max(n * 5, 50)
+        while True:
+            # each shard's ranks start..pool-1, with the ones read before: every shard's top pool, which
+            # holds the top pool overall
+            rows = list(heapq.merge(rows, self._merged(names, start, pool - 1), key=lambda r: (-r[1], r[0])))
+            fast = rows[:pool]
+            by_shard: dict[int, list[tuple[str, float]]] = {}
+            for item, fl in fast:
+                if item not in scores:
+                    by_shard.setdefault(k.shard(item), []).append((item, fl))
+            pipe = self.client.pipeline(transaction=False)
+            for sh, new in by_shard.items():
+                pipe.zmscore(k.popular(sh, category), [item for item, _ in new])
+            for new, slow in zip(by_shard.values(), pipe.execute(), strict=True):
+                for (item, fl), sl in zip(new, slow, strict=True):
+                    scores[item] = trending_score(
+                        fl, sl, now_ms, s.trending_halflife_ms, s.popularity_halflife_ms
+                    )
+            scored = [(i, scores[i]) for i, _ in fast if scores[i] > 0 and math.isfinite(scores[i])]
+            if len(scored) >= n or len(fast) < pool:
+                break
+            start, pool = pool, pool * 4
         scored.sort(key=lambda row: (-row[1], row[0]))
         return scored[:n]
 

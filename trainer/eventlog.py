@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from kafka import KafkaConsumer, TopicPartition
 
-from streamrec.contract import Rejection, decode_event
+from streamrec.contract import Rejection, UserErasure, decode_event
 from streamrec.event_types import EventType
 from streamrec.trainer.splits import Action
 
@@ -19,7 +19,8 @@ def read_actions(
 ) -> tuple[dict[str, list[Action]], int]:
     """Every valid event on ``topic`` as ``user -> [(type, item, ts)]`` (searches left out), and the reject count.
 
-    Duplicates (the same ``event_id`` delivered twice) count once, as in the live state.
+    Duplicates (the same ``event_id`` delivered twice) count once, as in the live state. An erased user's
+    events up to the erasure's time are left out, wherever they stand in the log.
     """
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -36,12 +37,16 @@ def read_actions(
         consumer.seek_to_beginning()
         rows: list[tuple[int, str, EventType, str]] = []
         seen: set[str] = set()
+        erased: dict[str, int] = {}
         rejected = 0
         last = time.monotonic()
         for message in consumer:
             decoded = decode_event(message.value)
             if isinstance(decoded, Rejection):
                 rejected += 1
+                continue
+            if isinstance(decoded, UserErasure):
+                erased[decoded.erase_user] = max(decoded.ts, erased.get(decoded.erase_user, 0))
                 continue
             if decoded.event_id in seen or decoded.type is EventType.SEARCH or decoded.item_id is None:
                 continue
@@ -55,5 +60,7 @@ def read_actions(
     rows.sort(key=lambda r: r[0])
     users: dict[str, list[Action]] = {}
     for ts, user, etype, item in rows:
+        if ts <= erased.get(user, -1):
+            continue
         users.setdefault(user, []).append((etype, item, ts))
     return users, rejected

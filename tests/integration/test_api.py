@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import pytest
@@ -14,7 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from streamrec.api.app import create_app
-from streamrec.contract import CatalogItem, Event, now_ms
+from streamrec.contract import CatalogItem, Event, ItemDeletion, UserErasure, now_ms
 from streamrec.devtools.localstack import ManagedProcess, free_port
 from streamrec.event_types import EventType
 from streamrec.fold import StateWriter
@@ -43,6 +44,8 @@ class FakePublisher:
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.items: list[CatalogItem] = []
+        self.deletions: list[ItemDeletion] = []
+        self.erasures: list[UserErasure] = []
         self.flushes = 0
 
     def publish_event(self, event: Event) -> Delivery:
@@ -51,6 +54,14 @@ class FakePublisher:
 
     def publish_item(self, item: CatalogItem) -> Delivery:
         self.items.append(item)
+        return Delivery()
+
+    def publish_deletion(self, deletion: ItemDeletion) -> Delivery:
+        self.deletions.append(deletion)
+        return Delivery()
+
+    def publish_erasure(self, erasure: UserErasure) -> Delivery:
+        self.erasures.append(erasure)
         return Delivery()
 
     def flush(self, timeout: float | None = None) -> None:
@@ -106,7 +117,7 @@ def seed_shop(api: Api, redis_client: redis.Redis) -> None:
                 price=12.5,
                 image_url=f"/static/img/{i}.svg",
                 in_stock=i != "d",
-                ts=1,
+                ts=T0,
             )
             for i in "abcd"
         ]
@@ -211,7 +222,7 @@ def test_category_and_exclude_parameters(api: Api, redis_client: redis.Redis) ->
 
 def test_similar_popular_and_trending(api: Api, redis_client: redis.Redis) -> None:
     seed_shop(api, redis_client)
-    similar = body(api.client.get("/v1/items/a/similar?k=5&explain=1"))["data"]
+    similar = body(api.client.get("/v1/items/a/similar?k=5&explain=true"))["data"]
     assert similar["item_id"] == "a"
     assert [i["item_id"] for i in similar["items"]] == ["c", "b"]  # the newer pair first (decay)
     assert similar["items"][0]["reason"] == "customers also viewed"
@@ -233,8 +244,18 @@ def test_k_at_its_bounds_is_accepted(api: Api) -> None:
     assert api.client.get("/v1/users/me/recommendations?k=100").status_code == 200
 
 
-def test_bad_explain_is_a_400(api: Api) -> None:
-    assert_error(api.client.get("/v1/users/me/recommendations?explain=maybe"), 400, 1004, "'explain'")
+@pytest.mark.parametrize("value", ["maybe", "", "1", "0", "True", "yes", " true"])
+def test_explain_is_exactly_true_or_false(api: Api, value: str) -> None:
+    for url in ("/v1/users/me/recommendations", "/v1/items/a/similar", "/v1/popular", "/v1/trending"):
+        resp = api.client.get(url, query_string={"explain": value})
+        assert_error(resp, 400, 1004, "'explain' must be true or false", repr(value))
+
+
+def test_explain_false_and_absent_leave_the_reason_out(api: Api, redis_client: redis.Redis) -> None:
+    seed_shop(api, redis_client)
+    for url in ("/v1/users/me/recommendations?explain=false", "/v1/users/me/recommendations"):
+        items = body(api.client.get(url))["data"]["items"]
+        assert items and all("reason" not in i for i in items)
 
 
 # --- errors in general ------------------------------------------------------------------------------
@@ -249,6 +270,24 @@ def test_wrong_method_is_a_json_405(api: Api) -> None:
     resp = api.client.delete("/v1/events")
     assert_error(resp, 405, 1405, "POST")
     assert_error(api.client.post("/v1/popular"), 405, 1405, "GET")
+
+
+@pytest.mark.parametrize("method", ["TRACE", "PATCH", "POST"])
+def test_every_405_carries_allow_listing_the_resource_methods(api: Api, method: str) -> None:
+    # RFC 9110 15.5.6: a 405 must say which methods the resource supports
+    expected = {
+        "/v1/popular": "GET, HEAD, OPTIONS",
+        "/v1/users/u%2F1/recommendations": "GET, HEAD, OPTIONS",
+        "/v1/items/a%2Fb": "DELETE, GET, HEAD, OPTIONS, PUT",
+        "/v1/users/a%2Fb": "DELETE, OPTIONS",
+        "/v1/events": "OPTIONS, POST",
+    }
+    for url, allow in expected.items():
+        resp = api.client.open(url, method=method)
+        if method == "POST" and "POST" in allow:
+            continue
+        assert_error(resp, 405, 1405, allow)
+        assert resp.headers["Allow"] == allow, url
 
 
 # --- POST /v1/events --------------------------------------------------------------------------------
@@ -279,6 +318,61 @@ def test_invalid_event_is_a_400_with_index_and_reason(api: Api) -> None:
     assert api.publisher.events == []  # nothing of a bad batch is published
 
 
+@pytest.mark.parametrize(
+    ("ts", "says"),
+    [
+        (1_700_000_000, "looks like epoch seconds"),
+        (1_700_000_000_000_000, "looks like epoch microseconds"),
+        (lambda: now_ms() + 10 * 3_600_000, "ahead of the receiver's clock, more than the 5 min allowed"),
+        (0, "before 1995"),
+    ],
+)
+def test_events_and_catalog_records_follow_one_time_policy(api: Api, ts: Any, says: str) -> None:
+    value = ts() if callable(ts) else ts
+    event = api.client.post("/v1/events", json=event_row(ts=value))
+    assert assert_error(event, 400, 1002, says)["details"][0]["errors"][0]["field"] == "ts"
+    item = api.client.put("/v1/items/P", json={"in_stock": False, "ts": value})
+    assert assert_error(item, 400, 1005, says)["details"][0]["errors"][0]["field"] == "ts"
+    bulk = api.client.post("/v1/items", json=[{"item_id": "P", "ts": value}])
+    assert_error(bulk, 400, 1005, says)
+    assert (api.publisher.events, api.publisher.items) == ([], [])
+
+
+def test_the_future_skew_is_a_setting(redis_server: ManagedProcess) -> None:
+    settings = Settings(
+        redis_prefix=f"t{uuid.uuid4().hex[:8]}",
+        redis_url=f"redis://127.0.0.1:{redis_server.port}/0",
+        max_future_skew_ms=11 * 3_600_000,
+    )
+    app, pub = build(settings)
+    ahead = now_ms() + 10 * 3_600_000
+    assert app.test_client().post("/v1/events", json=event_row(ts=ahead)).status_code == 202
+    assert app.test_client().put("/v1/items/P", json={"ts": ahead}).status_code == 202
+    assert [e.ts for e in pub.events] == [ahead] and [i.ts for i in pub.items] == [ahead]
+
+
+def test_a_catalog_update_within_the_policy_is_published_with_its_ts(api: Api) -> None:
+    ts = now_ms() - 1000
+    assert api.client.put("/v1/items/P", json={"in_stock": False, "ts": ts}).status_code == 202
+    assert [(i.item_id, i.in_stock, i.ts) for i in api.publisher.items] == [("P", False, ts)]
+
+
+def test_an_erasure_is_not_an_event(api: Api) -> None:
+    row = {"erase_user": "u1", "erasure_id": uuid.uuid4().hex, "ts": now_ms()}
+    payload = assert_error(api.client.post("/v1/events", json=row), 400, 1002, "DELETE /v1/users/")
+    assert payload["details"][0]["errors"] == [
+        {"field": "erase_user", "problem": payload["details"][0]["errors"][0]["problem"]}
+    ]
+    assert_error(api.client.post("/v1/events", json=[event_row(), row]), 400, 1002, "#1", "erase_user")
+    assert (api.publisher.events, api.publisher.erasures) == ([], [])
+
+
+def test_a_deletion_is_not_a_catalog_record(api: Api) -> None:
+    assert_error(api.client.put("/v1/items/a", json={"deleted": True}), 400, 1005, "DELETE /v1/items/")
+    assert_error(api.client.post("/v1/items", json=[{"item_id": "a", "deleted": True}]), 400, 1005, "deleted")
+    assert (api.publisher.items, api.publisher.deletions) == ([], [])
+
+
 def test_non_object_in_a_batch_is_a_400(api: Api) -> None:
     payload = assert_error(api.client.post("/v1/events", json=[event_row(), 5]), 400, 1002)
     assert payload["details"][0] == {"index": 1, "reason": "expected a JSON object, got int", "errors": []}
@@ -288,9 +382,9 @@ def test_empty_batch_is_a_400(api: Api) -> None:
     assert_error(api.client.post("/v1/events", json=[]), 400, 1002, "empty")
 
 
-def test_batch_over_the_limit_is_a_413(api: Api) -> None:
+def test_batch_over_the_limit_is_a_400(api: Api) -> None:
     rows = [event_row(event_id=f"e{i}") for i in range(1001)]
-    assert_error(api.client.post("/v1/events", json=rows), 413, 1003, "1000", "1001")
+    assert_error(api.client.post("/v1/events", json=rows), 400, 1003, "1000", "1001")
     assert api.publisher.events == []
 
 
@@ -367,6 +461,105 @@ def test_post_items_in_bulk(api: Api) -> None:
     resp = api.client.post("/v1/items", json=[{"item_id": "a"}, {"item_id": "b", "in_stock": False}])
     assert resp.status_code == 202
     assert [(i.item_id, i.in_stock) for i in api.publisher.items] == [("a", True), ("b", False)]
+
+
+def test_get_item_returns_the_stored_record(api: Api, redis_client: redis.Redis) -> None:
+    writer = StateWriter(redis_client, api.keys, api.settings.scoring)
+    record = CatalogItem(
+        item_id="SKU-1/XL",
+        title="Shirt",
+        description="Blue",
+        category="shirts",
+        price=19.5,
+        image_url="/static/img/x.svg",
+        in_stock=False,
+        attributes={"size": "XL", "colours": ["blue"]},
+        ts=T0,
+    )
+    writer.upsert_items([record])
+    resp = api.client.get("/v1/items/SKU-1%2FXL")
+    assert resp.status_code == 200, body(resp)
+    assert body(resp)["data"] == orjson.loads(record.to_json())
+
+
+def test_get_unknown_item_is_a_404_that_names_it(api: Api) -> None:
+    payload = assert_error(api.client.get("/v1/items/nope%2F1"), 404, 1404, "no item 'nope/1' in the catalog")
+    assert "endpoint" not in payload["msg"]
+
+
+def test_get_item_while_redis_is_unreachable_is_a_503(redis_down_app: Flask) -> None:
+    assert_error(redis_down_app.test_client().get("/v1/items/a"), 503, 1503, "Redis")
+
+
+def test_delete_item_publishes_a_deletion(api: Api) -> None:
+    before = now_ms()
+    resp = api.client.delete("/v1/items/SKU-1%2FXL")
+    assert resp.status_code == 202, body(resp)
+    assert body(resp)["data"] == {"accepted": 1, "item_id": "SKU-1/XL"}
+    [deletion] = api.publisher.deletions
+    assert (deletion.item_id, deletion.deleted) == ("SKU-1/XL", True)
+    assert before <= deletion.ts <= now_ms()
+    assert api.publisher.flushes >= 1
+
+
+def test_delete_user_publishes_an_erasure(api: Api) -> None:
+    resp = api.client.delete("/v1/users/acct%2F1")
+    assert resp.status_code == 202, body(resp)
+    data = body(resp)["data"]
+    [erasure] = api.publisher.erasures
+    assert data == {"accepted": 1, "user_id": "acct/1", "erasure_id": erasure.erasure_id}
+    assert erasure.erase_user == "acct/1" and len(erasure.erasure_id) == 32
+    api.client.delete("/v1/users/acct%2F1")
+    assert len({e.erasure_id for e in api.publisher.erasures}) == 2  # each erasure is its own record
+
+
+def test_deletes_that_kafka_refuses_are_a_503(redis_server: ManagedProcess) -> None:
+    settings = Settings(
+        redis_prefix=f"t{uuid.uuid4().hex[:8]}", redis_url=f"redis://127.0.0.1:{redis_server.port}/0"
+    )
+    app, _ = build(settings, BrokenPublisher())
+    assert_error(app.test_client().delete("/v1/items/a"), 503, 1503, "Kafka")
+    assert_error(app.test_client().delete("/v1/users/a"), 503, 1503, "Kafka")
+
+
+# --- ids in paths -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", ["acct/1", "SKU-1/XL", "/lead", "trail/", "a//b", "100%", "%2F", "a+b c", "é/😀"]
+)
+def test_ids_holding_slashes_reach_every_endpoint(api: Api, value: str) -> None:
+    path = quote(value, safe="")
+    recs = api.client.get(f"/v1/users/{path}/recommendations")
+    assert recs.status_code == 200 and body(recs)["data"]["user_id"] == value
+    similar = api.client.get(f"/v1/items/{path}/similar?user_id={path}")
+    assert similar.status_code == 200 and body(similar)["data"]["item_id"] == value
+    assert_error(api.client.get(f"/v1/items/{path}"), 404, 1404, f"no item {value!r}")
+    assert api.client.put(f"/v1/items/{path}", json={"title": "x"}).status_code == 202
+    assert api.client.delete(f"/v1/items/{path}").status_code == 202
+    assert api.client.delete(f"/v1/users/{path}").status_code == 202
+    assert [i.item_id for i in api.publisher.items] == [value]
+    assert [d.item_id for d in api.publisher.deletions] == [value]
+    assert [e.erase_user for e in api.publisher.erasures] == [value]
+
+
+@pytest.mark.parametrize("value", [" a", "a ", "a\tb", "\u3000", "x" * 129])
+def test_ids_the_contract_refuses_are_a_400_on_read_and_on_write(api: Api, value: str) -> None:
+    path = quote(value, safe="")
+    for method, url in [
+        ("GET", f"/v1/users/{path}/recommendations"),
+        ("GET", f"/v1/items/{path}/similar"),
+        ("GET", f"/v1/items/a/similar?user_id={path}"),
+        ("GET", f"/v1/items/{path}"),
+        ("PUT", f"/v1/items/{path}"),
+        ("DELETE", f"/v1/items/{path}"),
+        ("DELETE", f"/v1/users/{path}"),
+    ]:
+        resp = api.client.open(url, method=method, json={"title": "x"} if method == "PUT" else None)
+        assert_error(resp, 400, 1004, "_id")
+    event = api.client.post("/v1/events", json=event_row(user_id=value))
+    assert_error(event, 400, 1002, "user_id")
+    assert (api.publisher.events, api.publisher.items, api.publisher.deletions) == ([], [], [])
 
 
 # --- operations -------------------------------------------------------------------------------------

@@ -140,11 +140,11 @@ def test_keys_protect_writes_and_admin_actions_and_never_reach_the_logs(
     rollback = f"{api}/v1/admin/model/rollback"
     assert requests.post(rollback, headers={"X-API-Key": WRITER}, timeout=10).status_code == 403
     answer = requests.post(rollback, headers={"X-API-Key": ADMIN}, timeout=10)
-    assert answer.status_code == 400 and "roll back" in answer.json()["msg"]
+    assert answer.status_code == 409 and "roll back" in answer.json()["msg"]
     activate = requests.post(
         f"{api}/v1/admin/model/activate", json={"version": "nope"}, headers={"X-API-Key": ADMIN}, timeout=10
     )
-    assert activate.status_code == 400 and "no published model version" in activate.json()["msg"]
+    assert activate.status_code == 404 and "no published model version" in activate.json()["msg"]
     # reads are open
     assert requests.get(f"{api}/v1/popular", timeout=10).status_code == 200
 

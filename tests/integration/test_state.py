@@ -15,7 +15,7 @@ from itertools import count
 import pytest
 import redis
 
-from streamrec.contract import CatalogItem, Event
+from streamrec.contract import MIN_TS_MS, CatalogItem, Event
 from streamrec.event_types import EventType
 from streamrec.fold import StateWriter
 from streamrec.keys import Keys
@@ -244,7 +244,10 @@ def test_popularity_halves_per_halflife(world: World) -> None:
 
 def test_popularity_is_type_weighted_and_per_category(world: World) -> None:
     world.writer.upsert_items(
-        [CatalogItem(item_id="h1", category="hats", ts=1), CatalogItem(item_id="s1", category="shoes", ts=1)]
+        [
+            CatalogItem(item_id="h1", category="hats", ts=MIN_TS_MS),
+            CatalogItem(item_id="s1", category="shoes", ts=MIN_TS_MS),
+        ]
     )
     world.apply(ev("view", "u", "h1", T0), ev("purchase", "v", "s1", T0), ev("view", "w", "nocat", T0))
     assert dict(world.reader.popular(10, T0)) == {
@@ -266,8 +269,10 @@ def test_trending_prefers_a_fresh_burst_over_old_steady_interest(world: World) -
 
 
 def test_catalog_upsert_ignores_an_older_record(world: World) -> None:
-    new = CatalogItem(item_id="a", title="new", category="shoes", price=10.0, ts=2000)
-    old = CatalogItem(item_id="a", title="old", category="hats", price=1.0, in_stock=False, ts=1000)
+    new = CatalogItem(item_id="a", title="new", category="shoes", price=10.0, ts=MIN_TS_MS + 2000)
+    old = CatalogItem(
+        item_id="a", title="old", category="hats", price=1.0, in_stock=False, ts=MIN_TS_MS + 1000
+    )
     assert world.writer.upsert_items([new]) == 1
     assert world.writer.upsert_items([old]) == 0
     record = world.reader.catalog(["a", "missing"])
@@ -278,7 +283,9 @@ def test_catalog_upsert_ignores_an_older_record(world: World) -> None:
         "10.0",
         "1",
     )
-    newer = CatalogItem(item_id="a", title="newer", in_stock=False, attributes={"size": 42}, ts=3000)
+    newer = CatalogItem(
+        item_id="a", title="newer", in_stock=False, attributes={"size": 42}, ts=MIN_TS_MS + 3000
+    )
     assert world.writer.upsert_items([newer]) == 1
     record = world.reader.catalog(["a"])["a"]
     assert (record["title"], record["in_stock"], record["attributes"], record["price"]) == (
@@ -332,9 +339,12 @@ def shop(w: World) -> None:
     b has three more views (so it is more popular, and normalises lower); g is viewed after a 'wool hat' search.
     """
     w.writer.upsert_items(
-        [CatalogItem(item_id=i, title=f"Item {i}", category="shoes", price=10.0, ts=1) for i in "abcd"]
-        + [CatalogItem(item_id="e", title="Item e", category="shoes", in_stock=False, ts=1)]
-        + [CatalogItem(item_id=i, title=f"Item {i}", category="hats", price=5.0, ts=1) for i in "fg"]
+        [
+            CatalogItem(item_id=i, title=f"Item {i}", category="shoes", price=10.0, ts=MIN_TS_MS)
+            for i in "abcd"
+        ]
+        + [CatalogItem(item_id="e", title="Item e", category="shoes", in_stock=False, ts=MIN_TS_MS)]
+        + [CatalogItem(item_id=i, title=f"Item {i}", category="hats", price=5.0, ts=MIN_TS_MS) for i in "fg"]
     )
     for n, item in enumerate("bcdef"):
         w.views(f"u{n}", "a", item, ts=T0 + n * 10_000)

@@ -195,7 +195,7 @@ def test_an_erased_user_loses_every_trace_and_older_events_do_not_return(world: 
     t = now_ms() - 10_000
     old = [view("gone", "a", t), view("gone", "b", t + 1, "purchase")]
     world.writer.apply(old, [Source(0, 1), Source(0, 2)])
-    erasure = UserErasure(erase_user="gone", erasure_id="x1", ts=now_ms())
+    erasure = UserErasure(erase_user="gone", erasure_id=uuid.uuid4().hex, ts=now_ms())
     assert world.writer.apply([erasure], [Source(0, 3)]).outcomes == [APPLIED]
     assert [k for k in world.keys.user_keys("gone") if world.client.exists(k)] == [world.keys.erased("gone")]
     # the same events replayed (new offsets, after the dedupe claims went with the user) are refused

@@ -13,7 +13,7 @@ from flask import Flask
 
 from streamrec.api.app import create_app
 from streamrec.api.catalog_search import CatalogSearch
-from streamrec.contract import CatalogItem, Event
+from streamrec.contract import MIN_TS_MS, CatalogItem, Event
 from streamrec.devtools.localstack import ManagedProcess
 from streamrec.event_types import EventType
 from streamrec.fold import StateWriter
@@ -33,15 +33,17 @@ def shop(redis_server: ManagedProcess, redis_client: redis.Redis) -> Iterator[tu
     writer = StateWriter(redis_client, Keys(prefix), settings.scoring)
     writer.upsert_items(
         [
-            CatalogItem(item_id="red-shoe", title="Red running shoe", category="shoes", price=80.0, ts=1),
-            CatalogItem(item_id="blue-shoe", title="Blue Shoe", category="shoes", price=70.0, ts=1),
-            CatalogItem(item_id="red-hat", title="Red hat", category="hats", price=15.0, ts=1),
+            CatalogItem(
+                item_id="red-shoe", title="Red running shoe", category="shoes", price=80.0, ts=MIN_TS_MS
+            ),
+            CatalogItem(item_id="blue-shoe", title="Blue Shoe", category="shoes", price=70.0, ts=MIN_TS_MS),
+            CatalogItem(item_id="red-hat", title="Red hat", category="hats", price=15.0, ts=MIN_TS_MS),
             CatalogItem(
                 item_id="remote",
                 title="Remote image",
                 category="misc",
                 image_url="https://example.com/x.jpg",
-                ts=1,
+                ts=MIN_TS_MS,
             ),
         ]
     )
@@ -83,7 +85,7 @@ def test_a_new_catalog_record_is_searchable_at_once_and_the_index_is_bounded(
 ) -> None:
     app, writer = shop
     assert _search(app, "boot") == []
-    writer.upsert_items([CatalogItem(item_id="boot", title="Trail boot", category="shoes", ts=1)])
+    writer.upsert_items([CatalogItem(item_id="boot", title="Trail boot", category="shoes", ts=MIN_TS_MS)])
     assert _search(app, "boot") == [("boot", "")]  # the catalog grew, so the index was rebuilt
     svc = app.extensions["streamrec"]
     small = CatalogSearch(redis_client, svc.recommender.reader.keys, svc.recommender, max_items=2)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import string
 from typing import Any
 
@@ -11,7 +12,17 @@ import orjson
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from streamrec.contract import MIN_TS_MS, Event, Rejection, decode_event, decode_item, now_ms
+from streamrec.contract import (
+    ID_PATTERN,
+    MIN_TS_MS,
+    Event,
+    Rejection,
+    UserErasure,
+    decode_event,
+    decode_item,
+    id_problem,
+    now_ms,
+)
 from streamrec.event_types import EventType
 from streamrec.stream_processor.fold import RawMessage, decode_batch
 
@@ -37,6 +48,9 @@ event_like = st.dictionaries(
 printable = st.characters(blacklist_categories=("Cc", "Cs"))
 ids = st.text(printable, min_size=1, max_size=64).map(str.strip).filter(bool)
 ids128 = st.text(printable, min_size=1, max_size=128).map(str.strip).filter(bool)
+# any string at all, with the characters the id rule is about drawn often
+edgy = st.sampled_from(" \t\n\x00\x1f\x7f\x85\xa0\u2028\u3000\ufeff/%+?#.é😀")
+any_text = st.text(st.characters(codec="utf-8") | edgy, max_size=130)
 
 
 @st.composite
@@ -64,7 +78,7 @@ def _dumps(value: Any) -> bytes:
 
 
 def _answers(result: object) -> None:
-    assert isinstance(result, Event | Rejection), result
+    assert isinstance(result, Event | UserErasure | Rejection), result
     if isinstance(result, Rejection):
         assert isinstance(result.reason, str) and result.reason.strip(), result
         assert "Traceback" not in result.reason
@@ -157,3 +171,16 @@ def test_ids_with_control_characters_are_refused_naming_the_field(
     row[field] = f"x{char}y"
     result = decode_event(row)
     assert isinstance(result, Rejection) and f"{field}: must not contain control characters" in result.reason
+
+
+@given(any_text)
+@example("a\n")  # Python's '$' also matches before a final newline; the rule and the pattern must not
+@example("\u3000")
+@example(" ")
+def test_the_id_rule_and_its_openapi_pattern_agree(value: str) -> None:
+    by_pattern = 1 <= len(value) <= 128 and re.fullmatch(ID_PATTERN, value) is not None
+    assert (id_problem(value) is None) == by_pattern, repr(value)
+    event = decode_event({"event_id": "e", "type": "view", "user_id": value, "item_id": "i"})
+    assert isinstance(event, Event) == by_pattern
+    if isinstance(event, Event):
+        assert event.user_id == value  # byte for byte: nothing stripped or normalised
