@@ -125,6 +125,11 @@ class Rewound:
     members: int = 0
 
 
+def _without_acl_operations(obj: dict[str, Any]) -> dict[str, Any]:
+    obj.pop("authorized_operations", None)
+    return obj
+
+
 def rewind_group(
     bootstrap: str,
     group: str,
@@ -138,23 +143,28 @@ def rewind_group(
 
     For a Redis restored from AOF or a backup, whose watermarks lie below what the group committed: the
     workers then fold what Redis lost, once. Raises ``RuntimeError`` if the group has active members
-    (stop the workers first) or the broker refuses a commit.
+    (stop the workers first) or the broker refuses a commit (Tansu can keep a stopped Faust worker listed
+    as a member: see README, "Limits of the local broker").
     """
     from kafka import TopicPartition
     from kafka.admin import KafkaAdminClient
     from kafka.structs import OffsetAndMetadata
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="streamrec-rewind")
+    # kafka-python always asks for the group's authorized operations and fails on a code its enum lacks
+    # (Tansu answers 15); the members are all this needs, so the operations are dropped unread
+    admin._process_acl_operations = _without_acl_operations  # type: ignore[method-assign]
     try:
         try:
             described = admin.describe_groups([group]).get(group) or {}
-        except ValueError:  # kafka-python cannot parse Tansu's answer (an unknown ACL operation)
-            described = {}
+        except ValueError as exc:  # not knowing whether workers are running is a reason to stop
+            raise RuntimeError(f"cannot tell whether consumer group {group!r} has members: {exc}") from exc
         members = len(described.get("members") or [])
         out = Rewound(members=members)
         if members:
             raise RuntimeError(
-                f"consumer group {group!r} has {members} active members: stop the workers first"
+                f"consumer group {group!r} has {members} active members (state "
+                f"{described.get('group_state')}): stop the workers first"
             )
         committed = admin.list_group_offsets({group: None}).get(group, {})
         wanted: dict[TopicPartition, OffsetAndMetadata] = {}
