@@ -105,6 +105,8 @@ def normalised_neighbours(
 
 @dataclass(frozen=True)
 class HistoryEntry:
+    """One entry of a user's recent history: item, time (epoch ms) and event type."""
+
     item_id: str
     ts: int
     type: str
@@ -121,6 +123,7 @@ class Candidate:
     best: float = field(default=0.0, repr=False)
 
     def add(self, amount: float, reason: str, source: str) -> None:
+        """Add ``amount`` (a score contribution) to this candidate; the largest single contribution names its reason and source."""
         self.score += amount
         if amount > self.best:
             self.best, self.reason, self.source = amount, reason, source

@@ -137,6 +137,7 @@ class TrainerSettings(BaseSettings):
 
     @property
     def budget_bytes(self) -> int:
+        """The trainer's memory budget in bytes (``memory_budget_mb`` MiB)."""
         return self.memory_budget_mb << 20
 
 

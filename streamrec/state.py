@@ -48,7 +48,7 @@ def parse_history(raw: Iterable[bytes | str]) -> list[HistoryEntry]:
 
 
 def parse_searches(raw: Iterable[bytes | str]) -> list[tuple[int, list[str]]]:
-    """Search entries ``ts|term\\tterm…`` as (ts ms, terms), newest first."""
+    r"""Search entries ``ts|term\tterm…`` as (ts ms, terms), newest first."""
     out = []
     for entry in raw:
         ts, _, terms = (_text(entry) or "").partition("|")

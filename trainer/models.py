@@ -52,6 +52,9 @@ class Matrix:
 
     @classmethod
     def from_split(cls, split: Split, type_weights: Mapping[str, float] | None = None) -> Matrix:
+        """The users x items interaction matrix of ``split``'s training actions, each weighted by its event type
+        (``type_weights``, relative to a purchase; None: binary), with each user's item sequence for SLIST.
+        """
         items = list(split.items)
         item_index = {item: n for n, item in enumerate(items)}
         users = list(split.train)
@@ -235,7 +238,7 @@ def slist(
 
 
 def item_knn(X: sp.csr_matrix, kind: str, k: int = 100) -> sp.csr_matrix:
-    """implicit's item-kNN similarity (``cosine`` or ``bm25``), K neighbours per item, as items x items."""
+    """Item-kNN similarity from implicit (``cosine`` or ``bm25``), K neighbours per item, as items x items."""
     from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
 
     model = CosineRecommender(K=k) if kind == "cosine" else BM25Recommender(K=k)
@@ -247,7 +250,7 @@ def item_knn(X: sp.csr_matrix, kind: str, k: int = 100) -> sp.csr_matrix:
 
 
 def als(X: sp.csr_matrix, factors: int = 64, regularization: float = 0.05, iterations: int = 15):
-    """implicit's ALS (CPU, seeded): returns ``(user_factors, item_factors)``."""
+    """ALS from implicit (CPU, seeded): returns ``(user_factors, item_factors)``."""
     from implicit.cpu.als import AlternatingLeastSquares
 
     with threadpool_limits(1, "blas"):  # implicit's advice: its own threads, not OpenBLAS's

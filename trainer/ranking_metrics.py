@@ -20,6 +20,7 @@ class Result:
     tail_share: float = 0.0  # share of shown items with fewer than TAIL_SUPPORT training interactions
 
     def as_dict(self) -> dict[str, float | str | int]:
+        """The figures as a JSON-ready dict, floats rounded to 6 places."""
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 

@@ -62,6 +62,7 @@ class Split:
 
     @property
     def n_events(self) -> int:
+        """Events in the split: training actions plus held-out targets."""
         return sum(len(a) for a in self.train.values()) + sum(len(t) for t in self.targets.values())
 
     def everything(self) -> Split:

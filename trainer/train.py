@@ -43,11 +43,13 @@ class Config:
 
     @property
     def name(self) -> str:
+        """The configuration as written in reports, e.g. ``ease(l2=500)``."""
         args = ",".join(f"{k}={v:g}" for k, v in self.params)
         return f"{self.family}({args})" if args else self.family
 
     @property
     def dense(self) -> bool:
+        """Whether the family fits a dense items x items matrix (SLIST, EASE), which the memory budget bounds."""
         return self.family in DENSE_FAMILIES
 
     def type_weights(self) -> dict[str, float] | None:
@@ -87,6 +89,7 @@ class TrainedModel:
     skipped: list[str] = field(default_factory=list)
 
     def meta(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The model's metadata stored with its rows: family, parameters, neighbour counts, the chosen blend share and its validation, plus ``extra``."""
         counts = np.diff(self.table.indptr)
         meta: dict[str, Any] = {
             "family": self.config.family,

@@ -110,8 +110,9 @@ def test_eval_reports_every_model_and_two_runs_agree(
     assert not list(redis_client.scan_iter(match="eval-*", count=1000))  # its keyspace is cleaned up
 
 
-@needs_dataset("amazon-beauty")
 def test_eval_explains_bad_arguments(tmp_path: Path) -> None:
+    tiny = tmp_path / "tiny.txt"  # the sequence format: a user, then their items in order
+    tiny.write_text("u1 1 2 3\nu2 2 3 4\nu3 1 3 4\n")
     proc = subprocess.run(
         [
             sys.executable,
@@ -134,7 +135,7 @@ def test_eval_explains_bad_arguments(tmp_path: Path) -> None:
             "streamrec.cli",
             "eval",
             "--dataset",
-            str(BEAUTY),
+            str(tiny),
             "--format",
             "seq",
             "--models",
