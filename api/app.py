@@ -9,6 +9,7 @@ import redis
 from flask import Flask
 
 from streamrec.api import admin, errors, observability, openapi, paths, security, storefront, views
+from streamrec.api.cache import ProcessCache
 from streamrec.api.extensions import EXTENSION, Publisher, Services, kafka_publisher
 from streamrec.fold import redis_client as redis_client_for
 from streamrec.modelstore import ModelStore
@@ -43,7 +44,12 @@ def create_app(
     app.extensions[EXTENSION] = Services(
         settings,
         client,
-        Recommender(reader, settings.scoring, ModelStore(client, keys_of(settings))),
+        Recommender(
+            reader,
+            settings.scoring,
+            ModelStore(client, keys_of(settings)),
+            cache=ProcessCache.from_settings(settings),
+        ),
         publisher_factory or kafka_publisher,
     )
     paths.init_app(app)  # first: the id converters must be in place before any route is added
