@@ -56,6 +56,9 @@ class Answer:
     model_version: str | None = None
 
 
+INCOMPLETE = Answer("empty", [])  # what a pass that still lacks reads computes (never served)
+
+
 def _usable(record: dict[str, str] | None, category: str | None) -> bool:
     """In stock, not deleted, and in ``category`` when one is asked for (items without a record pass)."""
     if record is not None and (record.get("in_stock") == "0" or record.get("deleted") == "1"):
@@ -157,6 +160,8 @@ class Recommender:
         The fallback uses the categories of the ``fallback_from`` items.
         """
         catalog = snap.catalog(dict.fromkeys([*(c.item_id for c in ranked), *fallback_from]))
+        if not snap.complete:
+            return INCOMPLETE
         fallback_categories = [
             catalog[i]["category"] for i in fallback_from if catalog.get(i, {}).get("category")
         ]
@@ -179,6 +184,8 @@ class Recommender:
             while len(picked) < k:
                 rows = snap.popular(page, cat, offset)
                 catalog.update(snap.catalog(item for item, _ in rows if item not in catalog))
+                if not snap.complete:
+                    return INCOMPLETE
                 for item, score in rows:
                     if len(picked) >= k:
                         break
@@ -220,6 +227,8 @@ class Recommender:
         term_items = snap.term_items(terms, TERM_ITEMS_READ)
         neighbours = snap.neighbours(list(seeds))
         candidates = score_personal(seeds, seed_types, neighbours, term_items, s.search_blend)
+        if not snap.complete:  # read what these need first: no ranking of half the candidates
+            return INCOMPLETE
         version, batch = self._batch(snap, list(seeds))
         if batch:
             from_model = score_personal(seeds, seed_types, batch, {}, 0.0)
@@ -242,6 +251,8 @@ class Recommender:
 
     def _similar(self, snap: Snapshot, item_id: str, k: int) -> Answer:
         neighbours = snap.neighbours([item_id])[item_id]
+        if not snap.complete:
+            return INCOMPLETE
         excluded = {item_id} | (snap.user.bought if snap.user is not None else set())
         candidates = {
             item: Candidate(item, score, "customers also viewed", "item_to_item")

@@ -217,7 +217,7 @@ class StateReader:
         for category, n in reads.popular:
             shards = [next(replies) for _ in range(k.shards)]
             rows = [((_text(m) or ""), float(w)) for shard in shards for m, w in shard]
-            result.popular[(category, n)] = heapq.nsmallest(len(rows), rows, key=lambda r: (-r[1], r[0]))
+            result.popular[(category, n)] = heapq.nsmallest(n, rows, key=lambda r: (-r[1], r[0]))
         if version_of is not None:
             raw = next(replies) if check else self.client.hget(k.version(version_of), "n")
             result.version = int(raw or 0)
