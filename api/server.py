@@ -21,8 +21,8 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         self.options = {
             "bind": f"{settings.api_host}:{settings.api_port}",
             "workers": settings.api_workers,
-            "worker_class": "gthread",
-            "threads": 4,
+            "worker_class": settings.api_worker_class,
+            "threads": settings.api_threads,
             "timeout": 30,
             "graceful_timeout": 10,
             "keepalive": 5,
