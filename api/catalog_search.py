@@ -58,6 +58,7 @@ class Product:
 
     @classmethod
     def from_record(cls, item_id: str, record: dict[str, str], note: str = "") -> Product:
+        """The product an answer shows for item_id, from its catalog hash; a price that is not a number is left out."""
         try:
             price = float(record["price"]) if record.get("price") else None
         except ValueError:

@@ -39,6 +39,7 @@ class ApiError(Exception):
 
 
 def error_body(code: int, msg: str, details: Any = None) -> dict[str, Any]:
+    """The JSON error shape every 4xx/5xx answer has: a numeric code (see this module), a message a person reads, optional details."""
     return {"code": code, "msg": msg, "details": details}
 
 

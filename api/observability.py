@@ -30,7 +30,8 @@ def metrics_endpoint():  # type: ignore[no-untyped-def]
     """Prometheus metrics of every gunicorn worker of this API, combined."""
     store = services().recommender.models
     extra = [metrics.TrainerCollector(store.versions)] if store is not None else []
-    return Response(metrics.exposition(*extra), mimetype="text/plain; version=0.0.4; charset=utf-8")
+    # content_type is sent as given; a mimetype would get Flask's "; charset=utf-8" a second time
+    return Response(metrics.exposition(*extra), content_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 def _request_id() -> str:

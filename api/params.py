@@ -13,6 +13,7 @@ BOOLEANS = {"true": True, "false": False}
 
 
 def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    """The query parameter ``name`` as an int in [``lo``, ``hi``], or ``default`` when absent; raises ApiError 400 otherwise."""
     raw = request.args.get(name)
     if raw is None:
         return default
@@ -28,6 +29,7 @@ def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> in
 
 
 def str_param(request: Request, name: str, max_len: int = 128) -> str | None:
+    """The query parameter ``name`` stripped, or None when absent or empty; raises ApiError 400 past ``max_len`` characters."""
     raw = request.args.get(name)
     if raw is None or raw == "":
         return None
@@ -63,6 +65,7 @@ def check_id(name: str, value: str, where: str = "path") -> str:
 
 
 def list_param(request: Request, name: str, max_items: int = 100) -> list[str]:
+    """The comma-separated (or repeated) query parameter ``name`` as a list of ids; raises ApiError 400 past ``max_items``."""
     values = [v.strip() for raw in request.args.getlist(name) for v in raw.split(",") if v.strip()]
     if len(values) > max_items:
         raise ApiError(400, INVALID_PARAMETER, f"'{name}' lists more than {max_items} ids")

@@ -57,6 +57,7 @@ class RawPath:
         self.app = app
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        """WSGI entry: route on the still-escaped path, then call the wrapped app."""
         environ["PATH_INFO"] = escaped_path_info(environ)
         return self.app(environ, start_response)  # type: ignore[no-any-return]
 
@@ -65,9 +66,11 @@ class IdConverter(UnicodeConverter):
     """One path segment, the id exactly as sent: ``%2F`` is '/', ``%25`` is '%'."""
 
     def to_python(self, value: str) -> str:
+        """The id as sent: the raw segment with its percent-escapes undone."""
         return unquote(value)
 
     def to_url(self, value: Any) -> str:
+        """The segment for ``value``, every reserved character escaped (``/`` too)."""
         return quote(str(value), safe="")
 
 
@@ -75,6 +78,7 @@ class IdPathConverter(PathConverter):
     """The rest of the path (segments joined by their real slashes), with the escapes undone."""
 
     def to_python(self, value: str) -> str:
+        """The id as sent: the raw segment with its percent-escapes undone."""
         return unquote(value)
 
 

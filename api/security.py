@@ -116,6 +116,7 @@ class KeyRing:
         return bool(self.keys)
 
     def find(self, presented: str) -> ApiKey | None:
+        """The configured key whose secret equals ``presented``, or None; every key is compared in constant time."""
         found = None
         given = presented.encode()
         for key in self.keys:  # every key is compared, so timing tells nothing about which matched

@@ -7,6 +7,7 @@ import socket
 import uuid
 import zlib
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from flask import Blueprint, Response, jsonify, request
@@ -61,18 +62,27 @@ def _float(value: str | None) -> float | None:
         return None
 
 
+def placeholder_url(item_id: str) -> str:
+    """The path of the item's generated placeholder image (``placeholder_image``)."""
+    return f"/static/img/{quote(item_id, safe='')}.svg"
+
+
 def _shape(answer: Answer, explain: bool, **extra: Any) -> dict[str, Any]:
-    """The answer as JSON: ids, scores and catalog fields, with a fresh recommendation_id."""
+    """The answer as JSON: ids, scores and catalog fields, with a fresh recommendation_id.
+
+    A field the catalog record lacks (or leaves empty) is null, but for ``image_url``, which is then the
+    item's placeholder image.
+    """
     items = []
     for r in answer.items:
         record = answer.catalog.get(r.item_id, {})
         row: dict[str, Any] = {
             "item_id": r.item_id,
             "score": round(r.score, 6),
-            "title": record.get("title"),
+            "title": record.get("title") or None,
             "price": _float(record.get("price")),
-            "image_url": record.get("image_url"),
-            "category": record.get("category"),
+            "image_url": record.get("image_url") or placeholder_url(r.item_id),
+            "category": record.get("category") or None,
             "in_stock": record.get("in_stock", "1") != "0",
         }
         if explain:

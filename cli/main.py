@@ -30,12 +30,46 @@ app = typer.Typer(
 )
 
 
+# Libraries whose INFO lines (connections opened, metadata fetched) drown a command's own output; their
+# warnings still show, and STREAMREC_LOG_LEVEL=DEBUG shows everything.
+CHATTY_LIBRARIES = ("kafka",)
+BROKER_CHECK_TIMEOUT_S = 3.0
+
+
 def _settings() -> Settings:
+    import logging
+
     from streamrec import logs
 
     settings = Settings()
     logs.configure(settings.log_level, settings.log_format)
+    debug = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.NOTSET if debug else logging.WARNING)
     return settings
+
+
+def _require_broker(bootstrap: str) -> None:
+    """Exit with one line unless some bootstrap server accepts a TCP connection within a few seconds.
+
+    Kafka clients otherwise retry for half a minute and end in a traceback that names no address.
+    """
+    import socket
+
+    addresses = [a.strip() for a in bootstrap.split(",") if a.strip()]
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=BROKER_CHECK_TIMEOUT_S):
+                return
+        except (OSError, ValueError):
+            continue
+    typer.echo(
+        f"error: no Kafka broker answers at {', '.join(addresses) or '(empty)'} (STREAMREC_KAFKA_BOOTSTRAP); "
+        "start the local stack with 'streamrec up' or point STREAMREC_KAFKA_BOOTSTRAP at a broker",
+        err=True,
+    )
+    raise typer.Exit(1)
 
 
 @contextmanager
@@ -46,6 +80,7 @@ def _publisher(ensure_topics: bool) -> Iterator[EventPublisher]:
     from streamrec.topics import ensure_topics as create
 
     settings = _settings()
+    _require_broker(settings.kafka_bootstrap)
     topics = Topics(settings.topic_prefix)
     if ensure_topics:
         create(settings.kafka_bootstrap, topics, settings.partitions)
@@ -84,6 +119,7 @@ def topics(
     from streamrec.topics import Topics, ensure_topics
 
     settings = _settings()
+    _require_broker(settings.kafka_bootstrap)
     names = Topics(settings.topic_prefix)
     ensure_topics(settings.kafka_bootstrap, names, partitions or settings.partitions, replication_factor)
     typer.echo(f"topics ready: {names.events}, {names.items}, {names.dlq}")
@@ -112,20 +148,23 @@ def replay(
     dataset: Annotated[
         str,
         typer.Argument(
-            help="A dataset name in ../shared/datasets (amazon-beauty, movielens-100k, yoochoose-100k, beibei, diginetica-sample)."
+            help="A dataset name in STREAMREC_DATASETS (default ../shared/datasets: amazon-beauty, movielens-100k, yoochoose-100k, beibei, diginetica-sample), or such a dataset's folder."
         ),
     ],
     limit: Annotated[
-        int | None, typer.Option(help="Stop after about this many events (whole users).")
+        int | None, typer.Option(min=1, help="Stop after about this many events (whole users).")
     ] = None,
     rate: Annotated[
-        float | None, typer.Option(help="Events per second (default: as fast as possible).")
+        float | None, typer.Option(min=0.001, help="Events per second (default: as fast as possible).")
     ] = None,
     ensure_topics: Annotated[bool, typer.Option(help="Create the topics if they are missing.")] = True,
 ) -> None:
     """Stream a real dataset into Kafka as events, each user's in order, catalog first."""
+    from streamrec.datasets import find_dataset
     from streamrec.producers.replay import replay as run_replay
 
+    with _usage_errors():
+        find_dataset(dataset)  # a wrong name or a missing folder is said before Kafka is touched
     with _publisher(ensure_topics) as publisher:
         report = run_replay(publisher, dataset, limit=limit, rate=rate)
     typer.echo(f"replayed {report.events} events and {report.items} catalog records in {report.seconds:.1f}s")
@@ -134,11 +173,11 @@ def replay(
 
 @app.command()
 def simulate(
-    users: Annotated[int, typer.Option(help="Shoppers.")] = 500,
-    items: Annotated[int, typer.Option(help="Catalog size.")] = 300,
-    events: Annotated[int, typer.Option(help="Events to publish.")] = 20_000,
+    users: Annotated[int, typer.Option(min=1, help="Shoppers.")] = 500,
+    items: Annotated[int, typer.Option(min=1, help="Catalog size.")] = 300,
+    events: Annotated[int, typer.Option(min=1, help="Events to publish.")] = 20_000,
     rate: Annotated[
-        float | None, typer.Option(help="Events per second (default: as fast as possible).")
+        float | None, typer.Option(min=0.001, help="Events per second (default: as fast as possible).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same shop).")] = 7,
     ensure_topics: Annotated[bool, typer.Option(help="Create the topics if they are missing.")] = True,
@@ -155,10 +194,17 @@ def simulate(
 @app.command()
 def up(
     dataset: Annotated[
-        str, typer.Option(help="Dataset replayed once the stack is up ('none' to skip).")
-    ] = "movielens-100k",
-    limit: Annotated[int | None, typer.Option(help="Events replayed from it (default: all of it).")] = None,
-    workers: Annotated[int, typer.Option(help="Stream-processor worker processes.")] = 1,
+        str,
+        typer.Option(
+            help="What feeds the stack once it is up: 'auto' (movielens-100k when STREAMREC_DATASETS, "
+            "default ../shared/datasets, holds it, else the built-in shop), 'shop' (the built-in simulated "
+            "shop), 'none', or a dataset name or folder as for 'streamrec replay'."
+        ),
+    ] = "auto",
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Events published from it (default: all of it).")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Stream-processor worker processes.")] = 1,
     data_dir: Annotated[
         Path, typer.Option(help="Where Redis keeps its AOF and every process its log.")
     ] = Path(".streamrec"),
@@ -166,9 +212,10 @@ def up(
         bool, typer.Option(help="Stop everything after printing the demo (for scripts).")
     ] = False,
 ) -> None:
-    """Start the whole local stack on loopback (Tansu, Redis, workers, API), replay real data, show live answers.
+    """Start the whole local stack on loopback (Tansu, Redis, workers, API), feed it, show live answers.
 
-    Ctrl-C stops every process it started.
+    The feed is real data when the datasets are there, else a built-in simulated shop. Ctrl-C (or
+    SIGTERM) stops every process it started.
     """
     from streamrec.devtools.stack import run_stack
 
@@ -240,8 +287,10 @@ def evaluate(
     ] = None,
     models: Annotated[
         str,
-        typer.Option(help="Comma-separated: streamrec, streamrec-live, popularity, bm25, cosine, als, ease."),
-    ] = ",".join(("streamrec", "streamrec-live", "popularity", "bm25", "cosine", "als", "ease")),
+        typer.Option(
+            help="Comma-separated: streamrec, streamrec-live, popularity, bm25, cosine, als, ease, slist."
+        ),
+    ] = ",".join(("streamrec", "streamrec-live", "popularity", "bm25", "cosine", "als", "ease", "slist")),
     redis_url: Annotated[
         str | None,
         typer.Option(
@@ -250,7 +299,8 @@ def evaluate(
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Offline evaluation: hold out each user's last action, rank every item, report HR@10, NDCG@10, coverage.
+    """Offline evaluation: hold out each user's last action, rank every item, report HR@10, NDCG@10, coverage
+    and the long-tail share (shown items with fewer than 5 training interactions, beside that of the held-out items).
 
     Formats: seq = 'user item1 item2 ...' per line in time order; movielens = a RecBole .inter file;
     session = TSV 'SessionId ItemId Time' with a header; multi = a Beibei-style folder with train.txt
@@ -259,7 +309,7 @@ def evaluate(
     import json
 
     from streamrec.trainer import evaluate as offline
-    from streamrec.trainer.ranking_metrics import table
+    from streamrec.trainer.ranking_metrics import TAIL_SUPPORT, table, tail_share
     from streamrec.trainer.splits import load_split
 
     settings = _settings()
@@ -273,13 +323,28 @@ def evaluate(
     )
     started = time.perf_counter()
     with _eval_redis(redis_url) as (client, keys):
-        results = offline.run(split, client, keys, settings.scoring, wanted, say=typer.echo, bar=progress)
-    typer.echo("\n" + table(results))
-    typer.echo(f"\ntotal {time.perf_counter() - started:.1f}s")
-    if json_out:
-        json_out.write_text(
-            json.dumps({"dataset": str(dataset), "results": [r.as_dict() for r in results]}, indent=2) + "\n"
+        results = offline.run(
+            split,
+            client,
+            keys,
+            settings.scoring,
+            wanted,
+            say=typer.echo,
+            bar=progress,
+            budget_bytes=settings.trainer.budget_bytes,
+            max_share=settings.trainer.max_blend,
         )
+    held_out_tail = tail_share(split.targets, offline.support_counts(split))
+    typer.echo("\n" + table(results))
+    typer.echo(f"\nheld-out items with fewer than {TAIL_SUPPORT} training interactions: {held_out_tail:.3f}")
+    typer.echo(f"total {time.perf_counter() - started:.1f}s")
+    if json_out:
+        body = {
+            "dataset": str(dataset),
+            "held_out_tail_share": round(held_out_tail, 6),
+            "results": [r.as_dict() for r in results],
+        }
+        json_out.write_text(json.dumps(body, indent=2) + "\n")
 
 
 @app.command()
@@ -302,6 +367,25 @@ def tune(
     typer.echo(f"best: {best} (validation HR@10 {result.hr_at_10:.4f}, NDCG@10 {result.ndcg_at_10:.4f})")
 
 
+def _simulated_split(events: int, items: int, users: int, seed: int):  # type: ignore[no-untyped-def]
+    """A leave-last-out split of a simulated shop's log, built in process (no broker), with its whole catalog."""
+    from streamrec.producers.simulate import make_catalog, simulate_events
+    from streamrec.trainer.splits import SYNTHETIC_END_MS, leave_last_out
+
+    catalog = make_catalog(items, seed)
+    actions: dict[str, list] = {}
+    stream = simulate_events(catalog, users, events, seed, SYNTHETIC_END_MS - 86_400_000)
+    from tqdm import tqdm
+
+    for event in tqdm(stream, total=events, desc="simulate", unit="ev"):
+        if event.item_id is not None:
+            actions.setdefault(event.user_id, []).append((event.type, event.item_id, event.ts))
+    split = leave_last_out(f"simulated-{events}x{items}", actions.items())
+    seen = set(split.items)
+    split.items.extend(i.item_id for i in catalog if i.item_id not in seen)
+    return split
+
+
 @app.command()
 def train(
     dataset: Annotated[
@@ -309,20 +393,43 @@ def train(
         typer.Option(help="Train from this file instead of the event log (see 'streamrec eval')."),
     ] = None,
     format: Annotated[str, typer.Option("--format", help="The dataset's format, with --dataset.")] = "seq",
+    simulate_events: Annotated[
+        int,
+        typer.Option(
+            help="Train on a simulated shop's log of this many events, made in process (no broker), instead."
+        ),
+    ] = 0,
+    simulate_items: Annotated[int, typer.Option(help="The simulated catalog's size.")] = 100_000,
+    simulate_users: Annotated[int, typer.Option(help="The simulated shoppers.")] = 20_000,
     activate: Annotated[bool, typer.Option(help="Switch the API to the new model at once.")] = True,
+    choose_blend: Annotated[
+        bool,
+        typer.Option(
+            help="Choose the model's blend share on validation: fold the validation events with the state "
+            "script into a throwaway local Redis (needs the 'local' extra)."
+        ),
+    ] = True,
 ) -> None:
-    """Build a batch model from the event log (Kafka, from the beginning) or a dataset, and publish it to Redis."""
+    """Build a batch model from the event log (Kafka, from the beginning) or a dataset, and publish it to Redis.
+
+    Model families are tried only where they fit STREAMREC_TRAINER_MEMORY_BUDGET_MB; the command reports
+    the family chosen, its blend share, the time taken and the peak memory (RSS).
+    """
     from streamrec.topics import Topics
     from streamrec.trainer import eventlog
     from streamrec.trainer.splits import leave_last_out, load_split
     from streamrec.trainer.train import train_and_publish
 
     settings = _settings()
+    started = time.perf_counter()
     with _usage_errors():
-        if dataset is not None:
+        if simulate_events:
+            split = _simulated_split(simulate_events, simulate_items, simulate_users, seed=7)
+        elif dataset is not None:
             split = load_split(dataset, format)
         else:
             topic = Topics(settings.topic_prefix).events
+            _require_broker(settings.kafka_bootstrap)
             with tqdm_bar("read event log", "ev") as bar:
                 users, rejected = eventlog.read_actions(settings.kafka_bootstrap, topic, on_batch=bar)
             typer.echo(
@@ -331,14 +438,44 @@ def train(
             split = leave_last_out(topic, users.items())
         if not split.targets:
             raise ValueError("no user has two or more actions yet: nothing to choose a model on")
+    typer.echo(
+        f"{split.name}: {split.n_events:,} events, {len(split.train):,} users, {len(split.items):,} items, "
+        f"memory budget {settings.trainer.memory_budget_mb:,} MiB"
+    )
+    live = _validation_live(split, settings) if choose_blend else None
     report = train_and_publish(
-        split, _store(settings), settings.scoring, activate=activate, progress=typer.echo
+        split,
+        _store(settings),
+        settings.scoring,
+        activate=activate,
+        progress=typer.echo,
+        budget_bytes=settings.trainer.budget_bytes,
+        live=live,
+        bars=True,
+        max_share=settings.trainer.max_blend,
     )
     state = "active" if report.activated else "published (not active)"
+    share = "global" if report.blend is None else f"{report.blend:g}"
     typer.echo(
-        f"model {report.version} {state}: {report.config.name}, held-out HR@10 {report.test.hr_at_10:.4f} "
-        f"NDCG@10 {report.test.ndcg_at_10:.4f}, trained on {report.events:,} events"
+        f"model {report.version} {state}: {report.config.name}, blend share {share}, held-out HR@10 "
+        f"{report.test.hr_at_10:.4f} NDCG@10 {report.test.ndcg_at_10:.4f}, trained on {report.events:,} events "
+        f"over {report.items:,} items in {time.perf_counter() - started:.1f}s, "
+        f"peak RSS {report.peak_rss_bytes / (1 << 20):,.0f} MiB"
     )
+
+
+def _validation_live(split, settings: Settings):  # type: ignore[no-untyped-def]
+    """The live state of the validation split (folded by the state script in a throwaway Redis), or None."""
+    from streamrec.devtools.localstack import ServiceError
+    from streamrec.trainer.evaluate import validation_live
+
+    scoring = settings.scoring.model_copy(update={"exclude_seen": False})
+    try:
+        with _eval_redis(None) as (client, keys):
+            return validation_live(split, client, keys, scoring, bar=True)
+    except (ServiceError, FileNotFoundError) as exc:
+        typer.echo(f"no blend share chosen (no throwaway Redis: {exc}); the API uses its global one")
+        return None
 
 
 @contextmanager
@@ -488,13 +625,71 @@ def healthcheck(
 @app.command("settings")
 def show_settings() -> None:
     """Print every setting: its environment variable, its current value and what it does (Markdown)."""
-    from streamrec.settings import ScoringSettings, describe
+    from streamrec.settings import ScoringSettings, TrainerSettings, describe
 
     typer.echo("| variable | value | meaning |\n|---|---|---|")
-    for model in (Settings(), ScoringSettings()):
+    for model in (Settings(), ScoringSettings(), TrainerSettings()):
         for var, value, doc in describe(model):
             typer.echo(f"| `{var}` | `{value}` | {doc} |")
 
 
-def main() -> None:
-    app()
+def _one_line(exc: BaseException) -> str | None:
+    """What a failure a user can cause says, in one line; None for anything else (a bug keeps its traceback)."""
+    import pydantic
+    import redis.exceptions
+    from kafka import errors as kafka_errors
+
+    from streamrec.datasets import DatasetNotFound
+    from streamrec.devtools.localstack import ServiceError
+
+    prefixes = {"Settings": "STREAMREC_", "ScoringSettings": "STREAMREC_SCORING_"}
+    if isinstance(exc, pydantic.ValidationError) and exc.title in prefixes:
+        return "invalid setting: " + "; ".join(
+            f"{prefixes[exc.title]}{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return f"Redis does not answer ({exc}); is it running, and is STREAMREC_REDIS_URL right?"
+    if isinstance(exc, kafka_errors.KafkaConnectionError | kafka_errors.KafkaTimeoutError):
+        return f"Kafka does not answer ({exc}); is STREAMREC_KAFKA_BOOTSTRAP right?"
+    if isinstance(exc, ServiceError | DatasetNotFound):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.strerror or exc}: {exc.filename}"
+    return None
+
+
+def _usage_failure(exc: typer.TyperException) -> int:
+    """Say a usage error (bad option, missing argument) in one line; return its exit status.
+
+    typer vendors click, so its exceptions are matched by click's class names, not imported.
+    """
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "NoArgsIsHelpError" in names:
+        return 2  # the help was shown already
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None and "UsageError" in names else ""
+    message = (exc.format_message() if hasattr(exc, "format_message") else str(exc)).rstrip(".")
+    typer.echo(f"error: {message}{hint}", err=True)
+    return int(getattr(exc, "exit_code", 1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``streamrec`` command. A failure the user can cause (a bad option or setting, a service that
+    does not answer, a busy port, a missing file) is one line on stderr and a non-zero exit status."""
+    import sys
+
+    try:
+        code = app(args=argv, prog_name="streamrec", standalone_mode=False)
+    except typer.TyperException as exc:
+        code = _usage_failure(exc)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        code = 1
+    except Exception as exc:
+        message = _one_line(exc)
+        if message is None:
+            raise
+        typer.echo(f"error: {message}", err=True)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,28 +1,36 @@
-"""``streamrec up``: the whole local stack on loopback, then a replay of real data and live answers.
+"""``streamrec up``: the whole local stack on loopback, then a replay of real data (or the built-in shop)
+and live answers.
 
 Every program runs as its own child process (exactly as in production), started in its own process
-group so that Ctrl-C, SIGTERM or an error stops all of them.
+group so that Ctrl-C, SIGTERM or an error stops all of them. What is fed in is chosen and checked before
+anything starts, so a missing dataset costs a second, not a whole stack's start.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import ExitStack
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from urllib.parse import urlparse
 
 import redis
 
+from streamrec.datasets import DatasetNotFound, dataset_names, datasets_dir, find_dataset
 from streamrec.devtools.localstack import (
     LOOPBACK,
     ManagedProcess,
     ServiceError,
+    free_port,
     spawn,
     start_broker,
     start_redis,
@@ -30,9 +38,118 @@ from streamrec.devtools.localstack import (
 )
 from streamrec.keys import Keys
 from streamrec.settings import Settings, keys_of
-from streamrec.state import applied_events
 
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
+DEFAULT_DATASET = "movielens-100k"
+# The built-in shop (``streamrec simulate``): big enough for neighbours and categories to show, small
+# enough to fold in seconds.
+SHOP_USERS, SHOP_ITEMS, SHOP_EVENTS = 500, 300, 10_000
+# The worker metrics that say how far the workers got (names owned by ``streamrec.metrics``).
+EVENTS_METRIC = "streamrec_worker_events_total"
+DUPLICATES_METRIC = "streamrec_worker_dedupe_hits_total"
+# The last line ``streamrec replay`` / ``simulate`` print: how many events the broker acknowledged.
+PUBLISHED = re.compile(r"^(?:replayed|simulated) (\d+) events")
+
+
+@dataclass(frozen=True)
+class Feed:
+    """What ``up`` publishes once the stack is up: the ``streamrec`` arguments that publish it."""
+
+    label: str
+    args: tuple[str, ...]  # empty: publish nothing
+    note: str | None = None  # one line said before anything starts
+
+
+def choose_feed(dataset: str, limit: int | None) -> Feed:
+    """The feed for ``--dataset``, checked on disk without reading a file.
+
+    ``auto`` is MovieLens-100k when the datasets folder holds it, else the built-in shop; ``shop`` is the
+    built-in shop; ``none`` publishes nothing; anything else is a dataset name or folder. Raises
+    ``DatasetNotFound`` (a known dataset not there) or ``ValueError`` (no such dataset).
+    """
+    note = None
+    if dataset == "auto":
+        try:
+            find_dataset(DEFAULT_DATASET)
+            dataset = DEFAULT_DATASET
+        except DatasetNotFound:
+            dataset = "shop"
+            note = (
+                f"no datasets in {datasets_dir()}, so the built-in shop feeds the stack; for real data set "
+                f"STREAMREC_DATASETS to a folder of datasets and pick one with --dataset "
+                f"({', '.join(dataset_names())})"
+            )
+    if dataset == "none":
+        return Feed("nothing", ())
+    limit_args = ("--limit", str(limit)) if limit else ()
+    if dataset == "shop":
+        events = limit or SHOP_EVENTS
+        return Feed(
+            f"the built-in shop ({SHOP_USERS} shoppers, {SHOP_ITEMS} items, {events:,} events of every type)",
+            (
+                "simulate",
+                "--users",
+                str(SHOP_USERS),
+                "--items",
+                str(SHOP_ITEMS),
+                "--events",
+                str(events),
+                "--no-ensure-topics",
+            ),
+            note,
+        )
+    name, _ = find_dataset(dataset)
+    return Feed(name, ("replay", dataset, "--no-ensure-topics", *limit_args), note)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far the workers got, from their /metrics: events taken off the topic, and of those the ones
+    whose event_id had been folded before (a replay of data the kept Redis state already holds)."""
+
+    taken: int = 0
+    folded: int = 0
+    duplicates: int = 0
+
+    @property
+    def new(self) -> int:
+        """Events that changed the state for the first time."""
+        return max(self.folded - self.duplicates, 0)
+
+
+def progress_from_metrics(pages: Sequence[str]) -> Progress:
+    """Sum the workers' counters from their /metrics pages (Prometheus text format)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    taken = folded = duplicates = 0.0
+    for page in pages:
+        for family in text_string_to_metric_families(page):
+            for sample in family.samples:
+                if sample.name == EVENTS_METRIC:
+                    taken += sample.value
+                    if sample.labels.get("outcome") == "folded":
+                        folded += sample.value
+                elif sample.name == DUPLICATES_METRIC:
+                    duplicates += sample.value
+    return Progress(int(taken), int(folded), int(duplicates))
+
+
+def fold_summary(progress: Progress, seconds: float, data_dir: Path) -> str:
+    """One line on what the feed changed: new events and their rate, or that it was all folded before."""
+    if progress.new == 0 and progress.duplicates > 0:
+        return (
+            f"the feed was already folded into Redis: its {progress.duplicates:,} events were skipped as "
+            f"duplicates (state kept in {data_dir}; delete that folder to start afresh)"
+        )
+    if progress.duplicates > 0:
+        return (
+            f"{progress.new:,} events newly folded into Redis and {progress.duplicates:,} skipped as already "
+            f"folded, {seconds:.1f}s after the feed started"
+        )
+    return (
+        f"{progress.new:,} events folded into Redis {seconds:.1f}s after the feed started "
+        f"({progress.new / max(seconds, 1e-3):,.0f} events/s end to end)"
+    )
 
 
 def _loopback_port(what: str, host: str | None, port: int | None) -> int:
@@ -42,16 +159,18 @@ def _loopback_port(what: str, host: str | None, port: int | None) -> int:
 
 
 def _ensure_free(port: int, env_var: str) -> None:
-    import socket
-
     with socket.socket() as sock:
         if sock.connect_ex((LOOPBACK, port)) == 0:
             raise ServiceError(f"port {port} is already in use; pick another with {env_var}")
 
 
+def _get_text(url: str, timeout: float = 5) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback URL we built
+        return resp.read().decode()
+
+
 def _get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback URL we built
-        return json.loads(resp.read())
+    return json.loads(_get_text(url))
 
 
 def wait_http(url: str, timeout: float) -> None:
@@ -65,20 +184,36 @@ def wait_http(url: str, timeout: float) -> None:
     raise ServiceError(f"{url} did not answer within {timeout}s")
 
 
-def wait_caught_up(
-    client: redis.Redis, keys: Keys, timeout: float, quiet_for: float = 3.0
-) -> tuple[int, float]:
-    """Wait until the workers stop applying new events; return (events applied, when the last one landed)."""
+def wait_folded(
+    metrics_urls: Sequence[str],
+    expected: int | None,
+    timeout: float,
+    services: Sequence[ManagedProcess],
+    quiet_for: float = 1.0,
+) -> tuple[Progress, float]:
+    """Wait until the workers have taken ``expected`` events (or, unknown, until they stop taking any)
+    and then nothing changes for ``quiet_for`` seconds; return the progress and when it last changed.
+
+    Raises ``ServiceError`` when one of ``services`` exits meanwhile, or at the timeout.
+    """
     deadline = time.monotonic() + timeout
-    last, since = -1, time.monotonic()
+    last, since = Progress(), time.monotonic()
     while time.monotonic() < deadline:
-        applied = applied_events(client, keys)
-        if applied != last:
-            last, since = applied, time.monotonic()
-        elif applied > 0 and time.monotonic() - since >= quiet_for:
-            break
+        dead = [p.name for p in services if not p.alive()]
+        if dead:
+            raise ServiceError(f"{', '.join(dead)} exited while the feed was being folded; see its log")
+        try:
+            now = progress_from_metrics([_get_text(u, timeout=2) for u in metrics_urls])
+        except OSError:
+            now = last  # a worker's /metrics is not up yet
+        if now != last:
+            last, since = now, time.monotonic()
+        reached = last.taken >= expected if expected is not None else last.taken > 0
+        if reached and time.monotonic() - since >= quiet_for:
+            return last, since
         time.sleep(0.1)
-    return max(last, 0), since
+    want = f"{expected:,}" if expected is not None else "any"
+    raise ServiceError(f"the workers took {last.taken:,} of {want} events within {timeout:.0f}s")
 
 
 def _demo(api: str, client: redis.Redis, keys: Keys) -> None:
@@ -107,10 +242,105 @@ def _demo(api: str, client: redis.Redis, keys: Keys) -> None:
             print(f"  {row['item_id']:>8}  {row['title'] or ''}  [{row['reason']}]")
 
 
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the stack exactly as Ctrl-C does
+
+
+def take_signals() -> None:
+    """Make Ctrl-C and SIGTERM stop the stack whatever the parent did with them.
+
+    A background job of a non-interactive shell starts with SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler; a parent may also have blocked either signal. Both are undone here.
+    """
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _stop_all(procs: list[ManagedProcess]) -> None:
+    """Stop every process group, newest first, with Ctrl-C and SIGTERM held off so none is left behind."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        for p in reversed(procs):
+            try:
+                p.stop()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the others
+                print(f"could not stop {p.name}: {exc}", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _publish(
+    feed: Feed, me: list[str], env: dict[str, str], procs: list[ManagedProcess]
+) -> tuple[int | None, float]:
+    """Run the feed's command in its own process group, its output shown; return (events it published,
+    when it started)."""
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [*me, *feed.args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    procs.append(ManagedProcess("feed", proc))
+    published = None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        print(line, end="", flush=True)
+        if match := PUBLISHED.match(line):
+            published = int(match.group(1))
+    if proc.wait() != 0:
+        raise ServiceError(f"publishing {feed.label} failed (exit status {proc.returncode}; see above)")
+    return published, started
+
+
 def run_stack(
     settings: Settings, dataset: str, limit: int | None, workers: int, data_dir: Path, exit_after_demo: bool
 ) -> int:
-    """Start everything, replay, demo, then wait for Ctrl-C. Returns the exit code."""
+    """Check the feed and the ports, start everything, publish the feed, demo, then wait for Ctrl-C.
+
+    Returns the exit code: 0 after Ctrl-C or SIGTERM (or the demo, with ``exit_after_demo``), 1 when a
+    service failed or a port is taken, 2 for a dataset that is not there. Every failure is one line on
+    stderr.
+    """
+    take_signals()
+    try:
+        feed = choose_feed(dataset, limit)
+    except DatasetNotFound as exc:
+        print(f"error: {exc} (or feed the built-in shop: --dataset shop)", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    services: list[ManagedProcess] = []
+    helpers: list[ManagedProcess] = []
+    try:
+        return _run(settings, feed, workers, data_dir, exit_after_demo, services, helpers)
+    except KeyboardInterrupt:
+        print("\nstopping every process ...", flush=True)
+        return 0
+    except (ServiceError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        _stop_all(services + helpers)
+        if services:
+            print("every process stopped", flush=True)
+
+
+def _run(
+    settings: Settings,
+    feed: Feed,
+    workers: int,
+    data_dir: Path,
+    exit_after_demo: bool,
+    services: list[ManagedProcess],
+    helpers: list[ManagedProcess],
+) -> int:
     bootstrap = settings.kafka_bootstrap.split(",")[0].strip()
     b_host, _, b_port = bootstrap.rpartition(":")
     kafka_port = _loopback_port(
@@ -125,6 +355,8 @@ def run_stack(
         (settings.api_port, "STREAMREC_API_PORT"),
     ):
         _ensure_free(port, var)
+    if feed.note:
+        print(feed.note)
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {
@@ -134,68 +366,46 @@ def run_stack(
         "STREAMREC_API_PORT": str(settings.api_port),
         "STREAMREC_API_HOST": LOOPBACK,
         "STREAMREC_WORKER_DATA_DIR": str(data_dir / "worker"),
+        "STREAMREC_PRODUCER_METRICS_PORT": "0",
     }
     me = [sys.executable, "-m", "streamrec.cli"]
+    print(
+        f"starting Tansu broker on {LOOPBACK}:{kafka_port} and Redis on {LOOPBACK}:{redis_port} (logs in {data_dir})"
+    )
+    services.append(start_broker(kafka_port, data_dir / "broker.log"))
+    services.append(start_redis(redis_port, data_dir / "redis", data_dir / "redis.log"))
+    from streamrec.topics import Topics, ensure_topics
 
-    def on_signal(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt  # SIGTERM stops the stack exactly as Ctrl-C does
-
-    signal.signal(signal.SIGTERM, on_signal)
-    procs: list[ManagedProcess] = []
-    with ExitStack() as stack:
-        stack.callback(lambda: [p.stop() for p in reversed(procs)])
-        try:
-            print(
-                f"starting Tansu broker on {LOOPBACK}:{kafka_port} and Redis on {LOOPBACK}:{redis_port} (logs in {data_dir})"
-            )
-            procs.append(start_broker(kafka_port, data_dir / "broker.log"))
-            procs.append(start_redis(redis_port, data_dir / "redis", data_dir / "redis.log"))
-            from streamrec.topics import Topics, ensure_topics
-
-            ensure_topics(
-                env["STREAMREC_KAFKA_BOOTSTRAP"], Topics(settings.topic_prefix), settings.partitions
-            )
-            for n in range(workers):
-                procs.append(spawn(f"worker-{n}", [*me, "worker"], data_dir / f"worker-{n}.log", env))
-            api_proc = spawn("api", [*me, "api"], data_dir / "api.log", env)
-            procs.append(api_proc)
-            wait_for_port(settings.api_port, 30, api_proc.proc)
-            wait_http(f"{api_url}/healthz", 30)
-            print(f"API listening on {api_url}")
-            client = redis.Redis.from_url(settings.redis_url)
-            keys = keys_of(settings)
-            if dataset != "none":
-                argv = [*me, "replay", dataset, "--no-ensure-topics"] + (
-                    ["--limit", str(limit)] if limit else []
-                )
-                started = time.monotonic()
-                if subprocess.run(argv, env=env, check=False).returncode != 0:
-                    print("replay failed; see the output above", file=sys.stderr)
-                    return 1
-                print("waiting for the workers to fold the replay into Redis ...")
-                applied, done = wait_caught_up(client, keys, timeout=600)
-                took = max(done - started, 1e-3)
-                print(
-                    f"{applied} events folded into Redis {took:.1f}s after the replay started ({applied / took:,.0f} events/s end to end)"
-                )
-            _demo(api_url, client, keys)
-            print(
-                f"\nThe API is at {api_url}. Try:\n  curl '{api_url}/v1/popular?k=5'\n  curl '{api_url}/v1/trending?k=5'"
-            )
-            print(f"\nThe storefront is at {api_url}/shop/ (open it in a browser)")
-            if exit_after_demo:
-                return 0
-            print("Press Ctrl-C to stop everything.")
-            while all(p.alive() for p in procs):
-                time.sleep(0.5)
-            dead = [p.name for p in procs if not p.alive()]
-            print(f"stopping: {', '.join(dead)} exited (see its log in {data_dir})", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("\nstopping every process ...")
-            return 0
-        except ServiceError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    ensure_topics(env["STREAMREC_KAFKA_BOOTSTRAP"], Topics(settings.topic_prefix), settings.partitions)
+    metrics_urls = []
+    for n in range(workers):
+        port = free_port()
+        metrics_urls.append(f"http://{LOOPBACK}:{port}/metrics")
+        worker_env = {**env, "STREAMREC_WORKER_METRICS_PORT": str(port)}
+        services.append(spawn(f"worker-{n}", [*me, "worker"], data_dir / f"worker-{n}.log", worker_env))
+    api_proc = spawn("api", [*me, "api"], data_dir / "api.log", env)
+    services.append(api_proc)
+    wait_for_port(settings.api_port, 30, api_proc.proc)
+    wait_http(f"{api_url}/healthz", 30)
+    print(f"API listening on {api_url}")
+    client = redis.Redis.from_url(settings.redis_url)
+    keys = keys_of(settings)
+    if feed.args:
+        print(f"publishing {feed.label} ...", flush=True)
+        published, started = _publish(feed, me, env, helpers)
+        print("waiting for the workers to fold it into Redis ...", flush=True)
+        progress, done = wait_folded(metrics_urls, published, timeout=600, services=services)
+        print(fold_summary(progress, done - started, data_dir))
+    _demo(api_url, client, keys)
+    print(
+        f"\nThe API is at {api_url}. Try:\n  curl '{api_url}/v1/popular?k=5'\n  curl '{api_url}/v1/trending?k=5'"
+    )
+    print(f"\nThe storefront is at {api_url}/shop/ (open it in a browser)")
+    if exit_after_demo:
+        return 0
+    print("Press Ctrl-C to stop everything.", flush=True)
+    while all(p.alive() for p in services):
+        time.sleep(0.5)
+    dead = [p.name for p in services if not p.alive()]
+    print(f"error: {', '.join(dead)} exited; see its log in {data_dir}", file=sys.stderr)
+    return 1

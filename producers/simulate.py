@@ -196,9 +196,11 @@ class ShopIndex:
                 self._rel_price[i.item_id] = (i.price or median) / median
 
     def categories(self) -> list[str]:
+        """The catalog's categories, in first-seen order."""
         return list(self.by_category)
 
     def kinds(self, category: str) -> list[str]:
+        """The product kinds (e.g. 'camera', 'lens') the catalog has in ``category``, sorted."""
         return sorted({k for c, k in self.by_kind if c == category})
 
     def pick(

@@ -14,6 +14,10 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """The aiokafka consumer thread with a short fetch wait (``fetch_max_wait_ms``, ms): a quiet partition
+    does not hold a batch from the others for aiokafka's default 500 ms.
+    """
+
     fetch_max_wait_ms: ClassVar[int] = 20
 
     def _create_worker_consumer(self, transport: Any) -> Any:
@@ -24,9 +28,13 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class Consumer(faust_aiokafka.Consumer):
+    """faust's aiokafka consumer, on the consumer thread above."""
+
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
 class Transport(faust_aiokafka.Transport):
+    """faust's aiokafka transport with the consumer above: use it as the app's ``broker`` transport."""
+
     Consumer = Consumer

@@ -56,6 +56,7 @@ TIME_POLICY = "time_policy"  # the pydantic validation-context key that carries 
 
 
 def now_ms() -> int:
+    """Now as epoch milliseconds (the wall clock; every ``ts`` in the contract is in this unit)."""
     return int(time.time() * 1000)
 
 
@@ -149,7 +150,7 @@ HAS_TEXT_PATTERN = f"[^{_SPACE}]"
 
 
 def _no_control_characters(value: str) -> str:
-    """Ids become Redis key names inside the state script, whose string formatting stops at a NUL:
+    r"""Ids become Redis key names inside the state script, whose string formatting stops at a NUL:
     "a\x00b" and "a\x00c" would share one key (and one dedupe claim), so control characters are refused."""
     if _CONTROL.search(value):
         raise ValueError("must not contain control characters (such as NUL, tab or newline)")
@@ -277,6 +278,7 @@ class Event(BaseModel):
         return self
 
     def to_json(self) -> bytes:
+        """The wire form published to Kafka: compact UTF-8 JSON (orjson)."""
         return orjson.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True))
 
 
@@ -299,6 +301,7 @@ class UserErasure(BaseModel):
         return self.erase_user
 
     def to_json(self) -> bytes:
+        """The wire form published to Kafka: compact UTF-8 JSON (orjson)."""
         return orjson.dumps(self.model_dump(mode="json"))
 
 
@@ -320,6 +323,7 @@ class CatalogItem(BaseModel):
     _ts = field_validator("ts")(_check_ts)
 
     def to_json(self) -> bytes:
+        """The wire form published to Kafka: compact UTF-8 JSON (orjson)."""
         return orjson.dumps(self.model_dump(mode="json"))
 
 
@@ -336,6 +340,7 @@ class ItemDeletion(BaseModel):
     _ts = field_validator("ts")(_check_ts)
 
     def to_json(self) -> bytes:
+        """The wire form published to Kafka: compact UTF-8 JSON (orjson)."""
         return orjson.dumps(self.model_dump(mode="json"))
 
 

@@ -40,6 +40,25 @@ def datasets_dir() -> Path:
     return Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
 
 
+class DatasetNotFound(ValueError):
+    """A known dataset name whose folder is not in ``datasets_dir()`` (a clone without ``../shared``)."""
+
+
+def find_dataset(name_or_path: str | Path) -> tuple[str, Path]:
+    """``(dataset name, its folder)``, checked without reading a file, so callers can fail before any I/O.
+
+    Raises ``DatasetNotFound`` when a known name's folder is missing (the message says how to point
+    ``STREAMREC_DATASETS`` at it) and ``ValueError`` for a name or folder that is no known dataset.
+    """
+    name, directory = _resolve(name_or_path)
+    if not directory.is_dir():
+        raise DatasetNotFound(
+            f"dataset {name} is not in {directory.parent}: set STREAMREC_DATASETS to the folder that holds "
+            f"the {name} folder"
+        )
+    return name, directory
+
+
 # ---------------------------------------------------------------- readers (raw files -> plain tuples)
 
 
@@ -144,9 +163,10 @@ def dataset_events(
     ``"<dataset>-<n>"`` with n the action's position in the full dataset, so replaying the same data again,
     with any limit, is deduplicated downstream. Times end at ``base_ts_ms`` (default: now): real
     timestamps are shifted by one constant so the newest lands there, and datasets without timestamps get
-    synthetic ones. The catalog holds exactly the items the events mention.
+    synthetic ones. The catalog holds exactly the items the events mention. Raises what ``find_dataset``
+    raises.
     """
-    name, directory = _resolve(name_or_path)
+    name, directory = find_dataset(name_or_path)
     base = now_ms() if base_ts_ms is None else base_ts_ms
     loaded = _LOADERS[name](directory)
     users = _take_users(loaded.users, limit)

@@ -123,7 +123,7 @@ class Keys:
         return self._k("bought", user_id)
 
     def searches(self, user_id: str) -> str:
-        """LIST of the user's recent searches, ``ts|term\\tterm…``, newest first."""
+        r"""LIST of the user's recent searches, ``ts|term\tterm…``, newest first."""
         return self._k("searches", user_id)
 
     def version(self, user_id: str) -> str:

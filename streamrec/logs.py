@@ -29,10 +29,12 @@ def bind(**fields: Any) -> contextvars.Token[dict[str, Any] | None]:
 
 
 def unbind(token: contextvars.Token[dict[str, Any] | None]) -> None:
+    """Restore the fields bound before the ``bind`` call that returned ``token``."""
     _CONTEXT.reset(token)
 
 
 def context() -> dict[str, Any]:
+    """A copy of the fields bound in this context (empty outside any)."""
     return dict(_CONTEXT.get() or {})
 
 
@@ -40,6 +42,7 @@ class ContextFilter(logging.Filter):
     """Copies the bound fields onto each record, so both formatters can show them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Copy the bound fields onto ``record`` (never over its own); always keeps the record."""
         for key, value in (_CONTEXT.get() or {}).items():
             if not hasattr(record, key):
                 setattr(record, key, value)
@@ -50,6 +53,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, the bound ids, extra fields, the exception."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one compact JSON object (a line of its own)."""
         out: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
@@ -72,12 +76,14 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
+        """The text line, then the bound request and event ids as ``[key=value …]``."""
         line = super().format(record)
         ids = [f"{k}={getattr(record, k)}" for k in ("request_id", "event_id") if hasattr(record, k)]
         return f"{line} [{' '.join(ids)}]" if ids else line
 
 
 def formatter(fmt: str) -> logging.Formatter:
+    """The log formatter for ``fmt`` ('json' or 'text'); raises ValueError for any other name."""
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {FORMATS}, got {fmt!r}")
     return JsonFormatter() if fmt == "json" else TextFormatter()

@@ -81,6 +81,8 @@ def strategy_of(rec_id: str | None) -> str:
 
 @dataclass(frozen=True)
 class ApiMetrics:
+    """The API's series: requests and their latency by endpoint, recommendations and their items by strategy, empty answers, Redis time."""
+
     requests: Counter
     request_duration: Histogram
     recommendations: Counter
@@ -142,6 +144,9 @@ def api() -> ApiMetrics:
 
 @dataclass(frozen=True)
 class WorkerMetrics:
+    """The worker's series: events, duplicates, catalog records, dead letters, batch sizes and times,
+    lag, retries, attributed conversions and whether folding is blocked (by Redis condition)."""
+
     events: Counter
     dedupe_hits: Counter
     catalog_records: Counter
@@ -244,6 +249,8 @@ def worker() -> WorkerMetrics:
 
 @dataclass(frozen=True)
 class ProducerMetrics:
+    """The producers' series: records sent, failed for good, and retried (by topic)."""
+
     sent: Counter
     failed: Counter
     retried: Counter
@@ -290,6 +297,7 @@ class TrainerCollector:
         self.versions = versions
 
     def collect(self) -> Any:
+        """Yield the trainer's gauges (last run time, its figures, the active version) from ``versions()``; nothing when Redis cannot be read."""
         from prometheus_client.core import GaugeMetricFamily
 
         try:

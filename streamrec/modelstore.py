@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -44,30 +45,41 @@ class ModelStore:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.client = client
         self.keys = keys
+        self._shares: dict[str, float | None] = {}
 
     def publish(
         self,
         version: str,
-        neighbours: Mapping[str, tuple[Sequence[str], Sequence[float]]],
+        neighbours: Mapping[str, tuple[Sequence[str], Sequence[float]]]
+        | Iterable[tuple[str, tuple[Sequence[str], Sequence[float]]]],
         meta: Mapping[str, Any],
         chunk: int = 2000,
     ) -> None:
-        """Write a model under ``version`` (not yet active). Its metadata goes in last, marking it complete."""
+        """Write a model under ``version`` (not yet active). Its metadata goes in last, marking it complete.
+
+        ``neighbours`` is ``item -> (neighbour ids, weights)``, or an iterable of such pairs, written
+        ``chunk`` items at a time (a 100,000-item model never sits in memory as Python objects). A
+        ``blend`` entry in ``meta`` (0..1) is the share the API gives this model instead of
+        ``STREAMREC_SCORING_MODEL_BLEND``.
+        """
         k = self.keys
         if self.client.zscore(k.model_versions(), version) is not None:
             raise ModelError(f"model version {version!r} already exists")
+        if "blend" in meta and not 0.0 <= float(meta["blend"]) <= 1.0:
+            raise ModelError(f"a model's blend share must be within 0..1, not {meta['blend']!r}")
         table = k.model_neighbours(version)
         self.client.delete(table, k.model_meta(version))
-        rows = list(neighbours.items())
-        for start in range(0, len(rows), chunk):
+        rows = iter(neighbours.items() if isinstance(neighbours, Mapping) else neighbours)
+        written = 0
+        while part := list(islice(rows, chunk)):
             mapping = {
                 item: orjson.dumps([list(ids), [round(float(w), 6) for w in weights]])
-                for item, (ids, weights) in rows[start : start + chunk]
+                for item, (ids, weights) in part
             }
-            if mapping:
-                self.client.hset(table, mapping=mapping)
+            self.client.hset(table, mapping=mapping)
+            written += len(mapping)
         fields = {name: orjson.dumps(value) for name, value in meta.items()}
-        fields["items"] = orjson.dumps(len(rows))
+        fields["items"] = orjson.dumps(written)
         now = int(time.time() * 1000)
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(k.model_meta(version), mapping=fields)
@@ -130,6 +142,16 @@ class ModelStore:
             meta = {_text(f): orjson.loads(v) for f, v in self.client.hgetall(k.model_meta(version)).items()}
             out.append(ModelInfo(version, int(score), version == active, meta))
         return out
+
+    def blend_share(self, version: str) -> float | None:
+        """The blend share the trainer chose for ``version`` on validation, or None when it chose none.
+
+        A version's metadata never changes once published, so the answer is kept per process.
+        """
+        if version not in self._shares:
+            raw = self.client.hget(self.keys.model_meta(version), "blend")
+            self._shares[version] = None if raw is None else float(orjson.loads(raw))
+        return self._shares[version]
 
     def neighbours(self, items: Iterable[str]) -> tuple[str | None, dict[str, dict[str, float]]]:
         """The active version and its neighbours of ``items`` (two round trips; empty without a model)."""

@@ -112,14 +112,31 @@ class Recommender:
                 continue
         raise AssertionError("unreachable: the last snapshot is not checked")
 
-    def _batch(self, snap: Snapshot, seeds: Sequence[str]) -> tuple[str | None, dict[str, dict[str, float]]]:
-        """The active batch model's neighbours of ``seeds``, unless blending is off or there is no model.
+    def _normalised(self, anchors: Sequence[str], now: int) -> dict[str, dict[str, float]]:
+        """Each anchor's popularity-normalised neighbours at ``now`` (epoch ms), without neighbours that have no
+        activity left, exactly as an answer ranks them (``Snapshot.neighbours``; offline evaluation uses
+        this). Two pipelined trips: the lists with the anchors' counts, then the neighbours' counts."""
+        snap = Snapshot(self.reader, self.cache, now)
+        for _ in range(PASSES_MAX):
+            out = snap.neighbours(anchors)
+            if snap.complete:
+                return out
+            snap.fetch()
+        raise AssertionError("unreachable: the second pass has every count")
 
-        Through ``ModelStore``'s own reads: the active version is cached with the cache's staleness, a
-        version's rows (immutable) until evicted; only what the cache misses is read.
+    def _batch(
+        self, snap: Snapshot, seeds: Sequence[str]
+    ) -> tuple[str | None, dict[str, dict[str, float]], float]:
+        """The active batch model's neighbours of ``seeds`` and its blend share (empty: no model to blend).
+
+        The share is the one the trainer chose for that model on validation, recorded in its metadata
+        (``ModelStore.blend_share``, kept per process: a version's metadata never changes); a model without
+        one gets ``STREAMREC_SCORING_MODEL_BLEND``. Through ``ModelStore``'s own reads: the active version is
+        cached with the cache's staleness, a version's rows (immutable) until evicted; only what the cache
+        misses is read.
         """
-        if self.models is None or self.scoring.model_blend <= 0 or not seeds:
-            return None, {}
+        if self.models is None or not seeds:
+            return None, {}, 0.0
         version = snap.get("model_active", None)
         if version is MISSING:
             version, rows = self.models.neighbours(seeds)  # the active version and its rows, together
@@ -128,21 +145,22 @@ class Recommender:
                 for item in seeds:
                     snap.put("model_rows", (version, item), rows.get(item, {}))
         if version is None:
-            return None, {}
+            return None, {}, 0.0
+        recorded = self.models.blend_share(version)
+        share = self.scoring.model_blend if recorded is None else recorded
+        if share <= 0:
+            return None, {}, 0.0
         cached = {item: snap.get("model_rows", (version, item)) for item in seeds}
         missing = [item for item, row in cached.items() if row is MISSING]
         if missing:
             read_version, rows = self.models.neighbours(missing)
             if read_version != version:  # switched since it was cached: the new version's rows of every seed
-                read_version, rows = self.models.neighbours(seeds)
                 snap.put("model_active", None, read_version)
-                if read_version is None:
-                    return None, {}
-                version, missing = read_version, list(seeds)
+                return self._batch(snap, seeds)
             for item in missing:
                 cached[item] = rows.get(item, {})
                 snap.put("model_rows", (version, item), cached[item])
-        return version, {item: row for item, row in cached.items() if row}
+        return version, {item: row for item, row in cached.items() if row}, share
 
     def _finish(
         self,
@@ -229,10 +247,10 @@ class Recommender:
         candidates = score_personal(seeds, seed_types, neighbours, term_items, s.search_blend)
         if not snap.complete:  # read what these need first: no ranking of half the candidates
             return INCOMPLETE
-        version, batch = self._batch(snap, list(seeds))
+        version, batch, share = self._batch(snap, list(seeds))
         if batch:
             from_model = score_personal(seeds, seed_types, batch, {}, 0.0)
-            candidates = blend(candidates, from_model, s.model_blend)
+            candidates = blend(candidates, from_model, share)
         excluded = exclude | user.bought
         if s.exclude_seen:
             excluded |= {e.item_id for e in user.history} | set(user.preferences)
@@ -258,13 +276,13 @@ class Recommender:
             item: Candidate(item, score, "customers also viewed", "item_to_item")
             for item, score in neighbours.items()
         }
-        version, batch = self._batch(snap, [item_id])
+        version, batch, share = self._batch(snap, [item_id])
         if batch:
             from_model = {
                 item: Candidate(item, w, "customers also bought", "model")
                 for item, w in batch.get(item_id, {}).items()
             }
-            candidates = blend(candidates, from_model, self.scoring.model_blend)
+            candidates = blend(candidates, from_model, share)
         ranked = rank(candidates.values(), k * 3 + 20, excluded)
         return self._finish(
             snap, ranked, k, None, excluded, [item_id], "item_to_item", version if batch else None

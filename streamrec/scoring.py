@@ -81,18 +81,32 @@ def search_terms(query: str, max_terms: int = 6, max_len: int = 64) -> list[str]
 
 
 def normalised_neighbours(
-    raw: Mapping[str, float], counts: Mapping[str, float], anchor_count: float, alpha: float
+    raw: Mapping[str, float],
+    counts: Mapping[str, float],
+    anchor_count: float,
+    alpha: float,
+    shrinkage: float = 0.0,
 ) -> dict[str, float]:
-    """Divide raw co-occurrence by the popularity of both ends: ``c / (n_anchor**(1-a) * n_other**a)``.
+    """Divide raw co-occurrence by the popularity of both ends: ``c / (n_anchor**(1-a) * (n_other + s)**a)``.
 
-    ``alpha`` 0.5 is cosine similarity; higher values push popular neighbours down harder.
+    ``alpha`` 0.5 is cosine similarity; higher values push popular neighbours down harder. ``shrinkage``
+    ``s`` (in interactions, >= 0) adds pseudo-interactions to every neighbour's count, the additive
+    smoothing of a count in the denominator (shrinkage towards zero for thinly supported items, as in
+    Koren's neighbourhood models): an item seen once that co-occurred once no longer ties with a neighbour
+    that co-occurred with the anchor on ten of its hundred occurrences. 0 is plain cosine.
     """
     base = max(anchor_count, 1.0) ** (1.0 - alpha)
-    return {item: weight / (base * max(counts.get(item, 1.0), 1.0) ** alpha) for item, weight in raw.items()}
+    shrink = max(shrinkage, 0.0)
+    return {
+        item: weight / (base * (max(counts.get(item, 1.0), 1.0) + shrink) ** alpha)
+        for item, weight in raw.items()
+    }
 
 
 @dataclass(frozen=True)
 class HistoryEntry:
+    """One entry of a user's recent history: item, time (epoch ms) and event type."""
+
     item_id: str
     ts: int
     type: str
@@ -109,6 +123,7 @@ class Candidate:
     best: float = field(default=0.0, repr=False)
 
     def add(self, amount: float, reason: str, source: str) -> None:
+        """Add ``amount`` (a score contribution) to this candidate; the largest single contribution names its reason and source."""
         self.score += amount
         if amount > self.best:
             self.best, self.reason, self.source = amount, reason, source

@@ -48,6 +48,11 @@ class ScoringSettings(BaseSettings):
     neighbours_max: int = Field(100, description="Neighbours kept per item (memory is O(items x this)).")
     neighbours_slack: int = Field(20, description="Extra neighbours allowed before a trim runs.")
     popularity_alpha: float = Field(0.5, description="Co-occurrence is divided by popularity^alpha.")
+    neighbour_shrinkage: float = Field(
+        100.0,
+        ge=0.0,
+        description="Pseudo-interactions added to a neighbour's count before dividing by it, so thinly supported items cannot outrank well-supported ones (0: none; chosen on validation).",
+    )
 
     preference_halflife_ms: int = Field(30 * DAY_MS, description="Half-life of a user's item preferences.")
     preference_max: int = Field(50, description="Items kept in a user's preference set.")
@@ -96,7 +101,7 @@ class ScoringSettings(BaseSettings):
         0.6,
         ge=0.0,
         le=1.0,
-        description="Share of the active batch model in personal and similar-item scores (0 = live state only).",
+        description="Share of the active batch model in personal and similar-item scores (0 = live state only), for a model whose metadata records no share chosen by the trainer.",
     )
     exclude_seen: bool = Field(
         True, description="Leave items the user already interacted with out of answers."
@@ -110,6 +115,30 @@ class ScoringSettings(BaseSettings):
     def type_weights(self) -> dict[str, float]:
         """The weight of each event type, as the state script wants it."""
         return {t.value: getattr(self, f"weight_{t.value}") for t in EventType if TYPES[t].needs_item}
+
+
+class TrainerSettings(BaseSettings):
+    """How the batch trainer sizes its work (``streamrec train``, ``streamrec eval``)."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_TRAINER_", extra="ignore")
+
+    memory_budget_mb: int = Field(
+        4096,
+        ge=64,
+        description="Memory a model fit may use, in MiB: dense item x item families (EASE, SLIST) are tried only where they fit.",
+    )
+
+    max_blend: float = Field(
+        0.9,
+        ge=0.0,
+        le=1.0,
+        description="Largest blend share the trainer may give its model, so the live state keeps new items and new co-occurrences in answers before the next training.",
+    )
+
+    @property
+    def budget_bytes(self) -> int:
+        """The trainer's memory budget in bytes (``memory_budget_mb`` MiB)."""
+        return self.memory_budget_mb << 20
 
 
 class Settings(BaseSettings):
@@ -208,6 +237,7 @@ class Settings(BaseSettings):
     )
 
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    trainer: TrainerSettings = Field(default_factory=TrainerSettings)
 
 
 def keys_of(settings: Settings) -> Keys:

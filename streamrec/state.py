@@ -55,7 +55,7 @@ def parse_history(raw: Iterable[bytes | str]) -> list[HistoryEntry]:
 
 
 def parse_searches(raw: Iterable[bytes | str]) -> list[tuple[int, list[str]]]:
-    """Search entries ``ts|term\\tterm…`` as (ts ms, terms), newest first."""
+    r"""Search entries ``ts|term\tterm…`` as (ts ms, terms), newest first."""
     out = []
     for entry in raw:
         ts, _, terms = (_text(entry) or "").partition("|")
@@ -468,8 +468,10 @@ class Snapshot:
         """Each anchor's stored neighbours (all of them: the list is bounded) normalised by popularity
         (``scoring.normalised_neighbours``), without neighbours that have no activity left.
 
-        A normalised value does not depend on the time it is computed at (numerator and denominators decay
-        alike), so a cached list is exact but for the activity that arrived since it was read.
+        Without shrinkage a normalised value does not depend on the time it is computed at (numerator and
+        denominators decay alike); the shrinkage's pseudo-interactions do not decay, so a cached list drifts
+        by the decay over the cache's staleness (a second against half-lives of days) besides the activity
+        that arrived since it was read.
         """
         s = self.reader.scoring
         n = s.neighbours_max + s.neighbours_slack
@@ -490,7 +492,7 @@ class Snapshot:
                 live = {i: decayed_value(w, self.now, hl) for i, w in raw.items() if counts[i] is not None}
                 decayed = {i: decayed_value(c, self.now, hl) for i, c in counts.items() if c is not None}
                 normalised = normalised_neighbours(
-                    live, decayed, decayed.get(anchor, 1.0), s.popularity_alpha
+                    live, decayed, decayed.get(anchor, 1.0), s.popularity_alpha, s.neighbour_shrinkage
                 )
                 self.put("neighbours", anchor, normalised)
             out[anchor] = normalised

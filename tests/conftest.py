@@ -1,9 +1,13 @@
-"""Shared fixtures: a real Tansu broker and a real Redis server on free loopback ports, and a per-test
-namespace (topic prefix, Redis prefix, consumer group) so tests never see each other's data."""
+"""Shared fixtures: a real Tansu broker and a real Redis server on free loopback ports, a per-test
+namespace (topic prefix, Redis prefix, consumer group) so tests never see each other's data, and a
+per-test tag in the environment by which every process a test started is found and stopped after it,
+passed or failed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import time
 import uuid
@@ -14,11 +18,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from streamrec.datasets import datasets_dir
 from streamrec.devtools.localstack import ManagedProcess, free_port, spawn, start_broker, start_redis
 from streamrec.keys import Keys
 from streamrec.settings import Settings
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+TEST_TAG = "STREAMREC_TEST_TAG"
 
 
 def wait_until(
@@ -35,10 +41,71 @@ def wait_until(
         time.sleep(interval)
 
 
+def needs_dataset(name: str) -> pytest.MarkDecorator:
+    """Skip a test that reads a shared dataset when its folder is absent (a clone without ../shared),
+    saying which dataset and where it was looked for."""
+    folder = datasets_dir() / name
+    return pytest.mark.skipif(
+        not folder.is_dir(),
+        reason=f"needs the shared dataset {name}, not found at {folder} (set STREAMREC_DATASETS)",
+    )
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+def tagged_processes(tag: str) -> dict[int, str]:
+    """Processes whose environment carries ``STREAMREC_TEST_TAG=<tag>`` (inherited from the test that
+    started them, however deep, even once orphaned): pid -> command line."""
+    needle = f"{TEST_TAG}={tag}".encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue  # gone, or not ours to read
+    return found
+
+
+def reap(tag: str) -> dict[int, str]:
+    """SIGKILL the process group of every process carrying ``tag`` (never pytest's own group, whose
+    members are killed one by one); return what was still running."""
+    left = tagged_processes(tag)
+    own = os.getpgrp()
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            group = os.getpgid(pid)
+            if group != own:
+                os.killpg(group, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
+    return left
+
+
+@pytest.fixture(autouse=True)
+def stop_what_the_test_started(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """Tag the environment every process of this test inherits; after the test, kill what still runs.
+
+    Session fixtures (the shared broker and Redis) start before this one, so they carry no test's tag.
+    What is reaped here is a leak (a test or a program that did not stop its children), so it is logged
+    in ``test-artifacts/reaped.log``.
+    """
+    tag = uuid.uuid4().hex
+    monkeypatch.setenv(TEST_TAG, tag)
+    yield tag
+    left = reap(tag)
+    if left:
+        ARTIFACTS.mkdir(exist_ok=True)
+        with open(ARTIFACTS / "reaped.log", "a", encoding="utf-8") as log:
+            for pid, cmd in left.items():
+                log.write(f"{request.node.nodeid}: killed {pid} {cmd}\n")
 
 
 @pytest.fixture(scope="session")
@@ -111,5 +178,11 @@ def namespace(
     log_dir.mkdir(parents=True, exist_ok=True)
     ns = Namespace(settings, env, Keys(tag), redis_client, log_dir)
     yield ns
+    errors = []
     for proc in reversed(ns.procs):
-        proc.stop()
+        try:
+            proc.stop()
+        except Exception as exc:  # noqa: BLE001 - stop the others first, then report
+            errors.append(exc)
+    if errors:
+        raise errors[0]

@@ -2,8 +2,9 @@
 
 ``streamrec-live`` folds the training events through the worker's own state script into a real Redis
 and ranks with the API's own ``Recommender``; ``streamrec`` does the same with the trainer's batch model
-published and blended in, exactly as the API serves it. The baselines see the same training matrix, the
-same exclusions and the same metric code.
+published and blended in, exactly as the API serves it. The trainer chooses the model and its blend share
+on the validation split, whose live state is folded by the same script under a second key prefix. The
+baselines see the same training matrix, the same exclusions and the same metric code.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import redis
+import scipy.sparse as sp
 from tqdm import tqdm
 
 from streamrec.contract import Event
@@ -27,10 +29,11 @@ from streamrec.settings import ScoringSettings
 from streamrec.state import StateReader
 from streamrec.trainer import models, train
 from streamrec.trainer.models import Matrix
-from streamrec.trainer.ranking_metrics import Result, score_lists
+from streamrec.trainer.ranking_metrics import TAIL_SUPPORT, Result, score_lists, tail_share
 from streamrec.trainer.splits import Split
 
-MODELS = ("streamrec", "streamrec-live", "popularity", "bm25", "cosine", "als", "ease")
+MODELS = ("streamrec", "streamrec-live", "popularity", "bm25", "cosine", "als", "ease", "slist")
+SLIST = train.DEFAULT_CONFIGS[0]  # the side-by-side SLIST row: the trainer's first (SLIST) config
 K = 10
 FOLD_BATCH = 500
 CHUNK = 250  # users per task handed to a ranking process
@@ -90,7 +93,7 @@ def served_lists(
     chunks = [jobs[i : i + CHUNK] for i in range(0, len(jobs), CHUNK)]
     store = ModelStore(client, keys) if blend_model else None
     # answers as of the end of the training data, whatever today's date (decay is relative to it)
-    end = max((ts for actions in split.train.values() for _, _, ts in actions), default=0)
+    end = training_end(split)
     _worker["recommender"] = Recommender(
         StateReader(client, keys, scoring), scoring, store, clock=lambda: end + 1
     )
@@ -108,6 +111,73 @@ def served_lists(
     return out
 
 
+def training_end(split: Split) -> int:
+    """The newest training event's time in epoch ms (0 for no events): "now" for an offline run."""
+    return max((ts for actions in split.train.values() for _, _, ts in actions), default=0)
+
+
+def live_table(
+    client: redis.Redis,
+    keys: Keys,
+    scoring: ScoringSettings,
+    items: Sequence[str],
+    now_ms: int,
+    chunk: int = 500,
+) -> sp.csr_matrix:
+    """The folded state's neighbours of every item, normalised exactly as the API's ranking does it.
+
+    Returns items x items (in ``items`` order): row ``a`` holds ``a``'s popularity-normalised neighbours
+    as ``Recommender`` computes them for a seed ``a`` at ``now_ms`` (epoch ms; decay is relative to it).
+    """
+    index = {item: n for n, item in enumerate(items)}
+    recommender = Recommender(StateReader(client, keys, scoring), scoring, clock=lambda: now_ms)
+    rows, cols, vals = [], [], []
+    for start in range(0, len(items), chunk):
+        part = list(items[start : start + chunk])
+        for anchor, neighbours in recommender._normalised(
+            part, now_ms
+        ).items():  # the API's own normalisation
+            for item, weight in neighbours.items():
+                if item in index:
+                    rows.append(index[anchor])
+                    cols.append(index[item])
+                    vals.append(weight)
+    return sp.csr_matrix((vals, (rows, cols)), shape=(len(items), len(items)), dtype=np.float32)
+
+
+def _drop(client: redis.Redis, keys: Keys) -> None:
+    batch: list = []
+    for key in client.scan_iter(keys.pattern(), count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            client.delete(*batch)
+            batch = []
+    if batch:
+        client.delete(*batch)
+
+
+def validation_live(
+    split: Split, client: redis.Redis, keys: Keys, scoring: ScoringSettings, bar: bool
+) -> sp.csr_matrix:
+    """Fold ``split.validation()``'s training events under a sibling prefix, read its live table, drop it."""
+    valid = split.validation()
+    vkeys = Keys(f"{keys.prefix}-v")
+    try:
+        fold(valid, client, vkeys, scoring, bar)
+        return live_table(client, vkeys, scoring, valid.items, training_end(valid) + 1)
+    finally:
+        _drop(client, vkeys)
+
+
+def support_counts(split: Split) -> dict[str, int]:
+    """Each item's number of interactions in the training log (every event type)."""
+    counts: dict[str, int] = {}
+    for actions in split.train.values():
+        for _, item, _ in actions:
+            counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
 def check_models(wanted: Sequence[str]) -> None:
     """Refuse model names this run does not know, naming the ones it does."""
     unknown = set(wanted) - set(MODELS)
@@ -123,21 +193,36 @@ def run(
     wanted: Sequence[str] = MODELS,
     say: Say = print,
     bar: bool = True,
+    budget_bytes: int = 4 * train.GIB,
+    max_share: float = train.MAX_BLEND,
 ) -> list[Result]:
-    """Evaluate the ``wanted`` models on ``split``; ``client``/``keys`` must point at an empty keyspace."""
+    """Evaluate the ``wanted`` models on ``split``; ``client``/``keys`` must point at an empty keyspace.
+
+    Besides HR@10, NDCG@10 and coverage, every result carries its long-tail share: the share of shown
+    items with fewer than ``TAIL_SUPPORT`` training interactions, to compare with that of the held-out
+    items (said once, first).
+    """
     check_models(wanted)
     # The protocol's exclusions are explicit, so the recommender's own "seen" filter is not applied twice.
     scoring = scoring.model_copy(update={"exclude_seen": False})
     n_items = len(split.items)
     m = Matrix.from_split(split)
+    support = support_counts(split)
     results: list[Result] = []
     cache: dict = {}
     users = [u for u in split.targets if u in m.user_index]
+    say(
+        f"held-out items with fewer than {TAIL_SUPPORT} training interactions: "
+        f"{tail_share(split.targets, support):.3f}"
+    )
 
     def record(name: str, lists: dict[str, list[str]], seconds: float) -> None:
-        result = score_lists(name, lists, split.targets, n_items, seconds, K)
+        result = score_lists(name, lists, split.targets, n_items, seconds, K, support)
         results.append(result)
-        say(f"{name:>15}: HR@10 {result.hr_at_10:.4f}  NDCG@10 {result.ndcg_at_10:.4f}  ({seconds:.1f}s)")
+        say(
+            f"{name:>15}: HR@10 {result.hr_at_10:.4f}  NDCG@10 {result.ndcg_at_10:.4f}  "
+            f"tail {result.tail_share:.3f}  ({seconds:.1f}s)"
+        )
 
     if "popularity" in wanted:
         t0 = time.perf_counter()
@@ -157,15 +242,27 @@ def run(
         uf, itf = models.als(m.X)
         lists = models.top_k_lists(lambda rows: uf[rows] @ itf.T, users, m, split.exclude)
         record("als", lists, time.perf_counter() - t0)
-    if "ease" in wanted:
+    for family, config in (("ease", train.Config("ease", (("lambda", 50.0),))), ("slist", SLIST)):
+        if family not in wanted:
+            continue
+        need = train.memory_needed(config, n_items, m.X.nnz)
+        if need > budget_bytes:
+            say(f"{family:>15}: skipped, needs {need / train.GIB:.1f} GiB > the memory budget")
+            continue
         t0 = time.perf_counter()
-        B = models.ease(m.X, 50.0)
-        lists = models.top_k_lists(lambda rows: m.X[rows] @ B, users, m, split.exclude)
-        record("ease", lists, time.perf_counter() - t0)
-        # the same fit, in served form, for the trainer should it choose EASE(50) on validation
-        cache[(id(m), train.Config("ease", (("lambda", 50.0),)), train.NEIGHBOURS)] = models.top_neighbours(
-            B, train.NEIGHBOURS
-        )
+        if family == "ease":
+            B = models.ease(m.X, 50.0, bar)
+            lists = models.top_k_lists(lambda rows, B=B: m.X[rows] @ B, users, m, split.exclude)
+        else:
+            # SLIST is scored as its paper serves it and as the API would: recent actions, recency-weighted
+            p = dict(config.params)
+            S, T = models.session_matrices(m.sequences, n_items, train.SLIST_WINDOW)
+            B = models.slist(m.X, S, T, p["alpha"], p["lambda"], bar)
+            Q = train.seed_matrix(m, split, scoring)
+            lists = models.top_k_lists(lambda rows, B=B, Q=Q: Q[rows] @ B, users, m, split.exclude)
+        record(family, lists, time.perf_counter() - t0)
+        # the same fit, in served form, for the trainer should it choose this config on validation
+        cache[(m.fingerprint, config, train.NEIGHBOURS)] = models.top_neighbours(B, train.NEIGHBOURS)
         del B
 
     if "streamrec-live" in wanted or "streamrec" in wanted:
@@ -178,9 +275,24 @@ def run(
             record("streamrec-live", lists, fold_seconds + time.perf_counter() - t0)
         if "streamrec" in wanted:
             t0 = time.perf_counter()
-            trained = train.train(split, scoring, progress=say, cache=cache, m=m)
+            live = validation_live(split, client, keys, scoring, bar)
+            trained = train.train(
+                split,
+                scoring,
+                progress=say,
+                cache=cache,
+                m=m,
+                live=live,
+                budget_bytes=budget_bytes,
+                bars=bar,
+                max_share=max_share,
+            )
             version = train.new_version(trained.config)
-            store.publish(version, trained.neighbours, trained.meta({"trained_on": split.name}))
+            store.publish(
+                version,
+                train.neighbour_rows(trained.items, trained.table),
+                trained.meta({"trained_on": split.name}),
+            )
             store.activate(version)
             lists = served_lists(split, client, keys, scoring, True, bar, "streamrec")
             record("streamrec", lists, fold_seconds + time.perf_counter() - t0)

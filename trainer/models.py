@@ -1,21 +1,28 @@
 """Batch models over a user-item matrix: numeric code that takes arrays and returns arrays.
 
-Every item-to-item family (EASE, cosine and BM25 item-kNN) is reduced to the same served form: for each
-item, its top-N neighbours with weights, so the API blends any of them with the live state the same way.
-ALS and popularity are baselines only (they are not item-to-item).
+Every item-to-item family (SLIST, EASE, cosine and BM25 item-kNN) is reduced to the same served form: for
+each item, its top-N neighbours with weights, so the API blends any of them with the live state the same
+way. ALS and popularity are baselines only (they are not item-to-item).
+
+Dense families (EASE, SLIST) hold several items x items float32 matrices at once: ``dense_bytes`` says
+how much, so the trainer fits them only where they fit its memory budget; item-kNN stays sparse.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import lapack
 from threadpoolctl import threadpool_limits
+from tqdm import tqdm
 
 from streamrec import event_types
 from streamrec.trainer.splits import Split
@@ -29,55 +36,209 @@ def _positive(type_name: str) -> bool:
 
 @dataclass
 class Matrix:
-    """The training interactions of a split as a binary users x items CSR matrix, with the id maps."""
+    """The training interactions of a split as a users x items CSR matrix, with the id maps.
+
+    Binary by default (every baseline sees the same matrix); with ``type_weights`` an entry is the largest
+    weight of the user's positive actions on the item. ``sequences`` holds each user's positive actions
+    as item indices in time order (repeats kept), for the sequence-aware families.
+    """
 
     users: list[str]
     items: list[str]
     X: sp.csr_matrix
     item_index: dict[str, int] = field(default_factory=dict)
     user_index: dict[str, int] = field(default_factory=dict)
+    sequences: list[list[int]] = field(default_factory=list)
 
     @classmethod
-    def from_split(cls, split: Split) -> Matrix:
+    def from_split(cls, split: Split, type_weights: Mapping[str, float] | None = None) -> Matrix:
+        """The users x items interaction matrix of ``split``'s training actions, each weighted by its event type
+        (``type_weights``, relative to a purchase; None: binary), with each user's item sequence for SLIST.
+        """
         items = list(split.items)
         item_index = {item: n for n, item in enumerate(items)}
         users = list(split.train)
-        rows, cols = [], []
+        rows, cols, vals = [], [], []
+        sequences = []
         for u, user in enumerate(users):
+            seq = []
             for etype, item, _ in split.train[user]:
                 if _positive(str(etype)):
+                    j = item_index[item]
                     rows.append(u)
-                    cols.append(item_index[item])
-        X = sp.csr_matrix(
-            (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(users), len(items))
-        )
-        X.data[:] = 1.0  # repeats count once: every baseline sees the same binary matrix
-        return cls(users, items, X, item_index, {user: n for n, user in enumerate(users)})
+                    cols.append(j)
+                    vals.append(1.0 if type_weights is None else type_weights.get(str(etype), 1.0))
+                    seq.append(j)
+            sequences.append(seq)
+        X = sp.coo_matrix(
+            (np.asarray(vals, dtype=np.float32), (rows, cols)), shape=(len(users), len(items))
+        ).tocsr(copy=False)
+        if type_weights is None:
+            X.sum_duplicates()
+            X.data[:] = 1.0  # repeats count once: every baseline sees the same binary matrix
+        else:
+            X = _max_duplicates(rows, cols, vals, (len(users), len(items)))
+        return cls(users, items, X, item_index, {user: n for n, user in enumerate(users)}, sequences)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A digest of the matrix and its id maps: equal content, equal key (unlike ``id()``, never reused)."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(repr(self.X.shape).encode())
+        for array in (self.X.indptr, self.X.indices, self.X.data):
+            h.update(np.ascontiguousarray(array).tobytes())
+        h.update("\x1f".join(self.items).encode())
+        h.update("\x1f".join(self.users).encode())
+        for seq in self.sequences:
+            h.update(np.asarray(seq, dtype=np.int64).tobytes() + b";")
+        return h.hexdigest()
 
 
-def ease(X: sp.csr_matrix, lam: float) -> np.ndarray:
+def _max_duplicates(
+    rows: list[int], cols: list[int], vals: list[float], shape: tuple[int, int]
+) -> sp.csr_matrix:
+    """A CSR matrix keeping the largest of repeated (row, col) values (a purchase outweighs a cart add)."""
+    best: dict[tuple[int, int], float] = {}
+    for r, c, v in zip(rows, cols, vals, strict=True):
+        if v > best.get((r, c), float("-inf")):
+            best[(r, c)] = v
+    if not best:
+        return sp.csr_matrix(shape, dtype=np.float32)
+    keys = np.array(list(best), dtype=np.int64)
+    return sp.csr_matrix(
+        (np.fromiter(best.values(), np.float32, len(best)), (keys[:, 0], keys[:, 1])), shape=shape
+    )
+
+
+DENSE_COPIES = 4  # items x items float32 matrices alive at once in an EASE or SLIST fit (measured peak)
+
+
+def dense_bytes(n_items: int) -> int:
+    """Memory an EASE or SLIST fit needs: ``DENSE_COPIES`` float32 items x items matrices, in bytes."""
+    return DENSE_COPIES * 4 * n_items * n_items
+
+
+def sparse_bytes(nnz: int, n_items: int, k: int) -> int:
+    """A generous bound on an item-kNN fit: the matrix three times over and ``k`` neighbours per item."""
+    return 3 * 12 * nnz + 3 * 12 * n_items * k
+
+
+def _steps(desc: str, total: int, show: bool) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="step", disable=not show, leave=False)
+
+
+def _inverse(A: np.ndarray, name: str) -> np.ndarray:
+    """``A^-1`` of a symmetric positive definite float32 matrix, in place (LAPACK potrf/potri), full."""
+    factor, info = lapack.spotrf(A, lower=0, overwrite_a=1)
+    if info != 0:
+        raise ValueError(f"{name}: the Gram matrix is not positive definite (potrf info {info})")
+    inverse, info = lapack.spotri(factor, lower=0, overwrite_c=1)
+    if info != 0:
+        raise ValueError(f"{name}: inversion failed (potri info {info})")
+    # potri fills the upper triangle only: mirror it in blocks (index arrays would cost 4 x the matrix)
+    n, block = inverse.shape[0], 2048
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        inverse[s:e, :s] = inverse[:s, s:e].T
+        diag = inverse[s:e, s:e]
+        lower = np.tril_indices(e - s, -1)
+        diag[lower] = diag.T[lower]
+    return inverse
+
+
+def ease(X: sp.csr_matrix, lam: float, progress: bool = False) -> np.ndarray:
     """EASE (Steck 2019): ``B = I - P diagMat(1/diag(P))`` with ``P = (X'X + lam I)^-1``, zero diagonal.
 
     The inverse comes from a float32 Cholesky factorisation (LAPACK potrf/potri), about three times
-    faster than a general inverse of the same Gram matrix.
+    faster than a general inverse of the same Gram matrix. Returns items x items float32.
     """
-    gram = (X.T @ X).toarray().astype(np.float32)
-    gram[np.diag_indices_from(gram)] += lam
-    factor, info = lapack.spotrf(gram, lower=0, overwrite_a=1)
-    if info != 0:
-        raise ValueError(f"EASE: the Gram matrix is not positive definite (potrf info {info})")
-    inverse, info = lapack.spotri(factor, lower=0, overwrite_c=1)
-    if info != 0:
-        raise ValueError(f"EASE: inversion failed (potri info {info})")
-    upper = np.triu(inverse)
-    P = upper + np.triu(inverse, 1).T
-    B = -P / np.diag(P)[None, :]
-    np.fill_diagonal(B, 0.0)
+    with _steps("EASE", 3, progress) as bar:
+        gram = (X.T @ X).toarray().astype(np.float32, copy=False)
+        gram[np.diag_indices_from(gram)] += lam
+        bar.update()
+        P = _inverse(gram, "EASE")
+        bar.update()
+        P /= -np.diag(P)[None, :]
+        np.fill_diagonal(P, 0.0)
+        bar.update()
+    return P
+
+
+def session_matrices(
+    sequences: Iterable[Sequence[int]], n_items: int, window: int = 10, delta: float = 1.0
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """SLIT's past and future matrices (Choi et al., WWW 2021, section 3.2), one row per position.
+
+    For each sequence and each position ``t >= 1``: the past row holds the ``window`` items before ``t``,
+    weighted ``exp(-(t - 1 - j) / delta)`` (the newest weighs 1); the future row holds ``t`` and the
+    ``window - 1`` items after it, weighted ``exp(-(j - t) / delta)``. Both are rows x ``n_items``.
+    """
+    past_r: list[int] = []
+    past_c: list[int] = []
+    past_v: list[float] = []
+    fut_r: list[int] = []
+    fut_c: list[int] = []
+    fut_v: list[float] = []
+    decay = [math.exp(-d / delta) for d in range(window)]
+    row = 0
+    for seq in sequences:
+        n = len(seq)
+        for t in range(1, n):
+            for j in range(max(0, t - window), t):
+                past_r.append(row)
+                past_c.append(seq[j])
+                past_v.append(decay[t - 1 - j])
+            for j in range(t, min(n, t + window)):
+                fut_r.append(row)
+                fut_c.append(seq[j])
+                fut_v.append(decay[j - t])
+            row += 1
+    shape = (row, n_items)
+    S = sp.csr_matrix((past_v, (past_r, past_c)), shape=shape, dtype=np.float32)
+    T = sp.csr_matrix((fut_v, (fut_r, fut_c)), shape=shape, dtype=np.float32)
+    return S, T
+
+
+def slist(
+    X: sp.csr_matrix,
+    S: sp.csr_matrix,
+    T: sp.csr_matrix,
+    alpha: float,
+    lam: float,
+    progress: bool = False,
+) -> np.ndarray:
+    """SLIST (Choi et al., WWW 2021, eq. 9): item similarity and item transitions in one closed form.
+
+    Minimises ``alpha ||X - XB||^2 + (1 - alpha) ||T - SB||^2 + lam ||B||^2``:
+    ``B = P (alpha X'X + (1 - alpha) S'T)`` with ``P = (alpha X'X + (1 - alpha) S'S + lam I)^-1``, computed
+    as ``I - lam P - (1 - alpha) P (S'S - S'T)`` so that only a sparse product meets the dense ``P``.
+    ``X`` is users x items, ``S``/``T`` from ``session_matrices``. Returns items x items float32 with a
+    zero diagonal (an item does not recommend itself).
+    """
+    n = X.shape[1]
+    with _steps("SLIST", 4, progress) as bar:
+        SS = (S.T @ S).tocsr()
+        A = (alpha * (X.T @ X) + (1.0 - alpha) * SS).toarray().astype(np.float32, copy=False)
+        A[np.diag_indices(n)] += lam
+        bar.update()
+        P = _inverse(A, "SLIST")
+        bar.update()
+        M = ((1.0 - alpha) * (SS - (S.T @ T).tocsr())).astype(np.float32).tocsr()
+        M.eliminate_zeros()
+        # P M = (M' P)' for a symmetric P; the sparse side drives the product
+        B = np.asarray((M.T.tocsr() @ P).T, dtype=np.float32)
+        bar.update()
+        B *= -1.0
+        P *= lam
+        B -= P
+        del P
+        B[np.diag_indices(n)] = 0.0  # the identity cancels on the diagonal, which is zeroed anyway
+        bar.update()
     return B
 
 
 def item_knn(X: sp.csr_matrix, kind: str, k: int = 100) -> sp.csr_matrix:
-    """implicit's item-kNN similarity (``cosine`` or ``bm25``), K neighbours per item, as items x items."""
+    """Item-kNN similarity from implicit (``cosine`` or ``bm25``), K neighbours per item, as items x items."""
     from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
 
     model = CosineRecommender(K=k) if kind == "cosine" else BM25Recommender(K=k)
@@ -89,7 +250,7 @@ def item_knn(X: sp.csr_matrix, kind: str, k: int = 100) -> sp.csr_matrix:
 
 
 def als(X: sp.csr_matrix, factors: int = 64, regularization: float = 0.05, iterations: int = 15):
-    """implicit's ALS (CPU, seeded): returns ``(user_factors, item_factors)``."""
+    """ALS from implicit (CPU, seeded): returns ``(user_factors, item_factors)``."""
     from implicit.cpu.als import AlternatingLeastSquares
 
     with threadpool_limits(1, "blas"):  # implicit's advice: its own threads, not OpenBLAS's
@@ -100,12 +261,12 @@ def als(X: sp.csr_matrix, factors: int = 64, regularization: float = 0.05, itera
     return np.asarray(model.user_factors), np.asarray(model.item_factors)
 
 
-def top_neighbours(weights: np.ndarray | sp.spmatrix, n: int) -> sp.csr_matrix:
+def top_neighbours(weights: np.ndarray | sp.spmatrix, n: int, progress: bool = False) -> sp.csr_matrix:
     """Keep each row's ``n`` largest positive weights (the served, bounded form of an item-to-item model)."""
     if sp.issparse(weights):
         W = sp.csr_matrix(weights)
         rows, cols, vals = [], [], []
-        for r in range(W.shape[0]):
+        for r in tqdm(range(W.shape[0]), desc="top neighbours", disable=not progress, leave=False):
             start, end = W.indptr[r], W.indptr[r + 1]
             idx, data = W.indices[start:end], W.data[start:end]
             keep = data > 0
@@ -119,7 +280,9 @@ def top_neighbours(weights: np.ndarray | sp.spmatrix, n: int) -> sp.csr_matrix:
         return sp.csr_matrix((vals, (rows, cols)), shape=W.shape, dtype=np.float32)
     dense = np.asarray(weights)
     n = min(n, dense.shape[1] - 1)
-    idx = np.argpartition(-dense, n, axis=1)[:, :n]
+    idx = np.empty((dense.shape[0], n), dtype=np.int64)
+    for start in range(0, dense.shape[0], 4096):  # bounded scratch memory: argpartition copies its input
+        idx[start : start + 4096] = np.argpartition(-dense[start : start + 4096], n, axis=1)[:, :n]
     vals = np.take_along_axis(dense, idx, axis=1)
     rows = np.repeat(np.arange(dense.shape[0]), n)
     out = sp.csr_matrix((vals.ravel(), (rows, idx.ravel())), shape=dense.shape, dtype=np.float32)
@@ -134,9 +297,13 @@ def top_k_lists(
     m: Matrix,
     exclude: Mapping[str, set[str]],
     k: int = 10,
-    batch: int = 2048,
+    batch: int | None = None,
 ) -> dict[str, list[str]]:
-    """Rank every item for each user by ``scores_for(user_rows) -> dense scores``, excluding what they may not get."""
+    """Rank every item for each user by ``scores_for(user_rows) -> dense scores``, excluding what they may not get.
+
+    Users go in batches of ``batch`` rows (default: about 128 MiB of float32 scores per batch).
+    """
+    batch = batch or score_batch(len(m.items))
     out: dict[str, list[str]] = {}
     for start in range(0, len(users), batch):
         chunk = users[start : start + batch]
@@ -155,6 +322,11 @@ def top_k_lists(
         for r, user in enumerate(chunk):
             out[user] = [m.items[j] for j in top[r] if np.isfinite(S[r, j])]
     return out
+
+
+def score_batch(n_items: int) -> int:
+    """Users scored at once so that one dense batch of float32 scores stays near 128 MiB."""
+    return max(16, min(2048, (128 << 20) // (4 * max(n_items, 1))))
 
 
 def popularity_scores(m: Matrix) -> np.ndarray:

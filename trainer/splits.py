@@ -62,6 +62,7 @@ class Split:
 
     @property
     def n_events(self) -> int:
+        """Events in the split: training actions plus held-out targets."""
         return sum(len(a) for a in self.train.values()) + sum(len(t) for t in self.targets.values())
 
     def everything(self) -> Split:
@@ -71,7 +72,7 @@ class Split:
             last = actions[-1][2] if actions else SYNTHETIC_END_MS
             etype = self.target_type or (actions[-1][0] if actions else EventType.PURCHASE)
             train[user] = actions + [(etype, item, last + 1) for item in self.targets.get(user, ())]
-        return Split(f"{self.name}:all", train, {}, {}, self.target_type)
+        return Split(f"{self.name}:all", train, {}, {}, self.target_type, list(self.items))
 
     def validation(self) -> Split:
         """A split carved from the training data alone: each evaluated user's last training item held out.
@@ -91,7 +92,7 @@ class Split:
             train[user] = rest
             targets[user] = [actions[held][1]]
             exclude[user] = {i for t, i, _ in rest if self.target_type in (None, t)}
-        return Split(f"{self.name}:validation", train, targets, exclude, self.target_type)
+        return Split(f"{self.name}:validation", train, targets, exclude, self.target_type, list(self.items))
 
 
 def _last_index(actions: list[Action], etype: EventType) -> int | None:

@@ -2,51 +2,77 @@
 
 The choice is made on a split carved from the training data (each user's last training item held out),
 never on test items. Every candidate is scored the way the API serves it: the user's recent actions,
-weighted by recency and event type, seed each item's top neighbours.
+weighted by recency and event type, seed each item's top neighbours. Only the families whose fit fits
+the memory budget are tried (dense EASE and SLIST hold several items x items matrices; item-kNN is
+sparse). When the live state of the validation split is given, the blend share of the batch model is
+chosen on the same split and recorded in the model's metadata, where the API reads it.
 """
 
 from __future__ import annotations
 
+import resource
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from tqdm import tqdm
 
+from streamrec import event_types
 from streamrec.modelstore import ModelStore
 from streamrec.scoring import HistoryEntry, history_seeds
 from streamrec.settings import ScoringSettings
 from streamrec.trainer import models
 from streamrec.trainer.models import Matrix
-from streamrec.trainer.ranking_metrics import Result, score_lists
+from streamrec.trainer.ranking_metrics import Result, hit_and_gain, score_lists
 from streamrec.trainer.splits import Split
 
 Progress = Callable[[str], None]
+GIB = 1 << 30
 
 
 @dataclass(frozen=True)
 class Config:
-    """One model family with its hyper-parameters."""
+    """One model family with its hyper-parameters (``w_<type>``: that event type's weight in the matrix)."""
 
-    family: str  # ease | bm25 | cosine
+    family: str  # slist | ease | bm25 | cosine
     params: tuple[tuple[str, float], ...] = ()
 
     @property
     def name(self) -> str:
+        """The configuration as written in reports, e.g. ``ease(l2=500)``."""
         args = ",".join(f"{k}={v:g}" for k, v in self.params)
         return f"{self.family}({args})" if args else self.family
 
+    @property
+    def dense(self) -> bool:
+        """Whether the family fits a dense items x items matrix (SLIST, EASE), which the memory budget bounds."""
+        return self.family in DENSE_FAMILIES
 
+    def type_weights(self) -> dict[str, float] | None:
+        """Event-type weights of the training matrix relative to a purchase (None: binary)."""
+        weights = {k[2:]: v for k, v in self.params if k.startswith("w_")}
+        return {"purchase": 1.0, **weights} if weights else None
+
+
+DENSE_FAMILIES = ("slist", "ease")
+FAMILIES = ("slist", "ease", "bm25", "cosine")
 DEFAULT_CONFIGS: tuple[Config, ...] = (
+    Config("slist", (("alpha", 0.5), ("lambda", 50.0))),
     Config("ease", (("lambda", 50.0),)),
-    Config("ease", (("lambda", 250.0),)),
     Config("bm25", (("k", 100.0),)),
     Config("cosine", (("k", 100.0),)),
 )
+# weights a non-purchase action (a cart add, a view) gets in the matrix, tried where the data has several
+TYPE_WEIGHT_GRID = (0.25, 1.0)
+BLEND_GRID = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+MAX_BLEND = 0.9  # the live state always keeps a share: new items and co-occurrences show before a retrain
 NEIGHBOURS = 100  # neighbours kept per item in the served model
+SLIST_WINDOW = 10  # SLIT's past and future reach, in actions (Choi et al. use whole sessions)
+VALIDATION_USERS = 30_000  # held-out users scored per validation pass (a fixed, evenly spread sample above)
 
 
 @dataclass
@@ -54,34 +80,101 @@ class TrainedModel:
     """A fitted item-to-item model in its served form, and how it was chosen."""
 
     config: Config
-    neighbours: dict[str, tuple[list[str], list[float]]]
+    table: sp.csr_matrix
+    items: list[str]
     validation: list[Result] = field(default_factory=list)
     fit_seconds: float = 0.0
+    blend: float | None = None
+    blend_validation: list[dict[str, float]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
     def meta(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        return {
+        """The model's metadata stored with its rows: family, parameters, neighbour counts, the chosen blend share and its validation, plus ``extra``."""
+        counts = np.diff(self.table.indptr)
+        meta: dict[str, Any] = {
             "family": self.config.family,
             "params": dict(self.config.params),
-            "neighbours_per_item": max((len(ids) for ids, _ in self.neighbours.values()), default=0),
+            "neighbours_per_item": int(counts.max()) if len(counts) else 0,
             "validation": [r.as_dict() for r in self.validation],
             "fit_seconds": round(self.fit_seconds, 2),
-            **(extra or {}),
+            "skipped": self.skipped,
         }
+        if self.blend is not None:
+            meta["blend"] = self.blend
+            meta["blend_validation"] = self.blend_validation
+        return {**meta, **(extra or {})}
 
 
-def fit(m: Matrix, config: Config, n: int = NEIGHBOURS, cache: dict | None = None) -> sp.csr_matrix:
-    """Fit ``config`` on the matrix and keep each item's top ``n`` neighbours (items x items)."""
-    key = (id(m), config, n)
+def memory_needed(config: Config, n_items: int, nnz: int) -> int:
+    """Bytes a fit of ``config`` needs on ``n_items`` items and ``nnz`` interactions (an upper estimate)."""
+    if config.dense:
+        return models.dense_bytes(n_items)
+    return models.sparse_bytes(nnz, n_items, int(dict(config.params).get("k", 100)))
+
+
+def within_budget(
+    configs: Sequence[Config], n_items: int, nnz: int, budget_bytes: int
+) -> tuple[list[Config], list[str]]:
+    """The configs whose fit fits ``budget_bytes``, and a note for each one left out."""
+    kept, skipped = [], []
+    for config in configs:
+        need = memory_needed(config, n_items, nnz)
+        if need <= budget_bytes:
+            kept.append(config)
+        else:
+            skipped.append(f"{config.name}: needs {need / GIB:.1f} GiB > budget {budget_bytes / GIB:.1f} GiB")
+    return kept, skipped
+
+
+def with_type_weights(configs: Sequence[Config], split: Split) -> list[Config]:
+    """Add variants that weigh non-purchase actions where the data has several positive event types."""
+    present = {str(t) for acts in split.train.values() for t, _, _ in acts}
+    others = sorted(t for t in present if t != "purchase" and (event_types.info(t) or _ZERO).weight > 0)
+    if not others or "purchase" not in present:
+        return list(configs)
+    out = []
+    for config in configs:
+        for w in TYPE_WEIGHT_GRID:
+            out.append(Config(config.family, config.params + tuple((f"w_{t}", w) for t in others)))
+    return out
+
+
+_ZERO = event_types.TypeInfo(weight=0.0, strength=0)
+
+
+def fit(
+    m: Matrix,
+    config: Config,
+    n: int = NEIGHBOURS,
+    cache: dict | None = None,
+    split: Split | None = None,
+    progress: bool = False,
+) -> sp.csr_matrix:
+    """Fit ``config`` on the matrix and keep each item's top ``n`` neighbours (items x items).
+
+    ``cache`` is keyed by the matrix's content (``Matrix.fingerprint``), so a fit is reused only for the
+    same data. A config with event-type weights rebuilds its weighted matrix from ``split``.
+    """
+    key = (m.fingerprint, config, n)
     if cache is not None and key in cache:
         return cache[key]
     p = dict(config.params)
+    weights = config.type_weights()
+    if weights is not None:
+        if split is None:
+            raise ValueError(f"{config.name} weighs event types: fit() needs the split")
+        m = Matrix.from_split(split, weights)
     if config.family == "ease":
-        weights: Any = models.ease(m.X, p.get("lambda", 50.0))
+        dense: Any = models.ease(m.X, p.get("lambda", 50.0), progress)
+    elif config.family == "slist":
+        S, T = models.session_matrices(m.sequences, len(m.items), SLIST_WINDOW)
+        dense = models.slist(m.X, S, T, p.get("alpha", 0.5), p.get("lambda", 50.0), progress)
     elif config.family in ("bm25", "cosine"):
-        weights = models.item_knn(m.X, config.family, int(p.get("k", 100)))
+        dense = models.item_knn(m.X, config.family, int(p.get("k", 100)))
     else:
-        raise ValueError(f"unknown model family {config.family!r}: use ease, bm25 or cosine")
-    table = models.top_neighbours(weights, n)
+        raise ValueError(f"unknown model family {config.family!r}: use {', '.join(FAMILIES)}")
+    table = models.top_neighbours(dense, n, progress)
+    del dense
     if cache is not None:
         cache[key] = table
     return table
@@ -102,6 +195,32 @@ def seed_matrix(m: Matrix, split: Split, scoring: ScoringSettings) -> sp.csr_mat
     return sp.csr_matrix((vals, (rows, cols)), shape=m.X.shape, dtype=np.float32)
 
 
+def preference_matrix(m: Matrix, split: Split, scoring: ScoringSettings) -> sp.csr_matrix:
+    """Each user's item preferences as the state keeps them: type-weighted, decayed to the user's last action.
+
+    Used only where answers offer the user's own items back (``exclude_seen`` off): the offline copy of
+    the state's preference set, for choosing the blend share.
+    """
+    weights = scoring.type_weights()
+    hl = scoring.preference_halflife_ms
+    rows, cols, vals = [], [], []
+    for u, user in enumerate(m.users):
+        actions = split.train[user]
+        if not actions:
+            continue
+        now = max(ts for _, _, ts in actions)
+        prefs: dict[int, float] = {}
+        for etype, item, ts in actions:
+            j = m.item_index[item]
+            prefs[j] = prefs.get(j, 0.0) + weights.get(str(etype), 0.0) * 2.0 ** ((ts - now) / hl)
+        top = sorted(((v, j) for j, v in prefs.items() if v > 0), reverse=True)[: scoring.preference_max]
+        for v, j in top:
+            rows.append(u)
+            cols.append(j)
+            vals.append(v)
+    return sp.csr_matrix((vals, (rows, cols)), shape=m.X.shape, dtype=np.float32)
+
+
 def served_lists(
     m: Matrix, split: Split, table: sp.csr_matrix, scoring: ScoringSettings, k: int = 10
 ) -> dict[str, list[str]]:
@@ -111,26 +230,144 @@ def served_lists(
     return models.top_k_lists(lambda rows: (Q[rows] @ table).toarray(), users, m, split.exclude, k)
 
 
+def _scaled(S: np.ndarray) -> np.ndarray:
+    """Each row divided by its largest score, as ``scoring.blend`` scales each side to a top of one."""
+    top = S.max(axis=1, keepdims=True)
+    top[top <= 0] = 1.0
+    return S / top
+
+
+def blend_results(
+    m: Matrix,
+    split: Split,
+    table: sp.csr_matrix,
+    live: sp.csr_matrix,
+    scoring: ScoringSettings,
+    shares: Sequence[float] = BLEND_GRID,
+    k: int = 10,
+) -> list[tuple[float, float, float]]:
+    """HR@k and NDCG@k of the served blend at each share, on ``split``: ``[(share, hr, ndcg)]``.
+
+    The same maths as the API's ranking: live and batch candidates each scaled to a top of one and mixed
+    (``scoring.blend``); with ``exclude_seen`` off the user's own items are offered back as
+    ``scoring.add_repeats`` does; the user's seen items or the protocol's exclusions are left out.
+    ``live`` is the live state's popularity-normalised neighbour table (items x items).
+    """
+    Q = seed_matrix(m, split, scoring)
+    prefs = None if scoring.exclude_seen else preference_matrix(m, split, scoring)
+    users = [u for u in split.targets if u in m.user_index]
+    hits = np.zeros(len(shares))
+    gains = np.zeros(len(shares))
+    batch_rows = models.score_batch(len(m.items))
+    for start in range(0, len(users), batch_rows):
+        chunk = users[start : start + batch_rows]
+        rows = np.array([m.user_index[u] for u in chunk])
+        q = Q[rows]
+        L = _scaled((q @ live).toarray())
+        B = _scaled((q @ table).toarray())
+        P = None if prefs is None else prefs[rows].toarray()
+        banned = []
+        for user in chunk:
+            ex = split.exclude.get(user, set())
+            if scoring.exclude_seen:
+                ex = ex | {i for _, i, _ in split.train[user]}
+            banned.append([m.item_index[i] for i in ex if i in m.item_index])
+        for s, share in enumerate(shares):
+            S = (1.0 - share) * L + share * B
+            if P is not None and scoring.repeat_blend > 0:
+                top_pref = P.max(axis=1, keepdims=True)
+                scale = scoring.repeat_blend * np.where(
+                    S.max(axis=1, keepdims=True) > 0, S.max(axis=1, keepdims=True), 1.0
+                )
+                S = S + np.divide(scale, top_pref, out=np.zeros_like(top_pref), where=top_pref > 0) * P
+            S[S <= 0] = -np.inf
+            for r, ban in enumerate(banned):
+                S[r, ban] = -np.inf
+            top = np.argpartition(-S, k, axis=1)[:, :k]
+            order = np.argsort(-np.take_along_axis(S, top, axis=1), axis=1, kind="stable")
+            top = np.take_along_axis(top, order, axis=1)
+            for r, user in enumerate(chunk):
+                ranked = [m.items[j] for j in top[r] if np.isfinite(S[r, j])]
+                h, g = hit_and_gain(ranked, split.targets[user], k)
+                hits[s] += h
+                gains[s] += g
+    n = max(len(split.targets), 1)
+    return [(float(share), float(hits[s] / n), float(gains[s] / n)) for s, share in enumerate(shares)]
+
+
+def sampled(split: Split, n: int = VALIDATION_USERS) -> Split:
+    """``split`` with at most ``n`` evaluated users, evenly spread over its users (deterministic)."""
+    if len(split.targets) <= n:
+        return split
+    users = list(split.targets)
+    keep = [users[i * len(users) // n] for i in range(n)]
+    return Split(
+        split.name,
+        split.train,
+        {u: split.targets[u] for u in keep},
+        {u: split.exclude.get(u, set()) for u in keep},
+        split.target_type,
+        split.items,
+    )
+
+
 def select(
     split: Split,
     scoring: ScoringSettings,
     configs: Sequence[Config] = DEFAULT_CONFIGS,
     progress: Progress | None = None,
-) -> tuple[Config, list[Result]]:
-    """Score every config on the validation split carved from ``split``'s training data; best HR@10 wins."""
-    valid = split.validation()
+    budget_bytes: int = 4 * GIB,
+    bars: bool = False,
+    cache: dict | None = None,
+) -> tuple[Config, list[Result], list[str]]:
+    """Score every config that fits the budget on the validation split carved from ``split``; best HR@10 wins.
+
+    Returns the winner, every candidate's validation figures and a note per config left out for memory.
+    """
+    valid = sampled(split.validation())
     m = Matrix.from_split(valid)
+    configs, skipped = within_budget(with_type_weights(configs, valid), len(m.items), m.X.nnz, budget_bytes)
+    for note in skipped:
+        if progress:
+            progress(f"skipped {note}")
+    if not configs:
+        raise ValueError(f"no model family fits the memory budget of {budget_bytes / GIB:.1f} GiB")
     results = []
     for config in configs:
         t0 = time.perf_counter()
-        table = fit(m, config)
+        table = fit(m, config, cache=cache, split=valid, progress=bars)
         lists = served_lists(m, valid, table, scoring)
         result = score_lists(config.name, lists, valid.targets, len(valid.items), time.perf_counter() - t0)
         results.append(result)
         if progress:
             progress(f"validation {config.name}: HR@10 {result.hr_at_10:.4f} NDCG@10 {result.ndcg_at_10:.4f}")
     best = max(zip(configs, results, strict=True), key=lambda cr: (cr[1].hr_at_10, cr[1].ndcg_at_10))
-    return best[0], results
+    return best[0], results, skipped
+
+
+def choose_blend(
+    split: Split,
+    config: Config,
+    scoring: ScoringSettings,
+    live: sp.csr_matrix,
+    progress: Progress | None = None,
+    cache: dict | None = None,
+    max_share: float = MAX_BLEND,
+) -> tuple[float, list[dict[str, float]]]:
+    """The batch model's blend share, at most ``max_share``, that serves the validation split best (HR@10, then NDCG@10).
+
+    ``live`` is the live state built from the validation split's training events (by the real state
+    script), as a popularity-normalised items x items table in ``split.validation()``'s item order.
+    """
+    valid = sampled(split.validation())
+    m = Matrix.from_split(valid)
+    table = fit(m, config, cache=cache, split=valid)
+    rows = blend_results(m, valid, table, live, scoring, [s for s in BLEND_GRID if s <= max_share])
+    out = [{"share": s, "hr_at_10": round(h, 6), "ndcg_at_10": round(g, 6)} for s, h, g in rows]
+    if progress:
+        progress("validation blend " + ", ".join(f"{s:g}: {h:.4f}/{g:.4f}" for s, h, g in rows))
+    share = max(rows, key=lambda row: (row[1], row[2], -abs(row[0] - scoring.model_blend)))[0]
+    return share, out
 
 
 def train(
@@ -140,34 +377,48 @@ def train(
     progress: Progress | None = None,
     cache: dict | None = None,
     m: Matrix | None = None,
+    live: sp.csr_matrix | None = None,
+    budget_bytes: int = 4 * GIB,
+    bars: bool = False,
+    max_share: float = MAX_BLEND,
 ) -> TrainedModel:
-    """Choose on validation, then fit the winner on all of ``split``'s training data."""
-    config, validation = select(split, scoring, configs, progress)
+    """Choose on validation (the family, then the blend share if ``live`` is given), then fit on all of ``split``."""
+    cache = {} if cache is None else cache
+    config, validation, skipped = select(split, scoring, configs, progress, budget_bytes, bars, cache)
+    blend, blend_rows = (None, [])
+    if live is not None:
+        blend, blend_rows = choose_blend(split, config, scoring, live, progress, cache, max_share)
     m = m or Matrix.from_split(split)
     t0 = time.perf_counter()
-    table = fit(m, config, cache=cache)
+    table = fit(m, config, cache=cache, split=split, progress=bars)
     seconds = time.perf_counter() - t0
     if progress:
-        progress(f"chose {config.name}; fitted on {m.X.nnz:,} interactions in {seconds:.1f}s")
-    return TrainedModel(config, neighbour_rows(m, table), validation, seconds)
+        chosen = f"; blend share {blend:g}" if blend is not None else ""
+        progress(f"chose {config.name}{chosen}; fitted on {m.X.nnz:,} interactions in {seconds:.1f}s")
+    return TrainedModel(config, table, m.items, validation, seconds, blend, blend_rows, skipped)
 
 
-def neighbour_rows(m: Matrix, table: sp.csr_matrix) -> dict[str, tuple[list[str], list[float]]]:
-    """The table as ``item -> (neighbour ids, weights)``, strongest first."""
-    out = {}
-    for r in range(table.shape[0]):
+def neighbour_rows(
+    items: Sequence[str], table: sp.csr_matrix, bar: bool = False
+) -> Iterator[tuple[str, tuple[list[str], list[float]]]]:
+    """The table's rows as ``(item, (neighbour ids, weights))``, strongest first, one at a time."""
+    for r in tqdm(range(table.shape[0]), desc="publish", unit="item", disable=not bar, leave=False):
         start, end = table.indptr[r], table.indptr[r + 1]
         if start == end:
             continue
         idx, data = table.indices[start:end], table.data[start:end]
         order = np.argsort(-data, kind="stable")
-        out[m.items[r]] = ([m.items[j] for j in idx[order]], [float(w) for w in data[order]])
-    return out
+        yield items[r], ([items[j] for j in idx[order]], [float(w) for w in data[order]])
 
 
 def new_version(config: Config) -> str:
     """A sortable, readable version name: UTC time and the family."""
     return f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{config.family}"
+
+
+def peak_rss_bytes() -> int:
+    """The peak resident memory of this process so far (Linux reports ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 @dataclass(frozen=True)
@@ -180,6 +431,11 @@ class Report:
     test: Result
     activated: bool
     events: int
+    items: int = 0
+    seconds: float = 0.0
+    peak_rss_bytes: int = 0
+    blend: float | None = None
+    skipped: list[str] = field(default_factory=list)
 
 
 def train_and_publish(
@@ -189,38 +445,66 @@ def train_and_publish(
     activate: bool = True,
     configs: Sequence[Config] = DEFAULT_CONFIGS,
     progress: Progress | None = None,
+    budget_bytes: int = 4 * GIB,
+    live: sp.csr_matrix | None = None,
+    bars: bool = False,
+    max_share: float = MAX_BLEND,
 ) -> Report:
     """Choose on validation, report the held-out figures, then refit on everything and publish.
 
     The published model has seen all the data (the held-out items too): the test figure is the estimate
-    of how a model trained this way does on actions it has not seen.
+    of how a model trained this way does on actions it has not seen. With ``live`` (the live state of the
+    validation split) the blend share is chosen too and recorded in the metadata for the API.
     """
     started = time.perf_counter()
-    config, validation = select(split, scoring, configs, progress)
+    cache: dict = {}
+    config, validation, skipped = select(split, scoring, configs, progress, budget_bytes, bars, cache)
+    blend, blend_rows = (None, [])
+    if live is not None:
+        blend, blend_rows = choose_blend(split, config, scoring, live, progress, cache, max_share)
+    cache.clear()
     m = Matrix.from_split(split)
     t0 = time.perf_counter()
-    lists = served_lists(m, split, fit(m, config), scoring)
+    lists = served_lists(m, split, fit(m, config, split=split, progress=bars), scoring)
     test = score_lists(f"{config.name}", lists, split.targets, len(split.items), time.perf_counter() - t0)
     if progress:
         progress(f"held-out test {config.name}: HR@10 {test.hr_at_10:.4f} NDCG@10 {test.ndcg_at_10:.4f}")
+    del m, lists
     full = split.everything()
     mf = Matrix.from_split(full)
     t0 = time.perf_counter()
-    table = fit(mf, config)
-    model = TrainedModel(config, neighbour_rows(mf, table), validation, time.perf_counter() - t0)
+    table = fit(mf, config, split=full, progress=bars)
+    model = TrainedModel(
+        config, table, mf.items, validation, time.perf_counter() - t0, blend, blend_rows, skipped
+    )
     version = new_version(config)
+    seconds = time.perf_counter() - started
     store.publish(
         version,
-        model.neighbours,
+        neighbour_rows(mf.items, table, bars),
         model.meta(
             {
                 "test": test.as_dict(),
                 "events": full.n_events,
                 "source": split.name,
-                "train_seconds": round(time.perf_counter() - started, 2),
+                "train_seconds": round(seconds, 2),
+                "peak_rss_mb": round(peak_rss_bytes() / (1 << 20), 1),
+                "memory_budget_mb": round(budget_bytes / (1 << 20)),
             }
         ),
     )
     if activate:
         store.activate(version)
-    return Report(version, config, validation, test, activate, full.n_events)
+    return Report(
+        version,
+        config,
+        validation,
+        test,
+        activate,
+        full.n_events,
+        len(mf.items),
+        time.perf_counter() - started,
+        peak_rss_bytes(),
+        blend,
+        skipped,
+    )

@@ -20,6 +20,8 @@ R = "$__rate_interval"
 
 @dataclass(frozen=True)
 class Panel:
+    """One dashboard panel: its PromQL targets as (expression, legend) pairs, Grafana unit and panel type."""
+
     title: str
     targets: list[tuple[str, str]]  # (PromQL, legend)
     unit: str = "short"
@@ -29,6 +31,7 @@ class Panel:
 
 
 def q(expr: str, legend: str = "") -> tuple[str, str]:
+    """One Prometheus query target: the PromQL expression and its legend."""
     return (expr, legend)
 
 
@@ -266,6 +269,7 @@ DASHBOARDS = {
 
 
 def panel_json(panel: Panel, pid: int) -> dict:
+    """One panel's Grafana JSON; panel ``pid`` (from 1) goes left or right, eight grid rows per row of two."""
     x, y = ((pid - 1) % 2) * 12, ((pid - 1) // 2) * 8
     return {
         "id": pid,
@@ -287,6 +291,7 @@ def panel_json(panel: Panel, pid: int) -> dict:
 
 
 def dashboard(uid: str, title: str, panels: list[Panel]) -> dict:
+    """A Grafana dashboard model (schemaVersion 39): ``panels`` laid out two to a row, UTC, refreshed every 10 s."""
     return {
         "uid": uid,
         "title": title,
@@ -312,6 +317,7 @@ def render() -> dict[str, str]:
 
 
 def main() -> int:
+    """Write every dashboard's JSON under ``dashboards/`` (what Grafana provisioning loads); returns the exit code."""
     OUT.mkdir(exist_ok=True)
     for name, text in render().items():
         (OUT / name).write_text(text)

@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import needs_dataset
+
 pytestmark = [pytest.mark.e2e]
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="the API bench needs Debian's wrk")
+@needs_dataset("amazon-beauty")  # the ingest and memory measures replay it
 def test_quick_bench_writes_every_measure_to_json_markdown_and_a_plot(tmp_path: Path) -> None:
     out = tmp_path / "docs"
     done = subprocess.run(

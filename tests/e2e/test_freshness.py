@@ -12,7 +12,7 @@ from kafka import KafkaProducer
 
 from streamrec.state import applied_events
 from streamrec.topics import Topics, ensure_topics
-from tests.conftest import Namespace, wait_until
+from tests.conftest import Namespace, needs_dataset, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.broker, pytest.mark.redis]
 
@@ -144,6 +144,7 @@ def _ok(url: str) -> bool:
         return False
 
 
+@needs_dataset("movielens-100k")
 def test_a_view_on_an_item_from_replayed_real_data_changes_recommendations_within_a_second(
     namespace: Namespace,
 ) -> None:

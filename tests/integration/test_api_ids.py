@@ -42,7 +42,10 @@ def segment(value: str) -> str:
 @pytest.fixture(scope="module")
 def shop(redis_server: ManagedProcess) -> Iterator[Api]:
     prefix = f"t{uuid.uuid4().hex[:8]}"
-    config = Settings(redis_prefix=prefix, redis_url=f"redis://127.0.0.1:{redis_server.port}/0")
+    # hundreds of writes in a few seconds: the write rate limit is not what this module checks
+    config = Settings(
+        redis_prefix=prefix, redis_url=f"redis://127.0.0.1:{redis_server.port}/0", write_rate_per_s=0
+    )
     app, pub = build(config)
     yield Api(app, pub, Keys(prefix), config)
     client: redis.Redis = app.extensions["streamrec"].redis

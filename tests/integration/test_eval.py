@@ -14,7 +14,7 @@ from kafka import KafkaProducer
 from streamrec.datasets import datasets_dir
 from streamrec.modelstore import ModelStore
 from streamrec.trainer.splits import load_split
-from tests.conftest import Namespace
+from tests.conftest import Namespace, needs_dataset
 
 pytestmark = pytest.mark.redis
 
@@ -52,6 +52,7 @@ def streamrec(*args: str, env: dict[str, str] | None = None, timeout: float = 24
     return proc.stdout
 
 
+@needs_dataset("movielens-100k")
 def test_eval_reports_every_model_and_two_runs_agree(
     tmp_path: Path, redis_server, redis_client: redis.Redis
 ) -> None:
@@ -73,27 +74,45 @@ def test_eval_reports_every_model_and_two_runs_agree(
             "--no-progress",
         )
         runs.append(json.loads(out.read_text()))
-    assert "| model | HR@10 | NDCG@10 | coverage | seconds |" in printed
+    assert "| model | HR@10 | NDCG@10 | coverage | tail<5 | seconds |" in printed
+    assert "held-out items with fewer than 5 training interactions: " in printed
     by_model = {r["model"]: r for r in runs[0]["results"]}
     held_out = len(load_split(data, "movielens").targets)
-    assert set(by_model) == {"streamrec", "streamrec-live", "popularity", "bm25", "cosine", "als", "ease"}
-    assert runs[0]["dataset"] == str(data)
+    assert set(by_model) == {
+        "streamrec",
+        "streamrec-live",
+        "popularity",
+        "bm25",
+        "cosine",
+        "als",
+        "ease",
+        "slist",
+    }
+    assert runs[0]["dataset"] == str(data) and 0 < runs[0]["held_out_tail_share"] < 1
     for r in runs[0]["results"]:
-        assert set(r) == {"model", "hr_at_10", "ndcg_at_10", "coverage", "seconds", "users"}
+        assert set(r) == {"model", "hr_at_10", "ndcg_at_10", "coverage", "seconds", "users", "tail_share"}
         assert 0 <= r["ndcg_at_10"] <= r["hr_at_10"] <= 1 and r["users"] == held_out
+    # no long-tail noise: the served answers show no more thinly supported items than shoppers really pick
+    for model in ("streamrec", "streamrec-live"):
+        assert by_model[model]["tail_share"] <= runs[0]["held_out_tail_share"]
     # the streaming model learns something real, and the served blend beats every baseline on this slice
     assert by_model["streamrec-live"]["hr_at_10"] > 1.3 * by_model["popularity"]["hr_at_10"]
     baselines = ("popularity", "bm25", "cosine", "als", "ease")
     assert by_model["streamrec"]["hr_at_10"] > max(by_model[b]["hr_at_10"] for b in baselines)
 
     def figures(run: dict) -> dict:
-        return {r["model"]: (r["hr_at_10"], r["ndcg_at_10"], r["coverage"]) for r in run["results"]}
+        return {
+            r["model"]: (r["hr_at_10"], r["ndcg_at_10"], r["coverage"], r["tail_share"])
+            for r in run["results"]
+        }
 
     assert figures(runs[0]) == figures(runs[1])
     assert not list(redis_client.scan_iter(match="eval-*", count=1000))  # its keyspace is cleaned up
 
 
 def test_eval_explains_bad_arguments(tmp_path: Path) -> None:
+    tiny = tmp_path / "tiny.txt"  # the sequence format: a user, then their items in order
+    tiny.write_text("u1 1 2 3\nu2 2 3 4\nu3 1 3 4\n")
     proc = subprocess.run(
         [
             sys.executable,
@@ -116,7 +135,7 @@ def test_eval_explains_bad_arguments(tmp_path: Path) -> None:
             "streamrec.cli",
             "eval",
             "--dataset",
-            str(BEAUTY),
+            str(tiny),
             "--format",
             "seq",
             "--models",
@@ -129,6 +148,7 @@ def test_eval_explains_bad_arguments(tmp_path: Path) -> None:
 
 
 @pytest.mark.broker
+@needs_dataset("amazon-beauty")
 def test_train_from_the_event_log_publishes_and_rolls_back(namespace: Namespace, tmp_path: Path) -> None:
     """Events on Kafka -> ``streamrec train`` -> an active model the API reports; rollback restores the previous."""
     lines = BEAUTY.read_text().splitlines()[:400]
@@ -157,8 +177,11 @@ def test_train_from_the_event_log_publishes_and_rolls_back(namespace: Namespace,
     first = store.active()
     assert first is not None and f"model {first} active" in out
     infos = store.versions()
-    assert infos[0].meta["events"] == sent and infos[0].meta["family"] in {"ease", "bm25", "cosine"}
+    assert infos[0].meta["events"] == sent and infos[0].meta["family"] in {"slist", "ease", "bm25", "cosine"}
     assert 0 < infos[0].meta["test"]["hr_at_10"] <= 1 and infos[0].meta["validation"]
+    # the blend share was chosen on validation (the live state folded by the real script) and recorded
+    assert 0 <= infos[0].meta["blend"] <= 0.9 and len(infos[0].meta["blend_validation"]) > 1
+    assert infos[0].meta["peak_rss_mb"] > 0 and "peak RSS" in out
 
     second_out = streamrec(
         "train", "--dataset", str(beauty_slice(tmp_path, 300)), "--format", "seq", env=namespace.env

@@ -34,6 +34,17 @@ def publish(store: ModelStore, version: str, table: dict[str, dict[str, float]])
     store.publish(version, rows, {"family": "ease", "params": {"lambda": 50}})
 
 
+def seed_live_state(client: redis.Redis, keys: Keys) -> None:
+    """The live state learns a -> b (shopper s1); shopper "me" has just viewed a."""
+    t = now_ms() - 60_000
+    StateWriter(client, keys, ScoringSettings()).apply(
+        [
+            Event(event_id=f"{keys.prefix}-{n}", type=EventType.VIEW, user_id=u, item_id=i, ts=t + n)
+            for n, (u, i) in enumerate([("s1", "a"), ("s1", "b"), ("me", "a")])
+        ]
+    )
+
+
 def test_publish_activate_and_rollback(redis_client: redis.Redis, keys: Keys) -> None:
     store = ModelStore(redis_client, keys)
     publish(store, "v1", {"a": {"b": 2.0, "c": 1.0}})
@@ -74,14 +85,7 @@ def test_the_api_blends_the_active_model_and_reports_its_version(
     redis_server: ManagedProcess, redis_client: redis.Redis, keys: Keys
 ) -> None:
     """Live state says a -> b; the batch model says a -> m. The blend weight decides, the answer names the model."""
-    t = now_ms() - 60_000
-    writer = StateWriter(redis_client, keys, ScoringSettings())
-    writer.apply(
-        [
-            Event(event_id=f"{keys.prefix}-{n}", type=EventType.VIEW, user_id=u, item_id=i, ts=t + n)
-            for n, (u, i) in enumerate([("s1", "a"), ("s1", "b"), ("me", "a")])
-        ]
-    )
+    seed_live_state(redis_client, keys)
     store = ModelStore(redis_client, keys)
     publish(store, "v7", {"a": {"m": 3.0, "b": 0.5}})
     url = f"redis://127.0.0.1:{redis_server.port}/0"
@@ -123,3 +127,40 @@ def test_the_api_exports_the_trainers_figures_from_the_active_model(
     assert 'streamrec_trainer_offline_metric_ratio{metric="hr_at_10"} 0.1' in text
     assert "streamrec_trainer_run_duration_seconds 42.5" in text
     assert "streamrec_trainer_last_run_timestamp_seconds" in text
+
+
+def test_the_api_uses_the_blend_share_recorded_in_the_models_metadata(
+    redis_server: ManagedProcess, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """The trainer's share (chosen on validation) wins over STREAMREC_SCORING_MODEL_BLEND; without one, the global."""
+    seed_live_state(redis_client, keys)
+    store = ModelStore(redis_client, keys)
+    rows = {"a": (["m"], [3.0])}
+    store.publish("live-only", rows, {"family": "slist", "blend": 0.0})
+    store.publish("model-only", rows, {"family": "slist", "blend": 1.0})
+    store.publish("no-share", rows, {"family": "slist"})
+    with pytest.raises(ModelError, match="blend share must be within 0..1"):
+        store.publish("bad", rows, {"blend": 1.5})
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    client = create_app(
+        # no API cache: each activation must show in the next answer, not after the cache's staleness
+        Settings(
+            redis_prefix=keys.prefix,
+            redis_url=url,
+            api_cache_ttl_ms=0,
+            scoring=ScoringSettings(model_blend=0.5),
+        )
+    ).test_client()
+
+    def first(version: str) -> tuple[list[str], str | None]:
+        store.activate(version)
+        data = orjson.loads(client.get("/v1/users/me/recommendations?k=2&explain=true").data)["data"]
+        return [r["item_id"] for r in data["items"] if r["source"] in ("model", "item_to_item")], data[
+            "model_version"
+        ]
+
+    assert first("live-only") == (["b"], None)  # share 0: the model is not blended in at all
+    assert first("model-only") == (["m"], "model-only")  # share 1: the live neighbour b scores 0
+    # no share recorded: the global 0.5 scores both 0.5 and the tie goes to the smaller id
+    assert first("no-share") == (["b", "m"], "no-share")
+    assert store.blend_share("model-only") == 1.0 and store.blend_share("no-share") is None

@@ -10,13 +10,25 @@ import pytest
 import scipy.sparse as sp
 
 from streamrec.event_types import EventType
-from streamrec.scoring import Candidate, blend
+from streamrec.scoring import Candidate, add_repeats, blend, normalised_neighbours, rank
 from streamrec.settings import ScoringSettings
 from streamrec.trainer import models
 from streamrec.trainer.models import Matrix
-from streamrec.trainer.ranking_metrics import hit_and_gain, score_lists, table
+from streamrec.trainer.ranking_metrics import hit_and_gain, score_lists, table, tail_share
 from streamrec.trainer.splits import Split, leave_last_out, load_split
-from streamrec.trainer.train import DEFAULT_CONFIGS, Config, fit, select, served_lists
+from streamrec.trainer.train import (
+    DEFAULT_CONFIGS,
+    GIB,
+    Config,
+    blend_results,
+    fit,
+    preference_matrix,
+    seed_matrix,
+    select,
+    served_lists,
+    with_type_weights,
+    within_budget,
+)
 
 P, V, C = EventType.PURCHASE, EventType.VIEW, EventType.ADD_TO_CART
 
@@ -158,8 +170,8 @@ def test_every_family_learns_a_chain(config: Config) -> None:
 
 
 def test_selection_happens_on_validation_and_picks_a_family() -> None:
-    config, results = select(chain_split(), ScoringSettings())
-    assert config in DEFAULT_CONFIGS and len(results) == len(DEFAULT_CONFIGS)
+    config, results, skipped = select(chain_split(), ScoringSettings())
+    assert config in DEFAULT_CONFIGS and len(results) == len(DEFAULT_CONFIGS) and not skipped
     assert all(r.users == 60 for r in results)  # validation users, not test users
 
 
@@ -186,3 +198,165 @@ def test_repeats_offer_the_users_own_items_scaled_to_the_best_candidate() -> Non
     assert out["seen"].score == pytest.approx(2.0 / 3) and out["seen"].reason == "you looked at this"
     assert "gone" not in out
     assert add_repeats({}, {"a": 1.0}, {}, 0.0) == {}
+
+
+# ---------------------------------------------------------------- SLIST, budget, cache, long tail
+
+
+def test_session_matrices_pair_each_position_with_its_past_and_future() -> None:
+    S, T = models.session_matrices([[0, 1, 2]], 3, window=10, delta=1.0)
+    e = math.exp(-1.0)
+    np.testing.assert_allclose(S.toarray(), [[1, 0, 0], [e, 1, 0]], rtol=1e-6)
+    np.testing.assert_allclose(T.toarray(), [[0, 1, e], [0, 0, 1]], rtol=1e-6)
+    S, T = models.session_matrices([[0, 1, 2]], 3, window=1)
+    np.testing.assert_array_equal(S.toarray(), [[1, 0, 0], [0, 1, 0]])
+    np.testing.assert_array_equal(T.toarray(), [[0, 1, 0], [0, 0, 1]])
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.5, 1.0])
+def test_slist_matches_the_closed_form(alpha: float) -> None:
+    """B = (a X'X + (1-a) S'S + lam I)^-1 (a X'X + (1-a) S'T), diagonal zeroed (Choi et al. 2021, eq. 9)."""
+    rng = np.random.default_rng(1)
+    X = sp.csr_matrix((rng.random((50, 12)) < 0.3).astype(np.float32))
+    seqs = [list(rng.integers(0, 12, size=rng.integers(2, 7))) for _ in range(40)]
+    S, T = models.session_matrices(seqs, 12, 10, 1.0)
+    lam = 3.0
+    G, SS, ST = ((A.T @ B).toarray().astype(np.float64) for A, B in ((X, X), (S, S), (S, T)))
+    expected = np.linalg.solve(alpha * G + (1 - alpha) * SS + lam * np.eye(12), alpha * G + (1 - alpha) * ST)
+    np.fill_diagonal(expected, 0.0)
+    np.testing.assert_allclose(models.slist(X, S, T, alpha, lam), expected, rtol=1e-3, atol=1e-5)
+
+
+def test_slist_learns_the_order_that_ease_cannot_see() -> None:
+    """Everyone buys a then b: EASE's similarity is symmetric, SLIST's transitions point forward."""
+    split = leave_last_out(
+        "ab", [(f"u{n}", [(P, "a", 1), (P, "b", 2), (P, f"x{n % 7}", 3)]) for n in range(30)]
+    )
+    m = Matrix.from_split(split)
+    S, T = models.session_matrices(m.sequences, len(m.items), 10)
+    B = models.slist(m.X, S, T, 0.2, 1.0)
+    a, b = m.item_index["a"], m.item_index["b"]
+    assert B[a, b] > 1.1 * B[b, a] > 0
+    E = models.ease(m.X, 1.0)
+    assert E[a, b] == pytest.approx(E[b, a], rel=1e-3)
+
+
+def test_dense_families_are_left_out_when_they_do_not_fit_the_budget() -> None:
+    kept, skipped = within_budget(DEFAULT_CONFIGS, 12_000, 200_000, 4 * GIB)
+    assert kept == list(DEFAULT_CONFIGS) and not skipped  # Beauty: 12k items, 2.3 GB for a dense fit
+    kept, skipped = within_budget(DEFAULT_CONFIGS, 100_000, 1_000_000, 4 * GIB)
+    assert [c.family for c in kept] == ["bm25", "cosine"]
+    assert len(skipped) == 2 and "needs 149.0 GiB > budget 4.0 GiB" in skipped[0]
+    assert models.dense_bytes(100_000) == 16 * 10**10
+    assert within_budget(DEFAULT_CONFIGS, 100_000, 1_000_000, 1)[0] == []
+
+
+def test_selection_refuses_when_nothing_fits() -> None:
+    with pytest.raises(ValueError, match="no model family fits the memory budget"):
+        select(chain_split(), ScoringSettings(), budget_bytes=1)
+
+
+def test_the_fit_cache_keys_on_content_not_object_identity() -> None:
+    """id() of a freed matrix may be reused by the next one; a content digest never mixes two datasets."""
+    cache: dict = {}
+    first = fit(Matrix.from_split(chain_split()), DEFAULT_CONFIGS[1], cache=cache)
+    again = Matrix.from_split(chain_split())
+    assert fit(again, DEFAULT_CONFIGS[1], cache=cache) is first  # same content: reused
+    other = Matrix.from_split(chain_split(users=30, items=10))
+    assert other.fingerprint != again.fingerprint
+    table_other = fit(other, DEFAULT_CONFIGS[1], cache=cache)
+    assert table_other is not first and len(cache) == 2
+    reordered = Matrix.from_split(
+        leave_last_out(
+            "r", [(u, a[::-1]) for u, a in [(u, chain_split().train[u]) for u in chain_split().train]]
+        )
+    )
+    assert reordered.fingerprint != again.fingerprint  # same pairs, other order: SLIST would differ
+
+
+def test_type_weighted_matrix_keeps_the_strongest_action() -> None:
+    split = Split("t", {"u": [(C, "a", 1), (P, "a", 2), (V, "b", 3)]}, {}, {})
+    m = Matrix.from_split(split, {"purchase": 1.0, "add_to_cart": 0.25, "view": 0.1})
+    row = m.X.toarray()[0]
+    assert row[m.item_index["a"]] == 1.0 and row[m.item_index["b"]] == pytest.approx(0.1)
+    assert Matrix.from_split(split).X.toarray()[0].tolist() == [1.0, 1.0]
+
+
+def test_type_weight_variants_only_where_the_data_has_several_types() -> None:
+    assert with_type_weights(DEFAULT_CONFIGS, chain_split()) == list(DEFAULT_CONFIGS)
+    mixed = Split("m", {"u": [(C, "a", 1), (P, "b", 2)]}, {}, {})
+    variants = with_type_weights(DEFAULT_CONFIGS[:1], mixed)
+    assert [c.type_weights() for c in variants] == [{"purchase": 1.0, "add_to_cart": w} for w in (0.25, 1.0)]
+
+
+def test_shrinkage_keeps_one_off_items_below_well_supported_neighbours() -> None:
+    """The MovieLens demo's complaint: an item seen once, co-occurring once, tied a strong neighbour."""
+    raw = {"one-off": 1.0, "solid": 10.0}
+    counts = {"one-off": 1.0, "solid": 100.0}
+    plain = normalised_neighbours(raw, counts, 100.0, 0.5)
+    assert plain["one-off"] == pytest.approx(plain["solid"])  # 1/sqrt(1) == 10/sqrt(100)
+    shrunk = normalised_neighbours(raw, counts, 100.0, 0.5, shrinkage=20.0)
+    assert shrunk["solid"] > 2 * shrunk["one-off"]
+    assert shrunk["solid"] == pytest.approx(10.0 / (100**0.5 * 120**0.5))
+    assert normalised_neighbours(raw, counts, 100.0, 0.5, 0.0) == plain
+
+
+def test_tail_share_counts_shown_items_with_little_support() -> None:
+    support = {"a": 1, "b": 4, "c": 5, "d": 50}
+    result = score_lists(
+        "m", {"u1": ["a", "c"], "u2": ["d", "b"]}, {"u1": ["c"], "u2": ["x"]}, 4, 0.0, 10, support
+    )
+    assert result.tail_share == pytest.approx(2 / 4)
+    assert tail_share({"u1": ["c"], "u2": ["x"]}, support) == pytest.approx(1 / 2)  # unseen x: 0 < 5
+
+
+def test_blend_choice_ranks_with_the_apis_maths() -> None:
+    """``blend_results`` must agree with ``scoring.blend`` + ``add_repeats`` + ``rank`` for every share."""
+    rng = np.random.default_rng(3)
+    items = [f"i{n}" for n in range(15)]
+    logs = [
+        (f"u{u}", [(C if rng.random() < 0.3 else P, str(rng.choice(items)), 1_000 * k) for k in range(5)])
+        for u in range(25)
+    ]
+    split = leave_last_out("b", logs)
+    split.items[:] = items + [i for i in split.items if i not in items]
+    m = Matrix.from_split(split)
+    n = len(m.items)
+    live = sp.csr_matrix(rng.random((n, n)) * (rng.random((n, n)) < 0.3), dtype=np.float32)
+    batch = sp.csr_matrix(rng.random((n, n)) * (rng.random((n, n)) < 0.3), dtype=np.float32)
+    for exclude_seen in (True, False):
+        scoring = ScoringSettings(exclude_seen=exclude_seen, repeat_blend=2.0)
+        Q = seed_matrix(m, split, scoring).toarray()
+        prefs = preference_matrix(m, split, scoring).toarray()
+        for share, hr, ndcg in blend_results(m, split, batch, live, scoring, shares=(0.0, 0.3, 1.0), k=3):
+            hits = gains = 0.0
+            for user, wanted in split.targets.items():
+                u = m.user_index[user]
+                side = [
+                    {
+                        m.items[j]: Candidate(m.items[j], float(v))
+                        for j, v in enumerate(Q[u] @ t.toarray())
+                        if v > 0
+                    }
+                    for t in (live, batch)
+                ]
+                cands = blend(side[0], side[1], share)
+                banned = set(split.exclude.get(user, ()))
+                if exclude_seen:
+                    banned |= {i for _, i, _ in split.train[user]}
+                else:
+                    pref = {m.items[j]: float(v) for j, v in enumerate(prefs[u]) if v > 0}
+                    cands = add_repeats(cands, pref, {}, scoring.repeat_blend)
+                ranked = [c.item_id for c in rank(cands.values(), 3, banned)]
+                h, g = hit_and_gain(ranked, wanted, 3)
+                hits, gains = hits + h, gains + g
+            assert hr == pytest.approx(hits / len(split.targets)), (exclude_seen, share)
+            assert ndcg == pytest.approx(gains / len(split.targets)), (exclude_seen, share)
+
+
+def test_tune_grids_event_type_weights_only_where_the_data_has_those_types() -> None:
+    from streamrec.trainer.tune import GRID, grid_for
+
+    assert grid_for(chain_split()) == GRID  # purchases only
+    mixed = Split("m", {"u": [(C, "a", 1), (P, "b", 2)]}, {}, {})
+    assert grid_for(mixed) == {**GRID, "weight_add_to_cart": (3.0, 1.0)}
