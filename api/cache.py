@@ -18,6 +18,9 @@ from streamrec.settings import Settings
 from streamrec.state import CACHED_KINDS, MISSING
 
 IMMUTABLE = frozenset({"model_rows"})  # kept until evicted: a published version's rows never change
+# other shoppers' co-occurrence: kept for STREAMREC_API_CACHE_NEIGHBOURS_TTL_MS (the user's own history,
+# which picks the seeds, is read on every answer)
+NEIGHBOURS = frozenset({"neighbours", "counts"})
 LISTS = frozenset({"model_active", "popular", "trending"})  # few keys: bounded by api_cache_lists
 
 
@@ -33,29 +36,44 @@ class _Table:
 class ProcessCache:
     """A thread-safe TTL + LRU cache per kind (``state.CACHED_KINDS``), for one API process.
 
-    ``ttl_ms`` bounds how stale a value may be (0 disables the cache); ``items`` bounds each per-item kind
-    (catalog records, counts, neighbour lists, model rows), ``lists`` the list kinds (active model version,
-    popularity tops, trending). ``clock`` (seconds, monotonic) is for tests.
+    ``ttl_ms`` bounds how stale a value may be (0 disables the cache); ``neighbours_ttl_ms`` (default
+    ``ttl_ms``) bounds the normalised neighbour lists and the counts they are computed from; ``items``
+    bounds each per-item kind (catalog records, counts, neighbour lists, model rows), ``lists`` the list
+    kinds (active model version, popularity tops, trending). ``clock`` (seconds, monotonic) is for tests.
     """
 
     def __init__(
-        self, ttl_ms: int, items: int, lists: int, clock: Callable[[], float] = time.monotonic
+        self,
+        ttl_ms: int,
+        items: int,
+        lists: int,
+        clock: Callable[[], float] = time.monotonic,
+        neighbours_ttl_ms: int | None = None,
     ) -> None:
-        if ttl_ms < 0 or items < 0 or lists < 0:
+        neighbours_ttl_ms = ttl_ms if neighbours_ttl_ms is None else neighbours_ttl_ms
+        if ttl_ms < 0 or items < 0 or lists < 0 or neighbours_ttl_ms < 0:
             raise ValueError("cache staleness and sizes must be >= 0")
         self.enabled = ttl_ms > 0 and items > 0
         self.clock = clock
         self._lock = threading.Lock()
-        ttl_s = ttl_ms / 1000.0
-        self._tables = {
-            kind: _Table(lists if kind in LISTS else items, None if kind in IMMUTABLE else ttl_s)
-            for kind in CACHED_KINDS
-        }
+
+        def ttl_s(kind: str) -> float | None:
+            if kind in IMMUTABLE:
+                return None
+            return (neighbours_ttl_ms if kind in NEIGHBOURS else ttl_ms) / 1000.0
+
+        self._tables = {kind: _Table(lists if kind in LISTS else items, ttl_s(kind)) for kind in CACHED_KINDS}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ProcessCache:
-        """The cache ``STREAMREC_API_CACHE_TTL_MS``, ``…_ITEMS`` and ``…_LISTS`` describe."""
-        return cls(settings.api_cache_ttl_ms, settings.api_cache_items, settings.api_cache_lists)
+        """The cache ``STREAMREC_API_CACHE_TTL_MS``, ``…_NEIGHBOURS_TTL_MS``, ``…_ITEMS`` and ``…_LISTS``
+        describe."""
+        return cls(
+            settings.api_cache_ttl_ms,
+            settings.api_cache_items,
+            settings.api_cache_lists,
+            neighbours_ttl_ms=settings.api_cache_neighbours_ttl_ms,
+        )
 
     def get(self, kind: str, key: Hashable) -> Any:
         """The value kept for ``(kind, key)``, or ``MISSING`` (never kept, evicted or too old)."""

@@ -174,6 +174,11 @@ class Settings(BaseSettings):
         ge=0,
         description="How stale an API process's cached state may be, in ms (active model version, catalog fields, neighbour lists, popularity tops, trending; never a user's own state); 0 disables the cache.",
     )
+    api_cache_neighbours_ttl_ms: int = Field(
+        10_000,
+        ge=0,
+        description="How stale an API process's normalised neighbour lists and the counts they divide by may be, in ms: other shoppers' co-occurrence (the user's own history, which picks the seeds, is read on every answer); 0 keeps none.",
+    )
     api_cache_items: int = Field(
         20_000,
         ge=0,
