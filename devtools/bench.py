@@ -827,6 +827,12 @@ def _gunicorn_workers(arbiter: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
+# py-spy names files relative to sys.path: the project's folders and the libraries an answer goes through
+_PROFILED = re.compile(
+    r"\((?:.*/)?(streamrec|api|stream_processor|redis|flask|werkzeug|prometheus_client)/[^/]+\.py:\d+\)$"
+)
+
+
 def profile_worker(pid: int, seconds: float, out: Path) -> list[tuple[str, float, float]]:
     """py-spy samples one gunicorn worker for ``seconds`` (collapsed stacks written to ``out``): the 15
     functions with the most samples, as (function, share of samples on the stack, share as the leaf)."""
@@ -849,17 +855,22 @@ def profile_worker(pid: int, seconds: float, out: Path) -> list[tuple[str, float
     inclusive: dict[str, int] = {}
     leaf: dict[str, int] = {}
     total = 0
+    wanted: set[str] = set()
     for line in out.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        frames = [re.sub(r" \((.*/)?([^/]+):\d+\)$", r" (\2)", f) for f in stack.split(";")]
         n = int(count)
         total += n
+        frames = []
+        for raw in stack.split(";"):
+            frame = re.sub(r" \((.*/)?([^/]+):\d+\)$", r" (\2)", raw)
+            frames.append(frame)
+            if _PROFILED.search(raw):
+                wanted.add(frame)  # the project's frames and the libraries an answer goes through
         for frame in set(frames):
             inclusive[frame] = inclusive.get(frame, 0) + n
         leaf[frames[-1]] = leaf.get(frames[-1], 0) + n
-    top = sorted(inclusive, key=lambda f: -inclusive[f])
-    wanted = [f for f in top if "streamrec" in f or "(" not in f or "flask" in f or "redis" in f][:15]
-    return [(f, inclusive[f] / max(total, 1), leaf.get(f, 0) / max(total, 1)) for f in wanted]
+    top = sorted((f for f in inclusive if f in wanted), key=lambda f: -inclusive[f])[:15]
+    return [(f, inclusive[f] / max(total, 1), leaf.get(f, 0) / max(total, 1)) for f in top]
 
 
 def serving(
