@@ -715,13 +715,13 @@ def markdown(f: dict[str, Any]) -> str:
         f"| freshness (publish → personal answer from the API, at {fr['background_events_per_s']:,.0f} events/s) | "
         f"p50 {fr['p50_ms']:.0f} ms, p99 {fr['p99_ms']:.0f} ms ({fr['probes_per_run']} probes a run) | | p99 ≤ 250 ms: {met['freshness_p99_ms']} |",
     ]
-    for name in ("recommendations", "similar", "popular"):
+    for name in ("recommendations", "similar", "popular", "trending"):
         a = api[name]
         target = ""
         if name == "recommendations":
             target = f"p99 ≤ 20 ms: {met['recs_p99_ms']}; ≥ 50% of trivial: {met['recs_share_of_trivial']}"
         lines.append(
-            f"| API {name} (gunicorn, 2 workers × 4 threads, wrk 8 connections) | p50 {a['p50_ms']:.1f} ms, "
+            f"| API {name} (gunicorn, 2 workers × 4 threads, wrk 2 threads, 16 connections) | p50 {a['p50_ms']:.1f} ms, "
             f"p99 {a['p99_ms']:.1f} ms, {a['requests_per_s']:,.0f} req/s | {a['requests_per_s'] / trivial:.0%} of trivial | {target} |"
         )
     t = api["trivial (/healthz)"]
