@@ -594,6 +594,272 @@ def bench(
     typer.echo(f"written to {out_dir}/bench.json, bench.md and scale.png in {figures['seconds']:.0f}s")
 
 
+dlq_app = typer.Typer(
+    help="The dead-letter topic: counts by reason, samples, and replay of the originals after a fix.",
+    no_args_is_help=True,
+)
+app.add_typer(dlq_app, name="dlq")
+
+_REASON = typer.Option(help="Only dead letters whose reason contains this text (any case).")
+_SINCE = typer.Option(
+    help="Only dead letters written at or after this time (ISO 8601, UTC if no zone; or epoch ms)."
+)
+_UNTIL = typer.Option(help="Only dead letters written before this time (ISO 8601 or epoch ms).")
+_IDLE = typer.Option(help="Stop reading once this many seconds pass with no record.")
+
+
+@contextmanager
+def _dlq_errors(code: int = 1) -> Iterator[None]:
+    """A DlqError or a Kafka error becomes 'error: …' and exit status ``code`` (2: a bad argument)."""
+    from kafka.errors import KafkaError
+
+    from streamrec.producers.dlq import DlqError
+
+    try:
+        yield
+    except (DlqError, KafkaError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code) from None
+
+
+def _dlq_filter(reason: str | None, since: str | None, until: str | None):  # type: ignore[no-untyped-def]
+    from streamrec.producers.dlq import Filter, parse_time
+
+    with _dlq_errors(2):
+        return Filter(
+            reason or None,
+            parse_time(since) if since else None,
+            parse_time(until) if until else None,
+        )
+
+
+@contextmanager
+def _dlq_records(settings: Settings, idle: float):  # type: ignore[no-untyped-def]
+    """The dead-letter topic's records, read from the beginning with a progress bar (on a terminal)."""
+    import logging
+
+    from tqdm import tqdm
+
+    from streamrec.producers.dlq import read_topic
+    from streamrec.topics import Topics
+
+    topic = Topics(settings.topic_prefix).dlq
+    # kafka-python logs every connection attempt; failures end as one "error: …" line instead
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    with tqdm(desc=f"read {topic}", unit="rec", disable=None, leave=False) as bar:
+
+        def update(n: int) -> None:
+            bar.update(n - bar.n)
+
+        with _dlq_errors():
+            yield read_topic(settings.kafka_bootstrap, topic, idle, update)
+
+
+@dlq_app.command("stats")
+def dlq_stats(
+    reason: Annotated[str | None, _REASON] = None,
+    since: Annotated[str | None, _SINCE] = None,
+    until: Annotated[str | None, _UNTIL] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    idle: Annotated[float, _IDLE] = 2.0,
+) -> None:
+    """Count the dead letters by reason (numbers masked) and source topic, reading the topic from the start."""
+    import json
+    from datetime import UTC, datetime
+
+    from streamrec.producers import dlq
+
+    settings = _settings()
+    flt = _dlq_filter(reason, since, until)
+    with _dlq_records(settings, idle) as records:
+        figures = dlq.stats(records, flt)
+    if as_json:
+        typer.echo(json.dumps(figures.as_dict()))
+        return
+
+    def when(ms: int | None) -> str:
+        return "-" if ms is None else datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    typer.echo(
+        f"{figures.total} dead letters ({figures.truncated} truncated, {figures.replayed} replayed), "
+        f"from {when(figures.first_ms)} to {when(figures.last_ms)}"
+        + (f"; {figures.unreadable} unreadable records" if figures.unreadable else "")
+    )
+    for (group, topic), n in figures.by_reason.most_common():
+        typer.echo(f"{n:>8}  {topic}  {group}")
+
+
+@dlq_app.command("show")
+def dlq_show(
+    reason: Annotated[str | None, _REASON] = None,
+    since: Annotated[str | None, _SINCE] = None,
+    until: Annotated[str | None, _UNTIL] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 10,
+    idle: Annotated[float, _IDLE] = 2.0,
+) -> None:
+    """Show sample dead letters: where they came from, why, and the original (a prefix if it was truncated)."""
+    from streamrec.producers import dlq
+
+    settings = _settings()
+    flt = _dlq_filter(reason, since, until)
+    with _dlq_records(settings, idle) as records:
+        found = dlq.samples(records, flt, limit)
+    for letter in found:
+        typer.echo(dlq.describe(letter))
+    typer.echo(f"{len(found)} shown")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    reason: Annotated[str | None, _REASON] = None,
+    since: Annotated[str | None, _SINCE] = None,
+    until: Annotated[str | None, _UNTIL] = None,
+    dry_run: Annotated[bool, typer.Option(help="Say what would be replayed; publish nothing.")] = False,
+    include_invalid: Annotated[
+        bool, typer.Option(help="Also send originals that this version's contract still refuses.")
+    ] = False,
+    again: Annotated[
+        bool, typer.Option(help="Also send dead letters an earlier replay already sent.")
+    ] = False,
+    idle: Annotated[float, _IDLE] = 2.0,
+) -> None:
+    """Re-publish dead letters' originals into the topic they came from, after a fix (idempotent).
+
+    A truncated original is read back from its source offset. Exit status 1 if any could not be sent.
+    """
+    from streamrec.producers import dlq
+    from streamrec.topics import Topics
+
+    settings = _settings()
+    flt = _dlq_filter(reason, since, until)
+    with _dlq_records(settings, idle) as records, _dlq_errors():
+        report = dlq.replay(
+            settings.kafka_bootstrap,
+            Topics(settings.topic_prefix),
+            records,
+            flt,
+            dry_run=dry_run,
+            include_invalid=include_invalid,
+            again=again,
+        )
+    for problem in report.problems[:20]:
+        typer.echo(f"warning: {problem}", err=True)
+    typer.echo(report.summary())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+state_app = typer.Typer(help="Maintenance of the Redis state: offset watermarks.", no_args_is_help=True)
+app.add_typer(state_app, name="state")
+
+
+def _state_client(settings: Settings):  # type: ignore[no-untyped-def]
+    from streamrec.fold import redis_client
+
+    return redis_client(settings.redis_url, settings.redis_cluster, socket_timeout=10)
+
+
+@state_app.command("offsets")
+def state_offsets() -> None:
+    """Print the offset watermarks: the last offset folded per stage and partition."""
+    from streamrec.watermarks import read_watermarks
+
+    settings = _settings()
+    found = read_watermarks(_state_client(settings), keys_of(settings))
+    for name, offset in sorted(found.offsets.items()):
+        typer.echo(f"{name}\t{offset}")
+    typer.echo(f"{len(found.keys)} watermark hashes, {found.stats_fields} stats watermark fields")
+
+
+@state_app.command("forget-offsets")
+def state_forget_offsets(
+    yes: Annotated[bool, typer.Option("--yes", help="Do it (without it, only say what would go).")] = False,
+) -> None:
+    """Clear the offset watermarks, after a topic was recreated (its offsets restart below them).
+
+    Stop the workers first. Afterwards every record is folded whatever its offset; the per-user claims
+    still catch retries within the dedupe window (docs/GUARANTEES.md).
+    """
+    from streamrec.watermarks import forget_offsets, read_watermarks
+
+    settings = _settings()
+    client = _state_client(settings)
+    if not yes:
+        found = read_watermarks(client, keys_of(settings))
+        typer.echo(
+            f"would forget {len(found.offsets)} watermarks in {len(found.keys)} hashes and "
+            f"{found.stats_fields} stats fields; run again with --yes"
+        )
+        return
+    gone = forget_offsets(client, keys_of(settings))
+    typer.echo(
+        f"forgot {len(gone.offsets)} watermarks ({', '.join(f'{k}={v}' for k, v in sorted(gone.offsets.items())) or 'none'}) "
+        f"in {len(gone.keys)} hashes and {gone.stats_fields} stats fields"
+    )
+
+
+@state_app.command("rewind-offsets")
+def state_rewind_offsets(
+    yes: Annotated[bool, typer.Option("--yes", help="Do it (without it, only say what would move).")] = False,
+    items: Annotated[
+        bool,
+        typer.Option(help="Also move the items topic back to its start (catalog records are idempotent)."),
+    ] = False,
+) -> None:
+    """After Redis was restored from AOF or a backup: move the workers' committed offsets back to just past
+    the restored watermarks, so that the workers fold again, once, whatever Redis lost.
+
+    Stop the workers first (the consumer group must have no members).
+    """
+    from kafka.errors import KafkaError
+
+    from streamrec.topics import Topics
+    from streamrec.watermarks import event_watermarks, rewind_group
+
+    settings = _settings()
+    topics = Topics(settings.topic_prefix)
+    marks = event_watermarks(_state_client(settings), keys_of(settings))
+    try:
+        done = rewind_group(
+            settings.kafka_bootstrap,
+            settings.worker_group,
+            topics.events,
+            marks,
+            topics.items if items else None,
+            dry_run=not yes,
+        )
+    except (RuntimeError, KafkaError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    verb = "moved" if yes else "would move"
+    for topic, moves in sorted(done.moves.items()):
+        for p, (before, after) in sorted(moves.items()):
+            typer.echo(f"{verb} {topic}[{p}] {before} -> {after}")
+    count = sum(len(m) for m in done.moves.values())
+    typer.echo(
+        f"{verb} {count} partitions of group {settings.worker_group}"
+        + ("" if yes else "; run again with --yes")
+    )
+
+
+@app.command()
+def soak(
+    minutes: Annotated[float, typer.Option(min=0.5, help="How long the shop streams.")] = 25.0,
+    rate: Annotated[float, typer.Option(min=1, help="Events per second.")] = 500.0,
+    users: Annotated[int, typer.Option(min=1, help="Shoppers in the simulated shop.")] = 100_000,
+    items: Annotated[int, typer.Option(min=1, help="Catalog size.")] = 10_000,
+    census_s: Annotated[float, typer.Option(help="Seconds between measures of every key family.")] = 300.0,
+    out_dir: Annotated[Path, typer.Option(help="Where soak.json, soak.md and soak.png go.")] = Path("docs"),
+) -> None:
+    """Stream a simulated shop through a real worker with production defaults; report Redis memory per
+    user, item and event in the dedupe window, whether it levels off, and the steady state at 1,000 events/s."""
+    from streamrec.devtools import soak as soak_run
+
+    plan = soak_run.SoakPlan(minutes=minutes, rate=rate, users=users, items=items, census_s=census_s)
+    figures = soak_run.run(plan, out_dir, say=typer.echo)
+    typer.echo("\n" + soak_run.markdown(figures))
+
+
 @app.command()
 def healthcheck(
     url: Annotated[

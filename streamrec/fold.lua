@@ -293,8 +293,9 @@ local function count_of(item, now)
 end
 
 local function trim_neighbours(key, counts, now)
-  -- keep the neighbours with the best popularity-normalised score c / n^alpha (not the merely
-  -- popular ones); members with no activity left go first. counts: member -> log count (the activity
+  -- keep the neighbours with the best popularity-normalised score c / (n + shrink)^alpha, the order
+  -- the API ranks them in (scoring.normalised_neighbours), not the merely popular ones; members with
+  -- no activity left go first. counts: member -> log count (the activity
   -- hash's n), or nil to read them here (one Redis: every item is local).
   local card = card_memo[key] or call('ZCARD', key)
   if card <= C.nbr_max + C.nbr_slack then return false end
@@ -312,7 +313,7 @@ local function trim_neighbours(key, counts, now)
     local s = NEG
     if n then
       if n < 1 then n = 1 end
-      s = logc - C.alpha * mlog(n)
+      s = logc - C.alpha * mlog(n + C.shrink)
     end
     scored[#scored + 1] = {member, s}
   end

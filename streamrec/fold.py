@@ -58,6 +58,7 @@ def script_config(
             "nbr_max": s.neighbours_max,
             "nbr_slack": s.neighbours_slack,
             "alpha": s.popularity_alpha,
+            "shrink": max(s.neighbour_shrinkage, 0.0),
             "pref_rate": decay_rate(s.preference_halflife_ms),
             "pref_max": s.preference_max,
             "bought_max": s.purchases_max,

@@ -20,6 +20,7 @@ from streamrec.event_types import EventType
 from streamrec.fold import StateWriter
 from streamrec.keys import Keys
 from streamrec.recommend import Answer, Recommender
+from streamrec.scoring import normalised_neighbours
 from streamrec.settings import DAY_MS, ScoringSettings
 from streamrec.state import StateReader
 from tests.state_snapshot import snapshot
@@ -73,7 +74,8 @@ NO_DECAY = {"cooc_halflife_ms": 10**15}  # co-occurrence and counts that keep th
 
 def make_world(client: redis.Redis, scoring: ScoringSettings | None = None) -> World:
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
-    s = scoring or ScoringSettings(**NO_DECAY)
+    # plain cosine (no shrinkage) unless a test says otherwise: the known answers below are its maths
+    s = scoring or ScoringSettings(**NO_DECAY, neighbour_shrinkage=0.0)
     return World(client, keys, s, StateWriter(client, keys, s), StateReader(client, keys, s))
 
 
@@ -128,8 +130,12 @@ def test_actions_further_apart_than_the_max_gap_are_not_paired(world: World) -> 
     assert world.nbr("a") == {"c": pytest.approx(1.0)}
 
 
-def test_neighbour_lists_stay_bounded_and_keep_the_best_normalised(redis_client: redis.Redis) -> None:
-    w = make_world(redis_client, ScoringSettings(neighbours_max=5, neighbours_slack=2, **NO_DECAY))
+@pytest.mark.parametrize("shrinkage", [0.0, 100.0])
+def test_neighbour_lists_stay_bounded_and_keep_the_best_normalised(
+    redis_client: redis.Redis, shrinkage: float
+) -> None:
+    scoring = ScoringSettings(neighbours_max=5, neighbours_slack=2, neighbour_shrinkage=shrinkage, **NO_DECAY)
+    w = make_world(redis_client, scoring)
     try:
         # 'pop' co-occurs with the hub twice (the largest raw weight) but is viewed by everyone
         w.apply(*[ev("view", "fan", "pop", T0 + i) for i in range(100)])  # consecutive repeats: counts only
@@ -143,8 +149,17 @@ def test_neighbour_lists_stay_bounded_and_keep_the_best_normalised(redis_client:
         assert len(w.nbr("hub")) == 7  # at the bound plus slack: no trim yet
         w.views("v7", "hub", "a7", ts=T0 + 200_000)  # the 8th neighbour triggers a trim down to 5
         kept = w.nbr("hub")
-        assert set(kept) == {"a1", "a2", "a3", "a4", "a5"}
-        assert all(v == pytest.approx(1.0) for v in kept.values())
+        # the order the API ranks in (scoring.normalised_neighbours) decides who stays
+        counts = w.reader.counts(sorted({"hub", "pop", *(f"a{k}" for k in range(1, 8))}), T0 + 200_000)
+        raw = {"pop": 2.0, **{f"a{k}": 1.0 for k in range(1, 8)}}
+        ranked = normalised_neighbours(raw, counts, counts["hub"], scoring.popularity_alpha, shrinkage)
+        best = sorted(ranked, key=lambda m: (-ranked[m], m))[:5]
+        assert set(kept) == set(best)
+        if shrinkage == 0:  # plain cosine: a single co-occurrence with a rarely seen item beats the hub's 2
+            assert set(kept) == {"a1", "a2", "a3", "a4", "a5"}
+        else:  # shrunk: two co-occurrences with a popular item beat a single one with a rare item
+            assert "pop" in kept and "a5" not in kept
+        assert all(v == pytest.approx(raw[m]) for m, v in kept.items())
 
         for j in range(30):
             w.views(f"x{j}", "hub", f"b{j:02d}", ts=T0 + 300_000 + j * 10_000)
