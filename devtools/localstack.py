@@ -163,8 +163,14 @@ def start_redis(
     appendonly: bool = True,
     timeout: float = 15.0,
     extra: Sequence[str] = (),
+    load_timeout: float = 300.0,
 ) -> ManagedProcess:
-    """A Redis server on loopback, with append-only persistence in ``data_dir`` (``extra``: more options)."""
+    """A Redis server on loopback, with append-only persistence in ``data_dir`` (``extra``: more options).
+
+    Returns once it answers commands: first its port within ``timeout`` seconds, then, when it reloads
+    kept state from its append-only file (LOADING), the end of the load within ``load_timeout`` seconds.
+    Raises ``ServiceError`` when it exits or either wait runs out.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         redis_binary(),
@@ -185,7 +191,35 @@ def start_redis(
     mp = spawn("redis", argv, log)
     mp.port = port
     wait_for_port(port, timeout, mp.proc)
+    wait_loaded(port, load_timeout, mp.proc)
     return mp
+
+
+def wait_loaded(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    """Wait until the Redis on ``port`` answers PING: waits out LOADING (and any other transient condition,
+    ``streamrec.redis_conditions``) with tenacity's backoff. Raises ``ServiceError`` after ``timeout``
+    seconds or when ``proc`` exits."""
+    import redis
+    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+
+    from streamrec.redis_conditions import is_transient
+
+    client = redis.Redis(host=LOOPBACK, port=port, socket_timeout=5)
+    try:
+        for attempt in Retrying(
+            retry=retry_if_exception(is_transient),
+            wait=wait_exponential_jitter(initial=0.05, max=1.0),
+            stop=stop_after_delay(timeout),
+            reraise=True,
+        ):
+            with attempt:
+                if proc is not None and proc.poll() is not None:
+                    raise ServiceError(f"redis on port {port} exited with status {proc.returncode}")
+                client.ping()
+    except redis.RedisError as exc:
+        raise ServiceError(f"redis on port {port} did not become ready in {timeout:g}s: {exc}") from exc
+    finally:
+        client.close()
 
 
 @dataclass

@@ -51,6 +51,7 @@ def _templates(p: str) -> dict[str, str]:
         # per source partition: counters and (standalone) the offset watermark of each partition
         "stats": f"{p}:{{st:%s}}",  # HASH applied:<type>, duplicates, erased, items ... ; %s = "<kind>:<partition>"
         "watermark": f"{p}:wm",  # HASH "<kind>:<partition>" -> last offset folded (one Redis)
+        "local_feeds": f"{p}:up:feeds",  # HASH feed label -> events published ('streamrec up' only)
         "slot_watermark": f"{p}:{{%s}}:wm",  # HASH "<stage>:<partition>" -> last offset (one per hash slot)
         # batch models published by the trainer (see modelstore.py)
         "model_active": f"{p}:model:active",  # STRING: the version the API blends in
@@ -201,6 +202,11 @@ class Keys:
     def watermark(self) -> str:
         """HASH ``<kind>:<partition>`` -> last folded offset (the one-Redis schedule)."""
         return self._k("watermark")
+
+    def local_feeds(self) -> str:
+        """HASH feed label -> events it published: the feeds ``streamrec up`` folded into this state (one
+        field per dataset it was run with; deleted with the local data folder)."""
+        return self._k("local_feeds")
 
     def slot_watermark(self, slot: int) -> str:
         """HASH ``<stage>:<partition>`` -> last folded offset, living in hash slot ``slot`` (cluster)."""
