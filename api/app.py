@@ -33,9 +33,11 @@ class OrjsonProvider(DefaultJSONProvider):
     sort_keys = False
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
+        """``obj`` as compact JSON text (orjson); ``kwargs`` (json.dumps options) are not used."""
         return orjson.dumps(obj, default=self.default, option=orjson.OPT_NON_STR_KEYS).decode()
 
     def response(self, *args: Any, **kwargs: Any) -> Response:
+        """A JSON response of ``args``/``kwargs`` as ``flask.jsonify`` takes them, encoded by orjson."""
         obj = self._prepare_response_obj(args, kwargs)
         return self._app.response_class(
             orjson.dumps(obj, default=self.default, option=_ORJSON), mimetype=self.mimetype

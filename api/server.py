@@ -34,11 +34,13 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         super().__init__()
 
     def load_config(self) -> None:
+        """Apply the options given (gunicorn settings by name; None leaves gunicorn's default)."""
         for key, value in self.options.items():
             if key in self.cfg.settings and value is not None:
                 self.cfg.set(key, value)
 
     def load(self):  # type: ignore[no-untyped-def]
+        """The WSGI app each gunicorn worker serves: ``create_app`` on these settings."""
         from streamrec.api.app import create_app
 
         return create_app(self.settings)

@@ -40,6 +40,9 @@ PASSES_MAX = 64  # computations of one answer from one snapshot (each pass reads
 
 @dataclass(frozen=True)
 class Ranked:
+    """One item of an answer: its score (unitless, higher first), the reason shown and its source
+    (``item_to_item``, ``model``, ``search``, ``popular``, ``trending``, …)."""
+
     item_id: str
     score: float
     reason: str

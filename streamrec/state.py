@@ -114,9 +114,11 @@ class Cache(Protocol):
 
     enabled: bool
 
-    def get(self, kind: str, key: Hashable) -> Any: ...
+    def get(self, kind: str, key: Hashable) -> Any:
+        """The value held for ``(kind, key)``, or ``MISSING``."""
 
-    def put(self, kind: str, key: Hashable, value: Any) -> None: ...
+    def put(self, kind: str, key: Hashable, value: Any) -> None:
+        """Hold ``value`` for ``(kind, key)`` (the cache bounds how many and for how long)."""
 
 
 # What a Cache is asked to keep: the active model version and its rows (immutable per version), catalog
@@ -130,9 +132,11 @@ class NoCache:
     enabled = False
 
     def get(self, kind: str, key: Hashable) -> Any:
+        """Always ``MISSING``."""
         return MISSING
 
     def put(self, kind: str, key: Hashable, value: Any) -> None:
+        """Keep nothing."""
         return None
 
 
