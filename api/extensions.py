@@ -25,14 +25,24 @@ EXTENSION = "streamrec"
 class Publisher(Protocol):
     """Publishes and returns a delivery future whose ``get(timeout)`` raises if delivery failed."""
 
-    def publish_event(self, event: Event) -> Any: ...
-    def publish_item(self, item: CatalogItem) -> Any: ...
-    def publish_deletion(self, deletion: ItemDeletion) -> Any: ...
-    def publish_erasure(self, erasure: UserErasure) -> Any: ...
-    def flush(self, timeout: float | None = None) -> None: ...
+    def publish_event(self, event: Event) -> Any:
+        """Send ``event`` to the events topic, keyed by its user."""
+
+    def publish_item(self, item: CatalogItem) -> Any:
+        """Send a catalog record to the items topic, keyed by its item."""
+
+    def publish_deletion(self, deletion: ItemDeletion) -> Any:
+        """Send an item deletion to the items topic, keyed by its item."""
+
+    def publish_erasure(self, erasure: UserErasure) -> Any:
+        """Send a user's erasure to the events topic, keyed by the user (after all their events)."""
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every record sent is delivered or failed, at most ``timeout`` seconds."""
 
 
 def kafka_publisher(settings: Settings) -> Publisher:
+    """The production publisher: kafka-python to ``settings.kafka_bootstrap``, on the prefix's topics."""
     from streamrec.publisher import EventPublisher
     from streamrec.topics import Topics
 
@@ -57,6 +67,7 @@ class Services:
 
     @property
     def publisher(self) -> Publisher:
+        """The Kafka publisher, made on first use (in the gunicorn worker, after the fork)."""
         with self._lock:
             if self._publisher is None:
                 self._publisher = self.publisher_factory(self.settings)

@@ -93,12 +93,17 @@ def count_answer(strategy: str, n_items: int) -> None:
 
 
 class TimedReader:
-    """Wraps the state reader: each public method is one pipelined Redis round trip, and is timed."""
+    """Wraps the state reader: each public method is one pipelined Redis round trip, and is timed
+    (``streamrec_api_redis_duration_seconds{operation}``). Wrappers are built once per method name."""
 
     def __init__(self, reader: Any) -> None:
         self._reader = reader
+        self._timed: dict[str, Any] = {}
 
     def __getattr__(self, name: str) -> Any:
+        timed = self._timed.get(name)
+        if timed is not None:
+            return timed
         attr = getattr(self._reader, name)
         if name.startswith("_") or not callable(attr):
             return attr
@@ -112,6 +117,7 @@ class TimedReader:
             finally:
                 histogram.observe(time.perf_counter() - started)
 
+        self._timed[name] = timed
         return timed
 
 

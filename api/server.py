@@ -21,8 +21,8 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         self.options = {
             "bind": f"{settings.api_host}:{settings.api_port}",
             "workers": settings.api_workers,
-            "worker_class": "gthread",
-            "threads": 4,
+            "worker_class": settings.api_worker_class,
+            "threads": settings.api_threads,
             "timeout": 30,
             "graceful_timeout": 10,
             "keepalive": 5,
@@ -34,11 +34,13 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         super().__init__()
 
     def load_config(self) -> None:
+        """Apply the options given (gunicorn settings by name; None leaves gunicorn's default)."""
         for key, value in self.options.items():
             if key in self.cfg.settings and value is not None:
                 self.cfg.set(key, value)
 
     def load(self):  # type: ignore[no-untyped-def]
+        """The WSGI app each gunicorn worker serves: ``create_app`` on these settings."""
         from streamrec.api.app import create_app
 
         return create_app(self.settings)

@@ -43,6 +43,7 @@ bp = Blueprint("v1", __name__)
 
 
 def ok(data: Any, status: int = 200) -> tuple[Response, int]:
+    """The success envelope ``{"code": 0, "msg": "ok", "data": data}`` with ``status``."""
     return jsonify({"code": 0, "msg": "ok", "data": data}), status
 
 

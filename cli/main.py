@@ -586,6 +586,22 @@ def bench(
             "ingest with 1, 2 and 4 workers on 4 partitions, API latency and memory (bench-cluster.json, .md)."
         ),
     ] = False,
+    serving: Annotated[
+        bool,
+        typer.Option(
+            help="Only the API: 3,000 Amazon Beauty shoppers folded, then wrk on recommendations, /healthz, similar, popular and trending (serving.json, serving.md)."
+        ),
+    ] = False,
+    server: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="With --serving: a server to measure, worker-class:workers[xthreads][:cache ms] (e.g. gthread:2x4, sync:3, gthread:2x4:0); repeat to compare."
+        ),
+    ] = None,
+    seconds: Annotated[float, typer.Option(help="With --serving: wrk's duration per endpoint.")] = 10.0,
+    profile: Annotated[
+        bool, typer.Option(help="With --serving: py-spy on one gunicorn worker under recommendations.")
+    ] = False,
 ) -> None:
     """Measure ingest, freshness, API latency, memory and scale on a local stack of its own (Tansu, Redis, workers, API)."""
     import dataclasses
@@ -600,6 +616,16 @@ def bench(
         typer.echo(
             f"written to {out_dir}/bench-cluster.json and bench-cluster.md in {figures['seconds']:.0f}s"
         )
+        return
+    if serving:
+        try:
+            servers = [perf.Server.parse(s) for s in server or ["gthread:2x4"]]
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        report = perf.serving(out_dir, servers, seconds, profile=profile)
+        typer.echo("\n" + perf.serving_markdown(report))
+        typer.echo(f"written to {out_dir}/serving.json and serving.md in {report['seconds']:.0f}s")
         return
     plan = perf.Plan.quick() if quick else perf.Plan.full()
     if repeats is not None:

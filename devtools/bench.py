@@ -21,6 +21,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -348,23 +349,31 @@ def redis_raw_rate(stack: Stack, events: Sequence[Event], batch: int = 500) -> f
     return len(events) / (time.monotonic() - started)
 
 
-def start_api(stack: Stack) -> None:
+def start_api(stack: Stack, tag: str = "api", **extra: str) -> ManagedProcess:
+    """The API under gunicorn (2 workers unless ``extra`` says otherwise) on a free loopback port."""
     port = free_port()
     env = stack.env(
-        "api", STREAMREC_API_PORT=str(port), STREAMREC_API_HOST=LOOPBACK, STREAMREC_API_WORKERS="2"
+        tag,
+        **{
+            "STREAMREC_API_PORT": str(port),
+            "STREAMREC_API_HOST": LOOPBACK,
+            "STREAMREC_API_WORKERS": "2",
+            **extra,
+        },
     )
-    proc = stack.start("api", env, "api")
+    proc = stack.start(f"api-{uuid.uuid4().hex[:6]}", env, "api")
     stack.api_url = f"http://{LOOPBACK}:{port}"
 
     def up() -> bool:
         if not proc.alive():
-            raise ServiceError("the API exited; see api.log")
+            raise ServiceError("the API exited; see its log")
         try:
             return requests.get(f"{stack.api_url}/healthz", timeout=1).status_code == 200
         except requests.RequestException:
             return False
 
     _wait(up, 60, "the API")
+    return proc
 
 
 def freshness(stack: Stack, tag: str, plan: Plan) -> dict[str, Any]:
@@ -437,24 +446,35 @@ _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
 def wrk(
-    url_paths: Sequence[str], base: str, seconds: float, root: Path, connections: int = 8
+    url_paths: Sequence[str],
+    base: str,
+    seconds: float,
+    root: Path,
+    connections: int = 16,
+    threads: int = 2,
 ) -> dict[str, float]:
-    """Load from Debian's wrk (a separate process), cycling through ``url_paths``; its p50, p99 and rate."""
+    """Load from Debian's wrk (a separate process), each request on a random one of ``url_paths``; its p50,
+    p99 (ms), requests/s and the count of non-2xx answers and socket errors."""
     binary = shutil.which("wrk")
     if not binary:
         raise ServiceError("the API bench needs wrk (Debian: apt-get install wrk)")
     script = root / f"paths-{uuid.uuid4().hex[:6]}.lua"
     quoted = ",".join(json.dumps(p) for p in url_paths)
     script.write_text(
-        f"local paths = {{{quoted}}}\nlocal n = 0\n"
-        "request = function()\n  n = n % #paths + 1\n  return wrk.format('GET', paths[n])\nend\n"
+        f"local paths = {{{quoted}}}\nlocal threads = 0\n"
+        "function setup(thread)\n  threads = threads + 1\n  thread:set('id', threads)\nend\n"
+        "function init(args)\n  math.randomseed(os.time() * 100 + id)\nend\n"
+        "request = function()\n  return wrk.format('GET', paths[math.random(#paths)])\nend\n"
+        "local non2xx = 0\n"
+        "response = function(status, headers, body)\n"
+        "  if status < 200 or status > 299 then non2xx = non2xx + 1 end\nend\n"
         "done = function(summary, latency, requests)\n"
-        "  io.write(string.format('errors %d %d %d\\n', summary.errors.status, summary.errors.connect,"
-        " summary.errors.timeout))\nend\n"
+        "  io.write(string.format('errors %d %d %d %d %d\\n', summary.errors.status, summary.errors.connect,"
+        " summary.errors.read, summary.errors.write, summary.errors.timeout))\nend\n"
     )
     argv = [
         binary,
-        "-t1",
+        f"-t{threads}",
         f"-c{connections}",
         f"-d{max(int(seconds), 1)}s",
         "--latency",
@@ -465,7 +485,7 @@ def wrk(
     out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
     found = {q: float(v) * _UNIT_MS[u] for q, v, u in _WRK_LINE.findall(out)}
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    errors = re.search(r"errors (\d+) (\d+) (\d+)", out)
+    errors = re.search(r"errors (\d+) (\d+) (\d+) (\d+) (\d+)", out)
     if not rate or "50" not in found or "99" not in found:
         raise ServiceError(f"could not read wrk's output:\n{out}")
     return {
@@ -477,12 +497,14 @@ def wrk(
 
 
 def api_paths(stack: Stack, events: Sequence[Event]) -> dict[str, list[str]]:
-    users = list(dict.fromkeys(e.user_id for e in events))[:500]
-    items = StateReader(stack.client, Keys(PREFIX), ScoringSettings()).popular_ids(500)
+    """Random users' recommendations, random items' similar, popular, trending and /healthz."""
+    users = list(dict.fromkeys(e.user_id for e in events))[:3000]
+    items = StateReader(stack.client, Keys(PREFIX), ScoringSettings()).popular_ids(3000)
     return {
         "recommendations": [f"/v1/users/{u}/recommendations?k=10" for u in users],
         "similar": [f"/v1/items/{i}/similar?k=10" for i in items],
         "popular": ["/v1/popular?k=10"],
+        "trending": ["/v1/trending?k=10"],
         "trivial (/healthz)": ["/healthz"],
     }
 
@@ -779,13 +801,13 @@ def markdown(f: dict[str, Any]) -> str:
         f"| freshness (publish → personal answer from the API, at {fr['background_events_per_s']:,.0f} events/s) | "
         f"p50 {fr['p50_ms']:.0f} ms, p99 {fr['p99_ms']:.0f} ms ({fr['probes_per_run']} probes a run) | | p99 ≤ 250 ms: {met['freshness_p99_ms']} |",
     ]
-    for name in ("recommendations", "similar", "popular"):
+    for name in ("recommendations", "similar", "popular", "trending"):
         a = api[name]
         target = ""
         if name == "recommendations":
             target = f"p99 ≤ 20 ms: {met['recs_p99_ms']}; ≥ 50% of trivial: {met['recs_share_of_trivial']}"
         lines.append(
-            f"| API {name} (gunicorn, 2 workers × 4 threads, wrk 8 connections) | p50 {a['p50_ms']:.1f} ms, "
+            f"| API {name} (gunicorn, 2 workers × 4 threads, wrk 2 threads, 16 connections) | p50 {a['p50_ms']:.1f} ms, "
             f"p99 {a['p99_ms']:.1f} ms, {a['requests_per_s']:,.0f} req/s | {a['requests_per_s'] / trivial:.0%} of trivial | {target} |"
         )
     t = api["trivial (/healthz)"]
@@ -987,7 +1009,7 @@ def scaled_api(
     out = {}
     for name in ("recommendations", "similar", "popular"):
         before = cpu_seconds(proc.proc.pid)
-        figures = wrk(paths[name], stack.api_url, seconds, stack.root)
+        figures = wrk(paths[name], stack.api_url, seconds, stack.root, connections=8, threads=1)
         used = cpu_seconds(proc.proc.pid) - before
         figures["requests_per_api_cpu_s"] = figures["requests_per_s"] * seconds / max(used, 1e-6)
         out[name] = figures
@@ -1237,4 +1259,213 @@ def capacity_table(inputs: CapacityInputs) -> str:
                     f"({c['masters_by_memory']} / {c['masters_by_cpu']}) | {c['workers']} | {c['partitions']} | "
                     f"{c['api_processes']} | {c['limit']} |"
                 )
+
+
+# ------------------------------------------------------------------ serving: issue 15's measurement
+
+SERVING_USERS = 3000
+SERVING_ORDER = ("recommendations", "trivial (/healthz)", "similar", "popular", "trending")
+
+
+@dataclass(frozen=True)
+class Server:
+    """One way of serving the API: gunicorn's worker class, workers, threads, and the cache's staleness."""
+
+    worker_class: str = "gthread"
+    workers: int = 2
+    threads: int = 4
+    cache_ttl_ms: int = 1000
+
+    def env(self) -> dict[str, str]:
+        return {
+            "STREAMREC_API_WORKER_CLASS": self.worker_class,
+            "STREAMREC_API_WORKERS": str(self.workers),
+            "STREAMREC_API_THREADS": str(self.threads),
+            "STREAMREC_API_CACHE_TTL_MS": str(self.cache_ttl_ms),
+        }
+
+    @property
+    def label(self) -> str:
+        threads = f" × {self.threads} threads" if self.worker_class == "gthread" else ""
+        cache = f"cache {self.cache_ttl_ms} ms" if self.cache_ttl_ms else "no cache"
+        return f"{self.worker_class}, {self.workers} workers{threads}, {cache}"
+
+    @classmethod
+    def parse(cls, text: str) -> Server:
+        """``gthread:2x4``, ``sync:3`` or ``gthread:2x4:0`` (the last field: cache staleness in ms)."""
+        try:
+            kind, shape, *ttl = text.split(":")
+            workers, _, threads = shape.partition("x")
+            return cls(kind, int(workers), int(threads or 1), int(ttl[0]) if ttl else 1000)
+        except ValueError:
+            raise ValueError(f"a server is worker-class:workers[xthreads][:cache ms], not {text!r}") from None
+
+
+def beauty_shoppers(users: int) -> tuple[list[CatalogItem], list[Event]]:
+    """The first ``users`` shoppers of Amazon Beauty (every review a purchase) and the items they bought."""
+    from streamrec.datasets import datasets_dir, read_seq
+
+    n_events = 0
+    for n, (_, items) in enumerate(read_seq(datasets_dir() / "amazon-beauty" / "Beauty.txt")):
+        if n >= users:
+            break
+        n_events += len(items)
+    return dataset_records("amazon-beauty", n_events)
+
+
+def _gunicorn_workers(arbiter: int) -> list[int]:
+    path = Path(f"/proc/{arbiter}/task/{arbiter}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+# py-spy names files relative to sys.path: the project's folders and the libraries an answer goes through
+_PROFILED = re.compile(
+    r"\((?:.*/)?(streamrec|api|stream_processor|redis|flask|werkzeug|prometheus_client)/[^/]+\.py:\d+\)$"
+)
+
+
+def profile_worker(pid: int, seconds: float, out: Path) -> list[tuple[str, float, float]]:
+    """py-spy samples one gunicorn worker for ``seconds`` (collapsed stacks written to ``out``): the 15
+    functions with the most samples, as (function, share of samples on the stack, share as the leaf)."""
+    binary = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    argv = [
+        binary,
+        "record",
+        "-p",
+        str(pid),
+        "-d",
+        str(int(seconds)),
+        "-r",
+        "200",
+        "-f",
+        "raw",
+        "-o",
+        str(out),
+    ]
+    subprocess.run(argv, capture_output=True, check=True, timeout=seconds + 60)
+    inclusive: dict[str, int] = {}
+    leaf: dict[str, int] = {}
+    total = 0
+    wanted: set[str] = set()
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        frames = []
+        for raw in stack.split(";"):
+            frame = re.sub(r" \((.*/)?([^/]+):\d+\)$", r" (\2)", raw)
+            frames.append(frame)
+            if _PROFILED.search(raw):
+                wanted.add(frame)  # the project's frames and the libraries an answer goes through
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+        leaf[frames[-1]] = leaf.get(frames[-1], 0) + n
+    top = sorted((f for f in inclusive if f in wanted), key=lambda f: -inclusive[f])[:15]
+    return [(f, inclusive[f] / max(total, 1), leaf.get(f, 0) / max(total, 1)) for f in top]
+
+
+def serving(
+    out_dir: Path,
+    servers: Sequence[Server] = (Server(),),
+    seconds: float = 10.0,
+    users: int = SERVING_USERS,
+    profile: bool = False,
+) -> dict[str, Any]:
+    """Issue 15's measurement: ``users`` Amazon Beauty shoppers published with a plain kafka-python producer
+    and folded by a real worker; then, for each server, wrk (2 threads, 16 connections, ``seconds``) on the
+    recommendations of random shoppers, /healthz, similar items of random items, popular and trending, one
+    after the other on the same API. Writes serving.json and serving.md into ``out_dir``."""
+    from kafka import KafkaProducer
+
+    from streamrec.topics import Topics, ensure_topics
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    load_before = list(os.getloadavg())
+    catalog, events = beauty_shoppers(users)
+    shoppers = len({e.user_id for e in events})
+    say(f"{shoppers:,} Amazon Beauty shoppers, {len(events):,} events, {len(catalog):,} items")
+    results: list[dict[str, Any]] = []
+    started = time.monotonic()
+    with local_stack() as stack:
+        tag = f"s{uuid.uuid4().hex[:8]}"
+        topics = Topics(tag)
+        ensure_topics(stack.bootstrap, topics, 2)
+        worker = stack.start(f"worker-{tag}", stack.env(tag), "worker")
+        producer = KafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", linger_ms=5)
+        for item in catalog:
+            producer.send(topics.items, key=item.item_id.encode(), value=item.to_json())
+        for e in events:
+            producer.send(topics.events, key=e.user_id.encode(), value=e.to_json())
+        producer.flush()
+        producer.close()
+        _wait(lambda: stack.applied() >= len(events), 600, f"{len(events):,} events to be folded", 0.1)
+        say(f"folded {len(events):,} events")
+        paths = api_paths(stack, events)
+        for server in servers:
+            api = start_api(stack, tag, **server.env())
+            say(f"{server.label}: warm-up (2 s, not counted)")
+            wrk(paths["recommendations"], stack.api_url, 2, stack.root)
+            figures: dict[str, Any] = {}
+            for name in SERVING_ORDER:
+                if profile and name == "recommendations":
+                    pid = _gunicorn_workers(api.proc.pid)[0]
+                    with ThreadPoolExecutor(1) as pool:
+                        spy = pool.submit(profile_worker, pid, seconds - 2, out_dir / "serving-profile.txt")
+                        figures[name] = wrk(paths[name], stack.api_url, seconds, stack.root)
+                        figures["profile"] = spy.result()
+                else:
+                    figures[name] = wrk(paths[name], stack.api_url, seconds, stack.root)
+                f = figures[name]
+                say(
+                    f"  {name}: {f['requests_per_s']:,.0f} req/s, p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms"
+                )
+            stack.stop(api)
+            results.append({"server": server.__dict__, "label": server.label, "api": figures})
+        stack.stop(worker)
+    report = {
+        "shoppers": shoppers,
+        "events": len(events),
+        "items": len(catalog),
+        "wrk": {"threads": 2, "connections": 16, "seconds": seconds},
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "load_average_before_after": [load_before, list(os.getloadavg())],
+        "seconds": round(time.monotonic() - started, 1),
+        "results": results,
+    }
+    (out_dir / "serving.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "serving.md").write_text(serving_markdown(report))
+    return report
+
+
+def serving_markdown(report: dict[str, Any]) -> str:
+    """One table row per server and endpoint, with issue 15's targets checked on recommendations."""
+    lines = [
+        f"{report['shoppers']:,} Amazon Beauty shoppers ({report['events']:,} events) through a kafka-python "
+        f"producer and a real worker; wrk {report['wrk']['threads']} threads, {report['wrk']['connections']} "
+        f"connections, {report['wrk']['seconds']:.0f} s per endpoint; load average before/after "
+        + " / ".join(f"{a[0]:.1f}" for a in report["load_average_before_after"])
+        + f" on {report['machine']['cpus']} cores.",
+        "",
+        "| server | endpoint | req/s | p50 | p99 | non-2xx + errors | share of /healthz | targets |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        trivial = r["api"]["trivial (/healthz)"]["requests_per_s"]
+        for name in SERVING_ORDER:
+            a = r["api"][name]
+            share = a["requests_per_s"] / trivial if trivial else float("nan")
+            target = ""
+            if name == "recommendations":
+                met = a["p99_ms"] <= TARGETS["recs_p99_ms"] and share >= TARGETS["recs_share_of_trivial"]
+                met = met and a["errors"] == 0
+                target = "p99 ≤ 20 ms, ≥ 50 %, 0 non-2xx: " + ("met" if met else "**missed**")
+            lines.append(
+                f"| {r['label']} | {name} | {a['requests_per_s']:,.0f} | {a['p50_ms']:.1f} ms | "
+                f"{a['p99_ms']:.1f} ms | {a['errors']:.0f} | {share:.2f} | {target} |"
+            )
+    for r in report["results"]:
+        if r["api"].get("profile"):
+            lines += ["", f"py-spy, one gunicorn worker under recommendations ({r['label']}):", ""]
+            lines += ["| function | on the stack | leaf |", "|---|---|---|"]
+            lines += [f"| `{f}` | {inc:.0%} | {own:.0%} |" for f, inc, own in r["api"]["profile"]]
     return "\n".join(lines) + "\n"

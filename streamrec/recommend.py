@@ -1,7 +1,13 @@
 """Answers to "recommended for you", "similar", "popular" and "trending", ranked from Redis state.
 
-The API and offline evaluation both call this; neither ranks on its own. Reading is a few pipelined
-round trips; the maths is in ``scoring``.
+The API and offline evaluation both call this; neither ranks on its own. The maths is in ``scoring``.
+
+Each answer is computed from one ``state.Snapshot`` (docs/STATE.md, "One consistent read"): the user's
+group in one ``MULTI`` (trip 1), everything else from the per-process cache the recommender was given, and
+what the cache misses in one pipelined trip per pass that re-reads the user's version (trip 2). If an event
+of the user was folded in between, the answer is computed again from a new snapshot, so that it is entirely
+before or entirely after that event. With every cache warm, a personal answer is 1 round trip, or 2 when the
+user searched (the search terms' items are always read fresh).
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from streamrec import event_types
 from streamrec.modelstore import ModelStore
@@ -17,20 +24,25 @@ from streamrec.scoring import (
     add_repeats,
     blend,
     history_seeds,
-    normalised_neighbours,
     rank,
     score_personal,
 )
 from streamrec.settings import ScoringSettings
-from streamrec.state import StateReader
+from streamrec.state import MISSING, Cache, NoCache, Snapshot, SnapshotMoved, StateReader
 
 TERM_ITEMS_READ = 50
 PAGE_MAX = 5000  # the most rows one read of a popularity or trending list asks for
 TERMS_USED = 10
+T = TypeVar("T")
+SNAPSHOT_ATTEMPTS = 3  # snapshots one answer may take when the user's events keep being folded meanwhile
+PASSES_MAX = 64  # computations of one answer from one snapshot (each pass reads what the last one missed)
 
 
 @dataclass(frozen=True)
 class Ranked:
+    """One item of an answer: its score (unitless, higher first), the reason shown and its source
+    (``item_to_item``, ``model``, ``search``, ``popular``, ``trending``, …)."""
+
     item_id: str
     score: float
     reason: str
@@ -47,6 +59,9 @@ class Answer:
     model_version: str | None = None
 
 
+INCOMPLETE = Answer("empty", [])  # what a pass that still lacks reads computes (never served)
+
+
 def _usable(record: dict[str, str] | None, category: str | None) -> bool:
     """In stock, not deleted, and in ``category`` when one is asked for (items without a record pass)."""
     if record is not None and (record.get("in_stock") == "0" or record.get("deleted") == "1"):
@@ -55,7 +70,11 @@ def _usable(record: dict[str, str] | None, category: str | None) -> bool:
 
 
 class Recommender:
-    """Ranks from one state reader with one set of scoring settings."""
+    """Ranks from one state reader with one set of scoring settings.
+
+    ``cache`` holds slowly changing state between answers (``state.Cache``; the API's is per process with a
+    bounded staleness); the default holds nothing, so every answer reads all it needs.
+    """
 
     def __init__(
         self,
@@ -63,60 +82,107 @@ class Recommender:
         scoring: ScoringSettings,
         models: ModelStore | None = None,
         clock: Callable[[], int] | None = None,
+        cache: Cache | None = None,
     ) -> None:
         self.reader = reader
         self.scoring = scoring
         self.models = models
         self.clock = clock
-
-    def _batch(self, seeds: Sequence[str]) -> tuple[str | None, dict[str, dict[str, float]], float]:
-        """The active batch model's neighbours of ``seeds`` and its blend share (empty: no model to blend).
-
-        The share is the one the trainer chose for that model on validation, recorded in its metadata;
-        a model without one gets ``STREAMREC_SCORING_MODEL_BLEND``.
-        """
-        if self.models is None or not seeds:
-            return None, {}, 0.0
-        version, neighbours = self.models.neighbours(seeds)
-        share = self.models.blend_share(version) if version else None
-        share = self.scoring.model_blend if share is None else share
-        if share <= 0:
-            return None, {}, 0.0
-        return version, neighbours, share
+        self.cache: Cache = cache if cache is not None else NoCache()
 
     def now(self) -> int:
         """Now in epoch ms: the wall clock, or the clock this recommender was given (offline evaluation
         ranks as of the end of its training data)."""
         return self.clock() if self.clock is not None else int(time.time() * 1000)
 
+    def _answer(self, user_id: str | None, compute: Callable[[Snapshot], T]) -> T:
+        """``compute`` on one snapshot, pass after pass until it had every read it asked for.
+
+        A snapshot whose user moved (an event folded between its reads) is dropped and the answer computed
+        from a new one; the last of ``SNAPSHOT_ATTEMPTS`` is not checked (a user whose events are folded
+        faster than an answer is read gets one whose exclusions are those of its first read).
+        """
+        for attempt in range(SNAPSHOT_ATTEMPTS):
+            snap = Snapshot(self.reader, self.cache, self.now(), user_id, attempt < SNAPSHOT_ATTEMPTS - 1)
+            try:
+                for _ in range(PASSES_MAX):
+                    result = compute(snap)
+                    if snap.complete:
+                        break
+                    snap.fetch()
+                return result
+            except SnapshotMoved:
+                continue
+        raise AssertionError("unreachable: the last snapshot is not checked")
+
     def _normalised(self, anchors: Sequence[str], now: int) -> dict[str, dict[str, float]]:
-        # read every stored neighbour (the list is bounded): the best normalised ones may not be the top raw ones
-        s = self.scoring
-        raw = self.reader.neighbours(anchors, s.neighbours_max + s.neighbours_slack, now)
-        every = sorted({*anchors, *(n for nbrs in raw.values() for n in nbrs)})
-        counts = self.reader.counts(every, now)
-        # a neighbour with no activity left (expired or deleted) is no candidate
-        live = {a: {m: c for m, c in raw[a].items() if m in counts} for a in anchors}
-        alpha, shrink = s.popularity_alpha, s.neighbour_shrinkage
-        return {a: normalised_neighbours(live[a], counts, counts.get(a, 1.0), alpha, shrink) for a in anchors}
+        """Each anchor's popularity-normalised neighbours at ``now`` (epoch ms), without neighbours that have no
+        activity left, exactly as an answer ranks them (``Snapshot.neighbours``; offline evaluation uses
+        this). Two pipelined trips: the lists with the anchors' counts, then the neighbours' counts."""
+        snap = Snapshot(self.reader, self.cache, now)
+        for _ in range(PASSES_MAX):
+            out = snap.neighbours(anchors)
+            if snap.complete:
+                return out
+            snap.fetch()
+        raise AssertionError("unreachable: the second pass has every count")
+
+    def _batch(
+        self, snap: Snapshot, seeds: Sequence[str]
+    ) -> tuple[str | None, dict[str, dict[str, float]], float]:
+        """The active batch model's neighbours of ``seeds`` and its blend share (empty: no model to blend).
+
+        The share is the one the trainer chose for that model on validation, recorded in its metadata
+        (``ModelStore.blend_share``, kept per process: a version's metadata never changes); a model without
+        one gets ``STREAMREC_SCORING_MODEL_BLEND``. Through ``ModelStore``'s own reads: the active version is
+        cached with the cache's staleness, a version's rows (immutable) until evicted; only what the cache
+        misses is read.
+        """
+        if self.models is None or not seeds:
+            return None, {}, 0.0
+        version = snap.get("model_active", None)
+        if version is MISSING:
+            version, rows = self.models.neighbours(seeds)  # the active version and its rows, together
+            snap.put("model_active", None, version)
+            if version is not None:
+                for item in seeds:
+                    snap.put("model_rows", (version, item), rows.get(item, {}))
+        if version is None:
+            return None, {}, 0.0
+        recorded = self.models.blend_share(version)
+        share = self.scoring.model_blend if recorded is None else recorded
+        if share <= 0:
+            return None, {}, 0.0
+        cached = {item: snap.get("model_rows", (version, item)) for item in seeds}
+        missing = [item for item, row in cached.items() if row is MISSING]
+        if missing:
+            read_version, rows = self.models.neighbours(missing)
+            if read_version != version:  # switched since it was cached: the new version's rows of every seed
+                snap.put("model_active", None, read_version)
+                return self._batch(snap, seeds)
+            for item in missing:
+                cached[item] = rows.get(item, {})
+                snap.put("model_rows", (version, item), cached[item])
+        return version, {item: row for item, row in cached.items() if row}, share
 
     def _finish(
         self,
+        snap: Snapshot,
         ranked: list[Candidate],
         k: int,
         category: str | None,
         exclude: set[str],
         fallback_from: Sequence[str],
-        now: int,
         personal: str = "personalized",
         model_version: str | None = None,
     ) -> Answer:
         """Filter by stock and category, then fill up from category popularity and overall popularity.
 
-        The fallback uses the categories of the ``fallback_from`` items, read with the candidates' records
-        in one round trip.
+        The fallback uses the categories of the ``fallback_from`` items.
         """
-        catalog = self.reader.catalog(list(dict.fromkeys([*(c.item_id for c in ranked), *fallback_from])))
+        catalog = snap.catalog(dict.fromkeys([*(c.item_id for c in ranked), *fallback_from]))
+        if not snap.complete:
+            return INCOMPLETE
         fallback_categories = [
             catalog[i]["category"] for i in fallback_from if catalog.get(i, {}).get("category")
         ]
@@ -137,9 +203,10 @@ class Recommender:
             # excluded or filed under another category still fills the answer
             offset, page = 0, k + len(taken) + 10
             while len(picked) < k:
-                rows = self.reader.popular(page, now, cat, offset)
-                more = self.reader.catalog([item for item, _ in rows if item not in catalog])
-                catalog.update(more)
+                rows = snap.popular(page, cat, offset)
+                catalog.update(snap.catalog(item for item, _ in rows if item not in catalog))
+                if not snap.complete:
+                    return INCOMPLETE
                 for item, score in rows:
                     if len(picked) >= k:
                         break
@@ -164,9 +231,13 @@ class Recommender:
         self, user_id: str, k: int, category: str | None = None, exclude: Iterable[str] = ()
     ) -> Answer:
         """Personal recommendations: neighbours of recent actions and items that followed recent searches."""
+        exclude = set(exclude)
+        return self._answer(user_id, lambda snap: self._for_user(snap, k, category, exclude))
+
+    def _for_user(self, snap: Snapshot, k: int, category: str | None, exclude: set[str]) -> Answer:
         s = self.scoring
-        now = self.now()
-        user = self.reader.user(user_id, now)
+        user = snap.user
+        assert user is not None
         seeds = history_seeds(user.history, s.history_used, s.history_position_decay, s.type_weights())
         seed_types: dict[str, str] = {}
         for entry in user.history:
@@ -174,14 +245,16 @@ class Recommender:
             if event_types.strength(entry.type) > event_types.strength(best):
                 seed_types[entry.item_id] = entry.type
         terms = list(dict.fromkeys(t for _, ts in user.searches for t in ts))[:TERMS_USED]
-        term_items = self.reader.term_items(terms, TERM_ITEMS_READ)
-        neighbours = self._normalised(list(seeds), now)
+        term_items = snap.term_items(terms, TERM_ITEMS_READ)
+        neighbours = snap.neighbours(list(seeds))
         candidates = score_personal(seeds, seed_types, neighbours, term_items, s.search_blend)
-        version, batch, share = self._batch(list(seeds))
+        if not snap.complete:  # read what these need first: no ranking of half the candidates
+            return INCOMPLETE
+        version, batch, share = self._batch(snap, list(seeds))
         if batch:
             from_model = score_personal(seeds, seed_types, batch, {}, 0.0)
             candidates = blend(candidates, from_model, share)
-        excluded = set(exclude) | user.bought
+        excluded = exclude | user.bought
         if s.exclude_seen:
             excluded |= {e.item_id for e in user.history} | set(user.preferences)
         else:
@@ -190,21 +263,23 @@ class Recommender:
         # categories of what the user did and searched, for the fallback
         basis = list(seeds)[:10] + [i for items in term_items.values() for i in list(items)[:5]]
         return self._finish(
-            ranked, k, category, excluded, basis, now, model_version=version if batch else None
+            snap, ranked, k, category, excluded, basis, model_version=version if batch else None
         )
 
     def similar(self, item_id: str, k: int, user_id: str | None = None) -> Answer:
         """Items that shoppers acted on together with ``item_id``, popularity-normalised."""
-        now = self.now()
-        neighbours = self._normalised([item_id], now)[item_id]
-        excluded = {item_id}
-        if user_id:
-            excluded |= self.reader.user(user_id, now).bought
+        return self._answer(user_id or None, lambda snap: self._similar(snap, item_id, k))
+
+    def _similar(self, snap: Snapshot, item_id: str, k: int) -> Answer:
+        neighbours = snap.neighbours([item_id])[item_id]
+        if not snap.complete:
+            return INCOMPLETE
+        excluded = {item_id} | (snap.user.bought if snap.user is not None else set())
         candidates = {
             item: Candidate(item, score, "customers also viewed", "item_to_item")
             for item, score in neighbours.items()
         }
-        version, batch, share = self._batch([item_id])
+        version, batch, share = self._batch(snap, [item_id])
         if batch:
             from_model = {
                 item: Candidate(item, w, "customers also bought", "model")
@@ -213,28 +288,31 @@ class Recommender:
             candidates = blend(candidates, from_model, share)
         ranked = rank(candidates.values(), k * 3 + 20, excluded)
         return self._finish(
-            ranked, k, None, excluded, [item_id], now, "item_to_item", version if batch else None
+            snap, ranked, k, None, excluded, [item_id], "item_to_item", version if batch else None
         )
 
     def popular(self, k: int, category: str | None = None) -> Answer:
         """The most popular items (time-decayed), overall or in one category."""
-        return self._finish([], k, category, set(), [], self.now())
+        return self._answer(None, lambda snap: self._finish(snap, [], k, category, set(), []))
 
     def trending(self, k: int, category: str | None = None) -> Answer:
         """The items whose interest grows fastest now (in stock, in ``category`` when given)."""
-        now = self.now()
+        return self._answer(None, lambda snap: self._trending(snap, k, category))
+
+    def _trending(self, snap: Snapshot, k: int, category: str | None) -> Answer:
         n = k * 3 + 20
-        catalog: dict[str, dict[str, str]] = {}
         while True:
             # a wider pool when too many of the fastest risers are sold out or were re-categorised
-            rows = self.reader.trending(n, now, category)
-            catalog.update(self.reader.catalog([item for item, _ in rows if item not in catalog]))
+            rows = snap.memo(
+                "trending", (n, category), lambda n=n: self.reader.trending(n, snap.now, category)
+            )
+            catalog = snap.catalog(item for item, _ in rows)
             picked = [
                 Ranked(item, score, "trending now", "trending")
                 for item, score in rows
                 if _usable(catalog.get(item), category)
             ][:k]
-            if len(picked) >= k or len(rows) < n or n >= PAGE_MAX:
+            if len(picked) >= k or len(rows) < n or n >= PAGE_MAX or not snap.complete:
                 break
             n = min(n * 4, PAGE_MAX)
         return Answer(

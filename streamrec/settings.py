@@ -164,7 +164,29 @@ class Settings(BaseSettings):
 
     api_host: str = Field("127.0.0.1", description="Address the API binds to.")
     api_port: int = Field(8000, description="Port the API listens on.")
-    api_workers: int = Field(2, description="Gunicorn worker processes.")
+    api_workers: int = Field(2, ge=1, description="Gunicorn worker processes.")
+    api_threads: int = Field(4, ge=1, description="Threads per gunicorn worker (gthread workers).")
+    api_worker_class: Literal["gthread", "sync"] = Field(
+        "gthread", description="Gunicorn worker class (sync: one request at a time, no keep-alive)."
+    )
+    api_cache_ttl_ms: int = Field(
+        1000,
+        ge=0,
+        description="How stale an API process's cached state may be, in ms (active model version, catalog fields, popularity tops, trending; never a user's own state); 0 disables the whole cache.",
+    )
+    api_cache_neighbours_ttl_ms: int = Field(
+        10_000,
+        ge=0,
+        description="How stale an API process's normalised neighbour lists and the counts they divide by may be, in ms: other shoppers' co-occurrence (the user's own history, which picks the seeds, is read on every answer); 0 keeps none.",
+    )
+    api_cache_items: int = Field(
+        20_000,
+        ge=0,
+        description="Most entries of each per-item cache in an API process (catalog records, counts, neighbour lists, model rows); least recently used evicted.",
+    )
+    api_cache_lists: int = Field(
+        4096, ge=1, description="Most popularity tops and trending lists cached in an API process."
+    )
     max_batch: int = Field(1000, description="Most events accepted in one POST /v1/events.")
     default_k: int = Field(10, description="Items returned when the request does not say k.")
     max_k: int = Field(100, description="Most items one request may ask for.")

@@ -1,21 +1,28 @@
 """Reading recommendation state from Redis for ranking (the writers are in ``streamrec.fold``).
 
-Each method is one pipelined round trip. A user's state is read in one ``MULTI`` (every key of a user is
-in one hash slot), so the history, preferences, purchases and searches of one answer are one consistent
-snapshot; its ``version`` (events folded) lets a caller notice an event folded between two reads.
+Each ``StateReader`` method is one pipelined round trip. A user's state is read in one ``MULTI`` (every key
+of a user is in one hash slot), so the history, preferences, purchases and searches of one answer are one
+consistent snapshot; its ``version`` (events folded) lets a caller notice an event folded between two reads.
 Decayed totals are stored in log space (``scoring``) and turned into values at the caller's ``now_ms``.
+
+A ``Snapshot`` is one answer's view of the state (docs/STATE.md, "One consistent read"): the user's group
+read once, then everything else from a per-process ``Cache`` or, for what the cache misses, in one pipelined
+trip that reads the user's version again, so that an event of the user folded in between is noticed and the
+answer computed again.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from redis.cluster import RedisCluster
 
 from streamrec.keys import Keys
-from streamrec.scoring import HistoryEntry, decayed_value, trending_score
+from streamrec.scoring import HistoryEntry, decayed_value, normalised_neighbours, trending_score
 from streamrec.settings import ScoringSettings
 
 
@@ -57,6 +64,12 @@ def parse_searches(raw: Iterable[bytes | str]) -> list[tuple[int, list[str]]]:
     return out
 
 
+def _answer_fields(values: Sequence[bytes | str | None]) -> dict[str, str] | None:
+    """An ``HMGET`` of ``ANSWER_FIELDS`` as a record holding the fields present (None: no record)."""
+    record = {f: _text(v) or "" for f, v in zip(ANSWER_FIELDS, values, strict=True) if v is not None}
+    return record or None
+
+
 STATS_PARTITIONS = 256  # stats shards are read for partitions 0..255 of each topic
 
 
@@ -84,6 +97,82 @@ def applied_events(client: Any, keys: Keys) -> int:
     return sum(v for k, v in read_stats(client, keys).items() if k.startswith("applied:"))
 
 
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()  # what a cache answers for a key it does not hold (None is a value: "no record")
+
+
+class Cache(Protocol):
+    """A per-process store of state that changes slowly or never, with a bounded staleness.
+
+    ``kind`` names what a value is (``CACHED_KINDS``); ``get`` answers ``MISSING`` for a key it does not
+    hold (or holds for longer than its staleness bound). Values are shared between threads: never mutate one.
+    """
+
+    enabled: bool
+
+    def get(self, kind: str, key: Hashable) -> Any:
+        """The value held for ``(kind, key)``, or ``MISSING``."""
+
+    def put(self, kind: str, key: Hashable, value: Any) -> None:
+        """Hold ``value`` for ``(kind, key)`` (the cache bounds how many and for how long)."""
+
+
+# What a Cache is asked to keep: the active model version and its rows (immutable per version), catalog
+# records, items' decayed counts, normalised neighbour lists, the tops of the popularity lists, trending.
+CACHED_KINDS = ("model_active", "model_rows", "catalog", "counts", "neighbours", "popular", "trending")
+
+
+class NoCache:
+    """A cache that holds nothing: every answer reads all it needs (offline evaluation, tests)."""
+
+    enabled = False
+
+    def get(self, kind: str, key: Hashable) -> Any:
+        """Always ``MISSING``."""
+        return MISSING
+
+    def put(self, kind: str, key: Hashable, value: Any) -> None:
+        """Keep nothing."""
+        return None
+
+
+# The catalog fields an answer uses: what it shows, and what decides whether an item may be shown.
+ANSWER_FIELDS = ("item_id", "title", "price", "image_url", "category", "in_stock", "deleted")
+
+
+@dataclass
+class Reads:
+    """What one pipelined trip reads: top ``n`` items of search terms, top ``n`` neighbours of items, items'
+    counts, catalog fields, and the top ``n`` of popularity lists (``(category or None, n)``)."""
+
+    terms: dict[str, int] = field(default_factory=dict)
+    neighbours: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, None] = field(default_factory=dict)
+    catalog: dict[str, None] = field(default_factory=dict)
+    popular: dict[tuple[str | None, int], None] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.terms or self.neighbours or self.counts or self.catalog or self.popular)
+
+
+@dataclass
+class ReadResult:
+    """The answers to ``Reads``, raw: term weights; neighbours' and counts' log-space totals (``None``: the
+    item has no activity left); catalog fields (``None``: no record); popularity rows ``(item, log total)``
+    merged over shards, highest first; and the user's version read after everything else."""
+
+    terms: dict[str, dict[str, float]]
+    neighbours: dict[str, dict[str, float]]
+    counts: dict[str, float | None]
+    catalog: dict[str, dict[str, str] | None]
+    popular: dict[tuple[str | None, int], list[tuple[str, float]]]
+    version: int | None = None
+
+
 class StateReader:
     """Reads state for ranking. Every method is one pipelined round trip.
 
@@ -95,6 +184,51 @@ class StateReader:
         self.client = client
         self.keys = keys
         self.scoring = scoring
+        self._cluster = isinstance(client, RedisCluster)
+
+    def read(self, reads: Reads, version_of: str | None = None) -> ReadResult:
+        """Everything in ``reads`` in one pipelined round trip, then ``version_of``'s version (events folded).
+
+        On one Redis the version is the pipeline's last command, so it is read after every other read of
+        the trip: if it still equals the version of the user's own read, no event of the user was folded
+        before any of these reads. A cluster's pipeline reads its nodes at once, in no order, so there the
+        version is read in a trip of its own after the pipeline.
+        """
+        k, names = self.keys, self._popular_names
+        pipe = self.client.pipeline(transaction=False)
+        for term, n in reads.terms.items():
+            pipe.zrevrange(k.term(term), 0, n - 1, withscores=True)
+        for item, n in reads.neighbours.items():
+            pipe.zrevrange(k.neighbours(item), 0, n - 1, withscores=True)
+        for item in reads.counts:
+            pipe.hget(k.activity(item), "n")
+        for item in reads.catalog:
+            pipe.hmget(k.catalog(item), ANSWER_FIELDS)
+        for category, n in reads.popular:
+            for name in names(category):
+                pipe.zrevrange(name, 0, n - 1, withscores=True)
+        check = version_of is not None and not self._cluster
+        if check:
+            pipe.hget(k.version(version_of or ""), "n")
+        replies = iter(pipe.execute()) if reads or check else iter(())
+        result = ReadResult(
+            terms={t: {_text(m) or "": float(w) for m, w in next(replies)} for t in reads.terms},
+            neighbours={i: {_text(m) or "": float(w) for m, w in next(replies)} for i in reads.neighbours},
+            counts={i: None if (v := next(replies)) is None else float(v) for i in reads.counts},
+            catalog={i: _answer_fields(next(replies)) for i in reads.catalog},
+            popular={},
+        )
+        for category, n in reads.popular:
+            shards = [next(replies) for _ in range(k.shards)]
+            rows = [((_text(m) or ""), float(w)) for shard in shards for m, w in shard]
+            result.popular[(category, n)] = heapq.nsmallest(n, rows, key=lambda r: (-r[1], r[0]))
+        if version_of is not None:
+            raw = next(replies) if check else self.client.hget(k.version(version_of), "n")
+            result.version = int(raw or 0)
+        return result
+
+    def _popular_names(self, category: str | None) -> list[str]:
+        return [self.keys.popular(s, category) for s in range(self.keys.shards)]
 
     def user(self, user_id: str, now_ms: int) -> UserState:
         """One user's state in one transaction: history, preferences decayed to ``now_ms``, purchases,
@@ -263,3 +397,153 @@ class StateReader:
         return [
             item for item, _ in self._merged([k.popular(s, category) for s in range(k.shards)], 0, n - 1)[:n]
         ]
+
+
+class SnapshotMoved(Exception):
+    """The user's version changed between the reads of one answer: one of their events was folded between."""
+
+
+POPULAR_TOP_MIN = 64  # the smallest top of a popularity list read (and cached) at once
+
+
+class Snapshot:
+    """One answer's reads: the user's group in one ``MULTI`` (trip 1, at construction, when a user is given),
+    then everything else from the per-process ``cache`` or, when the cache misses, from this answer's own
+    reads.
+
+    An accessor answers with what is known and notes what is not as pending (it reads as empty), so the
+    caller computes its answer, and while ``complete`` is False calls ``fetch`` (one pipelined trip for every
+    pending read, ending with the user's version) and computes again. ``fetch`` raises ``SnapshotMoved``
+    when the version moved (unless ``strict`` is False): an event of the user was folded after trip 1, and
+    the answer must be computed from a new snapshot. What a trip read that the cache may keep goes into it;
+    search terms' items and raw neighbour lists stay with this snapshot. Raises ``redis.RedisError``.
+    """
+
+    def __init__(
+        self,
+        reader: StateReader,
+        cache: Cache,
+        now_ms: int,
+        user_id: str | None = None,
+        strict: bool = True,
+    ) -> None:
+        self.reader, self.cache, self.now, self.strict = reader, cache, now_ms, strict
+        self.user_id = user_id
+        self.user = reader.user(user_id, now_ms) if user_id is not None else None
+        self.trips = 1 if user_id is not None else 0
+        self._local: dict[tuple[str, Hashable], Any] = {}
+        self._pending = Reads()
+
+    @property
+    def complete(self) -> bool:
+        """Whether the last computation had every read it asked for."""
+        return not self._pending
+
+    def get(self, kind: str, key: Hashable) -> Any:
+        """The value of ``(kind, key)`` this snapshot read, else the cache's (``MISSING`` when neither has it)."""
+        value = self._local.get((kind, key), MISSING)
+        return self.cache.get(kind, key) if value is MISSING else value
+
+    def put(self, kind: str, key: Hashable, value: Any) -> None:
+        """Keep a value for this snapshot and, if the cache keeps ``kind``, for later answers."""
+        self._local[(kind, key)] = value
+        self.cache.put(kind, key, value)
+
+    def memo(self, kind: str, key: Hashable, read: Callable[[], Any]) -> Any:
+        """The cached value of ``(kind, key)``, or ``read()`` (its own round trips), kept for next time."""
+        value = self.get(kind, key)
+        if value is MISSING:
+            value = read()
+            self.put(kind, key, value)
+        return value
+
+    def term_items(self, terms: Sequence[str], n: int) -> dict[str, dict[str, float]]:
+        """For each search term (in order), the top ``n`` items acted on after it; never from the cache."""
+        out = {}
+        for term in terms:
+            items = self._local.get(("terms", term), MISSING)
+            if items is MISSING:
+                self._pending.terms[term] = n
+            elif items:
+                out[term] = items
+        return out
+
+    def neighbours(self, anchors: Sequence[str]) -> dict[str, dict[str, float]]:
+        """Each anchor's stored neighbours (all of them: the list is bounded) normalised by popularity
+        (``scoring.normalised_neighbours``), without neighbours that have no activity left.
+
+        Without shrinkage a normalised value does not depend on the time it is computed at (numerator and
+        denominators decay alike); the shrinkage's pseudo-interactions do not decay, so a cached list drifts
+        by the decay over the cache's staleness (a second against half-lives of days) besides the activity
+        that arrived since it was read.
+        """
+        s = self.reader.scoring
+        n = s.neighbours_max + s.neighbours_slack
+        out: dict[str, dict[str, float]] = {}
+        for anchor in anchors:
+            out[anchor] = {}
+            normalised = self.get("neighbours", anchor)
+            if normalised is MISSING:
+                raw = self._local.get(("raw", anchor), MISSING)
+                if raw is MISSING:
+                    self._pending.neighbours[anchor] = n
+                    self._count(anchor)  # read with the list: the anchor's own count
+                    continue
+                counts = {i: self._count(i) for i in [anchor, *raw]}
+                if any(c is MISSING for c in counts.values()):
+                    continue
+                hl = s.cooc_halflife_ms
+                live = {i: decayed_value(w, self.now, hl) for i, w in raw.items() if counts[i] is not None}
+                decayed = {i: decayed_value(c, self.now, hl) for i, c in counts.items() if c is not None}
+                normalised = normalised_neighbours(
+                    live, decayed, decayed.get(anchor, 1.0), s.popularity_alpha, s.neighbour_shrinkage
+                )
+                self.put("neighbours", anchor, normalised)
+            out[anchor] = normalised
+        return out
+
+    def _count(self, item: str) -> Any:
+        value = self.get("counts", item)
+        if value is MISSING:
+            self._pending.counts[item] = None
+        return value
+
+    def catalog(self, items: Iterable[str]) -> dict[str, dict[str, str]]:
+        """The ``ANSWER_FIELDS`` of each item's catalog record; items without a record are left out."""
+        out = {}
+        for item in items:
+            record = self.get("catalog", item)
+            if record is MISSING:
+                self._pending.catalog[item] = None
+            elif record is not None:
+                out[item] = record
+        return out
+
+    def popular(self, n: int, category: str | None = None, offset: int = 0) -> list[tuple[str, float]]:
+        """Rows ``offset .. offset + n - 1`` of the popularity list (overall or of ``category``), decayed to
+        now, as ``StateReader.popular``; read as the list's top power-of-two rows, shared by every page in it."""
+        top = max(POPULAR_TOP_MIN, 1 << max(offset + n - 1, 1).bit_length())
+        rows = self.get("popular", (category, top))
+        if rows is MISSING:
+            self._pending.popular[(category, top)] = None
+            return []
+        hl = self.reader.scoring.popularity_halflife_ms
+        return [(item, decayed_value(w, self.now, hl)) for item, w in rows[offset : offset + n]]
+
+    def fetch(self) -> None:
+        """Read everything pending in one pipelined trip (plus the user's version)."""
+        reads, self._pending = self._pending, Reads()
+        got = self.reader.read(reads, self.user_id if self.user is not None else None)
+        self.trips += 1
+        for term, items in got.terms.items():
+            self._local[("terms", term)] = items
+        for item, raw in got.neighbours.items():
+            self._local[("raw", item)] = raw
+        for item, count in got.counts.items():
+            self.put("counts", item, count)
+        for item, record in got.catalog.items():
+            self.put("catalog", item, record)
+        for key, rows in got.popular.items():
+            self.put("popular", key, rows)
+        if self.strict and self.user is not None and got.version != self.user.version:
+            raise SnapshotMoved(f"user {self.user_id!r}: version {self.user.version} -> {got.version}")

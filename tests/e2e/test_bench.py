@@ -57,7 +57,7 @@ def test_quick_bench_writes_every_measure_to_json_markdown_and_a_plot(tmp_path: 
     ):
         assert figures["ingest"][name] > 0, name
     assert 0 < figures["freshness"]["p50_ms"] <= figures["freshness"]["p99_ms"]
-    assert set(figures["api"]) == {"recommendations", "similar", "popular", "trivial (/healthz)"}
+    assert set(figures["api"]) == {"recommendations", "similar", "popular", "trending", "trivial (/healthz)"}
     for endpoint, row in figures["api"].items():
         assert 0 < row["p50_ms"] <= row["p99_ms"], endpoint
         assert row["requests_per_s"] > 0 and row["errors"] == 0, endpoint
@@ -74,7 +74,7 @@ def test_quick_bench_writes_every_measure_to_json_markdown_and_a_plot(tmp_path: 
     assert rows[0].startswith("| measure | figure |")
     for label in ("ingest, 1 worker", "ingest, 2 workers", "freshness", "API recommendations", "API similar"):
         assert any(label in r for r in rows), label
-    assert sum(r.startswith("| API ") for r in rows) == 4
+    assert sum(r.startswith("| API ") for r in rows) == 5
     assert any("Redis memory" in r for r in rows)
     scale_rows = [r for r in rows if r.split("|")[1].strip().replace(",", "").isdigit()]
     assert len(scale_rows) == len(figures["scale"])

@@ -143,7 +143,13 @@ def test_the_api_uses_the_blend_share_recorded_in_the_models_metadata(
         store.publish("bad", rows, {"blend": 1.5})
     url = f"redis://127.0.0.1:{redis_server.port}/0"
     client = create_app(
-        Settings(redis_prefix=keys.prefix, redis_url=url, scoring=ScoringSettings(model_blend=0.5))
+        # no API cache: each activation must show in the next answer, not after the cache's staleness
+        Settings(
+            redis_prefix=keys.prefix,
+            redis_url=url,
+            api_cache_ttl_ms=0,
+            scoring=ScoringSettings(model_blend=0.5),
+        )
     ).test_client()
 
     def first(version: str) -> tuple[list[str], str | None]:

@@ -1,0 +1,115 @@
+"""The API's per-process cache of state that changes slowly or never (``streamrec.state.Cache``).
+
+Each kind of value has its own least-recently-used table, bounded in entries; a value older than the
+staleness bound (``STREAMREC_API_CACHE_TTL_MS``) is read again. A model version's rows never change once
+published, so they are kept until evicted. A user's own state is never cached here: ``Snapshot`` reads it
+on every answer, so a shopper's new action shows at once. A TTL of 0 turns the whole cache off.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from streamrec.settings import Settings
+from streamrec.state import CACHED_KINDS, MISSING
+
+IMMUTABLE = frozenset({"model_rows"})  # kept until evicted: a published version's rows never change
+# other shoppers' co-occurrence: kept for STREAMREC_API_CACHE_NEIGHBOURS_TTL_MS (the user's own history,
+# which picks the seeds, is read on every answer)
+NEIGHBOURS = frozenset({"neighbours", "counts"})
+LISTS = frozenset({"model_active", "popular", "trending"})  # few keys: bounded by api_cache_lists
+
+
+class _Table:
+    """One kind's entries: key -> (read at, value), least recently used first."""
+
+    def __init__(self, size: int, ttl_s: float | None) -> None:
+        self.size, self.ttl_s = size, ttl_s
+        self.entries: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
+        self.hits = self.misses = 0
+
+
+class ProcessCache:
+    """A thread-safe TTL + LRU cache per kind (``state.CACHED_KINDS``), for one API process.
+
+    ``ttl_ms`` bounds how stale a value may be (0 disables the cache); ``neighbours_ttl_ms`` (default
+    ``ttl_ms``) bounds the normalised neighbour lists and the counts they are computed from; ``items``
+    bounds each per-item kind (catalog records, counts, neighbour lists, model rows), ``lists`` the list
+    kinds (active model version, popularity tops, trending). ``clock`` (seconds, monotonic) is for tests.
+    """
+
+    def __init__(
+        self,
+        ttl_ms: int,
+        items: int,
+        lists: int,
+        clock: Callable[[], float] = time.monotonic,
+        neighbours_ttl_ms: int | None = None,
+    ) -> None:
+        neighbours_ttl_ms = ttl_ms if neighbours_ttl_ms is None else neighbours_ttl_ms
+        if ttl_ms < 0 or items < 0 or lists < 0 or neighbours_ttl_ms < 0:
+            raise ValueError("cache staleness and sizes must be >= 0")
+        self.enabled = ttl_ms > 0 and items > 0
+        self.clock = clock
+        self._lock = threading.Lock()
+
+        def ttl_s(kind: str) -> float | None:
+            if kind in IMMUTABLE:
+                return None
+            return (neighbours_ttl_ms if kind in NEIGHBOURS else ttl_ms) / 1000.0
+
+        self._tables = {kind: _Table(lists if kind in LISTS else items, ttl_s(kind)) for kind in CACHED_KINDS}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProcessCache:
+        """The cache ``STREAMREC_API_CACHE_TTL_MS``, ``…_NEIGHBOURS_TTL_MS``, ``…_ITEMS`` and ``…_LISTS``
+        describe."""
+        return cls(
+            settings.api_cache_ttl_ms,
+            settings.api_cache_items,
+            settings.api_cache_lists,
+            neighbours_ttl_ms=settings.api_cache_neighbours_ttl_ms,
+        )
+
+    def get(self, kind: str, key: Hashable) -> Any:
+        """The value kept for ``(kind, key)``, or ``MISSING`` (never kept, evicted or too old)."""
+        if not self.enabled:
+            return MISSING
+        table = self._tables[kind]
+        with self._lock:
+            entry = table.entries.get(key)
+            if entry is None or (table.ttl_s is not None and self.clock() - entry[0] > table.ttl_s):
+                table.misses += 1
+                return MISSING
+            table.entries.move_to_end(key)
+            table.hits += 1
+            return entry[1]
+
+    def put(self, kind: str, key: Hashable, value: Any) -> None:
+        """Keep ``value`` (shared, never mutated) for ``(kind, key)``, evicting the least recently used."""
+        if not self.enabled:
+            return
+        table = self._tables[kind]
+        with self._lock:
+            table.entries[key] = (self.clock(), value)
+            table.entries.move_to_end(key)
+            while len(table.entries) > table.size:
+                table.entries.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget everything (tests; an operator's switch takes effect here at once)."""
+        with self._lock:
+            for table in self._tables.values():
+                table.entries.clear()
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per kind: entries held, hits and misses since start (for profiling and tests)."""
+        with self._lock:
+            return {
+                kind: {"entries": len(t.entries), "hits": t.hits, "misses": t.misses}
+                for kind, t in self._tables.items()
+            }

@@ -1,0 +1,240 @@
+"""One consistent read per answer, and at most 2 Redis round trips for a warm user (issue 15).
+
+A real Redis and the worker's writer (``StateWriter``). The recommender reads through ``CountingRedis``, a
+client that counts round trips (a pipeline's ``execute`` or one plain command) and can run a hook right
+after a given trip: there the test folds one of the shopper's events with the real writer, deterministically
+between two reads of one answer, and checks that the answer equals the one computed with no fold or the one
+computed after it — never a mix.
+
+The storefront's case is the shop below: the shopper searched "camera" and looked at a lens; other shoppers
+who searched "camera" went on to cam1..cam3. Then the shopper views cam1. Read before that view, cam1 is
+offered "matches your search 'camera'"; read after it, cam1 is seen and left out. Read half before (the
+history) and half after (the search term's items, which the view credited cam1 to), it was offered although
+just viewed — the answer that must never come back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import count
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from streamrec.api.app import create_app
+from streamrec.api.cache import ProcessCache
+from streamrec.contract import CatalogItem, Event, now_ms
+from streamrec.devtools.localstack import ManagedProcess
+from streamrec.event_types import EventType
+from streamrec.fold import StateWriter
+from streamrec.keys import Keys
+from streamrec.modelstore import ModelStore
+from streamrec.recommend import Answer, Recommender
+from streamrec.settings import ScoringSettings, Settings
+from streamrec.state import StateReader
+
+pytestmark = pytest.mark.redis
+
+T_NOW = now_ms()  # every answer is ranked at this instant, so that answers compare exactly
+SHOPPER = "me"
+
+
+class CountingPipeline:
+    """A pipeline whose ``execute`` counts as one round trip of its client."""
+
+    def __init__(self, pipe: Any, owner: CountingRedis) -> None:
+        self._pipe, self._owner = pipe, owner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._pipe.execute(*args, **kwargs)
+        finally:
+            self._owner.trip()
+
+
+class CountingRedis(redis.Redis):
+    """A ``redis.Redis`` that counts round trips and runs ``hooks[n]`` right after its ``n``-th trip."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.trips = 0
+        self.hooks: dict[int, Callable[[], None]] = {}
+
+    def trip(self) -> None:
+        self.trips += 1
+        hook = self.hooks.pop(self.trips, None)
+        if hook is not None:
+            hook()
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        try:
+            return super().execute_command(*args, **options)
+        finally:
+            self.trip()
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        return CountingPipeline(super().pipeline(transaction, shard_hint), self)
+
+    def count(self, call: Callable[[], Any]) -> tuple[Any, int]:
+        """``call()`` and the round trips it took."""
+        self.trips = 0
+        return call(), self.trips
+
+
+@dataclass
+class Shop:
+    keys: Keys
+    plain: redis.Redis
+    counting: CountingRedis
+    writer: StateWriter
+    event: Callable[..., Event]
+
+    def recommender(self, cache: Any = None, models: ModelStore | None = None) -> Recommender:
+        scoring = ScoringSettings()
+        reader = StateReader(self.counting, self.keys, scoring)
+        return Recommender(reader, scoring, models, clock=lambda: T_NOW, cache=cache)
+
+
+@pytest.fixture
+def shop(redis_server: ManagedProcess, redis_client: redis.Redis) -> Iterator[Shop]:
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}", shards=3)
+    writer = StateWriter(redis_client, keys, ScoringSettings())
+    t = T_NOW - 600_000
+    ids = count()
+
+    def event(kind: str, user: str, item: str | None = None, query: str | None = None) -> Event:
+        n = next(ids)
+        return Event(
+            event_id=f"e{n}", type=EventType(kind), user_id=user, item_id=item, query=query, ts=t + n * 1000
+        )
+
+    items = {"cam1": "photo", "cam2": "photo", "cam3": "photo", "lens": "photo", "bag": "bags", "hat": "hats"}
+    writer.upsert_items(
+        [CatalogItem(item_id=i, title=f"Item {i}", category=c, price=9.5, ts=t) for i, c in items.items()]
+    )
+    events = []
+    for n, viewed in enumerate([["cam1", "cam2"], ["cam2", "cam3"], ["cam1", "lens", "bag"]]):
+        events.append(event("search", f"s{n}", query="camera"))
+        events += [event("view", f"s{n}", item) for item in viewed]
+    events += [event("view", "s3", "lens"), event("view", "s3", "hat"), event("view", "s4", "hat")]
+    events += [event("search", SHOPPER, query="camera"), event("view", SHOPPER, "lens")]
+    writer.apply(events)
+    counting = CountingRedis(host="127.0.0.1", port=redis_server.port)
+    yield Shop(keys, redis_client, counting, writer, event)
+    counting.close()
+    for key in redis_client.scan_iter(match=keys.pattern(), count=1000):
+        redis_client.delete(key)
+
+
+def ids(answer: Answer) -> list[str]:
+    return [r.item_id for r in answer.items]
+
+
+def frozen_cache(ttl_ms: int = 60_000) -> ProcessCache:
+    """The API's cache on a clock that stands still, so nothing expires during a test."""
+    return ProcessCache(ttl_ms, 1000, 100, clock=lambda: 0.0)
+
+
+@pytest.mark.parametrize("fold_after", [1, 2, 3, 4])
+def test_an_event_folded_between_the_reads_of_an_answer_is_entirely_in_it_or_not(
+    shop: Shop, fold_after: int
+) -> None:
+    """No cache: the view of cam1 folded after trip 1, 2, 3 or 4 of one answer."""
+    rec = shop.recommender()
+    before, trips = shop.counting.count(lambda: rec.for_user(SHOPPER, 10))
+    cam1 = next(r for r in before.items if r.item_id == "cam1")
+    assert cam1.reason == "matches your search 'camera'"
+    assert trips >= 3  # a cold answer: the user, then what that needs, then what those need
+    view = shop.event("view", SHOPPER, "cam1")
+    shop.counting.hooks[fold_after] = lambda: shop.writer.apply([view])
+    torn, torn_trips = shop.counting.count(lambda: rec.for_user(SHOPPER, 10))
+    assert not shop.counting.hooks, "the event was not folded"
+    after = rec.for_user(SHOPPER, 10)
+    assert "cam1" not in ids(after) and after != before
+    if fold_after < trips:
+        assert torn == after, (ids(torn), ids(after))
+        assert torn_trips > trips  # the moved snapshot was dropped and the answer read again
+    else:
+        assert torn == before  # folded once every read was done
+    assert "cam1" not in ids(torn) or torn == before
+
+
+def test_the_storefront_case_with_the_api_cache_warm(shop: Shop) -> None:
+    """The API's cache (warm, standing still): history read before the view of cam1, the search term's
+    items after it. The answer is the after-answer, and cam1 is not offered as matching 'camera'."""
+    rec = shop.recommender(frozen_cache())
+    before = rec.for_user(SHOPPER, 10)
+    assert "cam1" in ids(before)
+    warm, trips = shop.counting.count(lambda: rec.for_user(SHOPPER, 10))
+    assert warm == before and trips == 2  # the user's group, then the search term's items + version
+    shop.counting.hooks[1] = lambda: shop.writer.apply([shop.event("view", SHOPPER, "cam1")])
+    torn, torn_trips = shop.counting.count(lambda: rec.for_user(SHOPPER, 10))
+    assert not shop.counting.hooks
+    assert "cam1" not in ids(torn), [(r.item_id, r.reason) for r in torn.items]
+    assert torn_trips > 2  # trip 2 saw the version move; a second snapshot was read
+    assert torn == rec.for_user(SHOPPER, 10)
+
+
+def test_the_old_way_of_reading_does_tear(shop: Shop) -> None:
+    """The same fold between the history read and the term read of the pre-snapshot reader methods offers
+    the just-viewed item: what the snapshot prevents is real, and this test's fold does reach it."""
+    reader = StateReader(shop.counting, shop.keys, ScoringSettings())
+    shop.counting.trips = 0
+    shop.counting.hooks[1] = lambda: shop.writer.apply([shop.event("view", SHOPPER, "cam1")])
+    user = reader.user(SHOPPER, T_NOW)
+    terms = reader.term_items(["camera"], 50)
+    assert "cam1" not in {h.item_id for h in user.history} and "cam1" in terms["camera"]
+
+
+def test_a_warm_user_costs_at_most_two_round_trips(shop: Shop) -> None:
+    """Through the API (its cache from settings): a warm answer is 1 trip, or 2 for a user who searched;
+    popular, trending and similar are served from the cache; a new user's action shows at once."""
+    url = f"redis://127.0.0.1:{shop.counting.connection_pool.connection_kwargs['port']}/0"
+    settings = Settings(redis_prefix=shop.keys.prefix, redis_shards=3, redis_url=url, api_cache_ttl_ms=60_000)
+    store = ModelStore(shop.plain, shop.keys)
+    store.publish("v1", {"lens": (["hat"], [1.0]), "cam1": (["bag"], [1.0])}, {"family": "ease"})
+    store.activate("v1")
+    client = create_app(settings, redis_client=shop.counting).test_client()
+
+    def get(path: str) -> tuple[dict[str, Any], int]:
+        resp, trips = shop.counting.count(lambda: client.get(path))
+        assert resp.status_code == 200, resp.data
+        return orjson.loads(resp.data)["data"], trips
+
+    paths = {
+        "searched": f"/v1/users/{SHOPPER}/recommendations?k=5",
+        "no searches": "/v1/users/s3/recommendations?k=5",
+        "similar": "/v1/items/lens/similar?k=5",
+        "similar for a user": "/v1/items/lens/similar?k=5&user_id=s3",
+        "popular": "/v1/popular?k=5",
+        "popular in a category": "/v1/popular?k=5&category=photo",
+        "trending": "/v1/trending?k=5",
+    }
+    cold = {name: get(path) for name, path in paths.items()}
+    warm = {name: get(path) for name, path in paths.items()}
+    assert {name: trips for name, (_, trips) in warm.items()} == {
+        "searched": 2,
+        "no searches": 1,
+        "similar": 0,
+        "similar for a user": 1,
+        "popular": 0,
+        "popular in a category": 0,
+        "trending": 0,
+    }, {name: trips for name, (_, trips) in cold.items()}
+    for name in paths:
+        assert [r["item_id"] for r in warm[name][0]["items"]] == [
+            r["item_id"] for r in cold[name][0]["items"]
+        ]
+    assert warm["searched"][0]["model_version"] == "v1"
+    # the user's own new action shows at once, cache or not
+    shop.writer.apply([shop.event("view", "newcomer", "lens")])
+    fresh, trips = get("/v1/users/newcomer/recommendations?k=5")
+    assert fresh["strategy"] == "personalized" and "lens" not in [r["item_id"] for r in fresh["items"]]
+    assert trips == 1  # lens's neighbours, their catalog fields and the model's rows were cached

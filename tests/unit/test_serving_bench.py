@@ -1,0 +1,50 @@
+"""``streamrec bench --serving``'s pure parts: the server shapes it accepts and the table it prints."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamrec.devtools.bench import SERVING_ORDER, Server, serving_markdown
+
+
+def test_server_shapes_parse_and_bad_ones_say_the_form() -> None:
+    assert Server.parse("gthread:2x4") == Server("gthread", 2, 4, 1000)
+    assert Server.parse("sync:3") == Server("sync", 3, 1, 1000)
+    assert Server.parse("gthread:2x4:0").env()["STREAMREC_API_CACHE_TTL_MS"] == "0"
+    assert Server.parse("gthread:2x4:0").label == "gthread, 2 workers × 4 threads, no cache"
+    for bad in ("gthread", "gthread:twoxfour", "gthread:2x4:soon"):
+        with pytest.raises(ValueError, match="worker-class:workers"):
+            Server.parse(bad)
+
+
+def _report(recs_per_s: float, recs_p99: float, errors: float) -> dict:
+    row = {"requests_per_s": 1000.0, "p50_ms": 2.0, "p99_ms": 9.0, "errors": 0.0}
+    api = {name: dict(row) for name in SERVING_ORDER}
+    api["recommendations"].update(requests_per_s=recs_per_s, p99_ms=recs_p99, errors=errors)
+    return {
+        "shoppers": 3000,
+        "events": 34643,
+        "wrk": {"threads": 2, "connections": 16, "seconds": 10},
+        "machine": {"cpus": 2},
+        "load_average_before_after": [[0.5, 0.4, 0.3], [1.5, 0.7, 0.4]],
+        "results": [{"label": "gthread, 2 workers × 4 threads, cache 1000 ms", "api": api}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("recs_per_s", "p99", "errors", "verdict"),
+    [
+        (600, 19.0, 0, "met"),
+        (400, 19.0, 0, "**missed**"),
+        (600, 21.0, 0, "**missed**"),
+        (600, 19.0, 1, "**missed**"),
+    ],
+)
+def test_the_serving_table_checks_every_target_on_recommendations(
+    recs_per_s: float, p99: float, errors: float, verdict: str
+) -> None:
+    table = serving_markdown(_report(recs_per_s, p99, errors))
+    rows = [line for line in table.splitlines() if line.startswith("| gthread")]
+    assert [r.split(" | ")[1] for r in rows] == list(SERVING_ORDER)
+    assert rows[0].endswith(f"p99 ≤ 20 ms, ≥ 50 %, 0 non-2xx: {verdict} |")
+    assert "load average before/after 0.5 / 1.5 on 2 cores" in table
