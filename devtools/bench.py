@@ -1259,6 +1259,7 @@ def capacity_table(inputs: CapacityInputs) -> str:
                     f"({c['masters_by_memory']} / {c['masters_by_cpu']}) | {c['workers']} | {c['partitions']} | "
                     f"{c['api_processes']} | {c['limit']} |"
                 )
+    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------ serving: issue 15's measurement
