@@ -69,18 +69,23 @@ class Plan:
 
     @classmethod
     def full(cls) -> Plan:
+        """The published run: 3 rounds, 50,000 events, 40 freshness probes under 1,000 events/s, 5 s of wrk,
+        scale points 10k, 100k, 300k."""
         return cls(3, 50_000, 40, 1000.0, 5.0, None, (10_000, 100_000, 300_000))
 
     @classmethod
     def quick(cls) -> Plan:
+        """A short run for tests: 1 round, 2,000 events, 4 probes under 200 events/s, 1 s of wrk."""
         return cls(1, 2_000, 4, 200.0, 1.0, 3_000, (1_000, 3_000))
 
 
 def say(msg: str) -> None:
+    """Print one progress line at once (flushed)."""
     print(msg, flush=True)
 
 
 def median(values: Sequence[float]) -> float:
+    """The median of ``values``, NaN for none."""
     return float(statistics.median(values)) if values else float("nan")
 
 
@@ -106,9 +111,11 @@ class Stack:
 
     @property
     def bootstrap(self) -> str:
+        """The broker's bootstrap address (host:port)."""
         return f"{LOOPBACK}:{self.broker.port}"
 
     def env(self, tag: str, **extra: str) -> dict[str, str]:
+        """The environment of a program of this stack: its broker, Redis and prefix, plus ``extra``."""
         return {
             **os.environ,
             "STREAMREC_KAFKA_BOOTSTRAP": self.bootstrap,
@@ -124,20 +131,24 @@ class Stack:
         }
 
     def start(self, name: str, env: dict[str, str], *args: str) -> ManagedProcess:
+        """Start ``streamrec <args>`` as a process of this stack named ``name``, its log beside the others."""
         proc = spawn(name, [sys.executable, "-m", "streamrec.cli", *args], self.root / f"{name}.log", env)
         self.procs.append(proc)
         return proc
 
     def stop(self, proc: ManagedProcess) -> None:
+        """Stop one of this stack's processes."""
         proc.stop()
         self.procs.remove(proc)
 
     def applied(self) -> int:
+        """Events folded so far (the stats' applied counter)."""
         return applied_events(self.client, Keys(PREFIX))
 
 
 @contextmanager
 def local_stack() -> Iterator[Stack]:
+    """A throwaway Tansu and Redis on free loopback ports under a temporary folder; every process stopped on exit."""
     with ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="streamrec-bench-")))
         broker = start_broker(free_port(), root / "broker.log")
@@ -159,6 +170,7 @@ def _wait(condition: Callable[[], object], timeout: float, what: str, interval: 
 
 
 def dataset_records(name: str, limit: int | None) -> tuple[list[CatalogItem], list[Event]]:
+    """The catalog and events of a dataset in the datasets folder, at most ``limit`` events (None: all)."""
     from streamrec.datasets import dataset_events
 
     catalog, events = dataset_events(name, limit=limit)
@@ -510,6 +522,7 @@ def api_paths(stack: Stack, events: Sequence[Event]) -> dict[str, list[str]]:
 
 
 def api_bench(stack: Stack, paths: dict[str, list[str]], seconds: float) -> dict[str, dict[str, float]]:
+    """Run wrk on each named path list of the stack's API for ``seconds``: name -> its req/s and latency percentiles (ms)."""
     return {name: wrk(p, stack.api_url, seconds, stack.root) for name, p in paths.items()}
 
 
@@ -648,6 +661,7 @@ def memory(stack: Stack, sample: int = 300) -> dict[str, Any]:
 
 
 def replay_in_process(stack: Stack, catalog: Sequence[CatalogItem], events: Sequence[Event]) -> None:
+    """Fold ``catalog`` and ``events`` into the stack's Redis with the worker's own StateWriter, in this process (no Kafka)."""
     from streamrec.fold import StateWriter
 
     stack.client.flushall()
@@ -732,6 +746,7 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
 def summarise(
     plan: Plan, runs: dict[str, list[Any]], mem: dict[str, Any], scale: list[dict[str, Any]], n: int
 ) -> dict[str, Any]:
+    """Medians over the runs of every measure, the memory figures and the scale series, with each target checked."""
     api = {
         name: {
             k: median([r[name][k] for r in runs["api"]])
@@ -778,6 +793,7 @@ def summarise(
 
 
 def markdown(f: dict[str, Any]) -> str:
+    """The figures ``f`` (from ``summarise``) as the README's Markdown table, each target marked met or missed."""
     ing, fr, api, mem = f["ingest"], f["freshness"], f["api"], f["memory"]
     met = {k: "met" if v else "**missed**" for k, v in f["met"].items()}
     trivial = api["trivial (/healthz)"]["requests_per_s"]
@@ -831,6 +847,7 @@ def markdown(f: dict[str, Any]) -> str:
 
 
 def plot_scale(scale: list[dict[str, Any]], path: Path) -> None:
+    """Draw ingest events/s, recommendations latency (ms) and Redis MiB against the simulated event count into ``path`` (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -875,10 +892,12 @@ class ClusterPlan:
 
     @classmethod
     def full(cls) -> ClusterPlan:
+        """The published run: 10,000 events, 1, 2 and 4 workers, 5 s of wrk per endpoint."""
         return cls(10_000, (1, 2, 4), 5.0)
 
     @classmethod
     def quick(cls) -> ClusterPlan:
+        """A short run for tests: 2,000 events, 1 and 2 workers, 1 s of wrk."""
         return cls(2_000, (1, 2), 1.0)
 
 
@@ -1278,6 +1297,7 @@ class Server:
     cache_ttl_ms: int = 1000
 
     def env(self) -> dict[str, str]:
+        """The STREAMREC_API_* variables that start the API with this shape."""
         return {
             "STREAMREC_API_WORKER_CLASS": self.worker_class,
             "STREAMREC_API_WORKERS": str(self.workers),
@@ -1287,6 +1307,7 @@ class Server:
 
     @property
     def label(self) -> str:
+        """The server shape as the tables print it, e.g. 'gthread, 2 workers × 4 threads, cache 1000 ms'."""
         threads = f" × {self.threads} threads" if self.worker_class == "gthread" else ""
         cache = f"cache {self.cache_ttl_ms} ms" if self.cache_ttl_ms else "no cache"
         return f"{self.worker_class}, {self.workers} workers{threads}, {cache}"

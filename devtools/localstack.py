@@ -56,6 +56,7 @@ def free_cluster_ports(n: int, low: int = 20_000, high: int = 30_000) -> list[in
 
 
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until ``port`` on loopback accepts connections; raises ServiceError after ``timeout`` seconds or when ``proc`` exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -77,9 +78,11 @@ class ManagedProcess:
     port: int | None = None
 
     def alive(self) -> bool:
+        """Whether the process still runs."""
         return self.proc.poll() is None
 
     def signal(self, sig: int) -> None:
+        """Send ``sig`` to the process if it still runs."""
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)

@@ -194,6 +194,7 @@ def _get_json(url: str) -> dict:
 
 
 def wait_http(url: str, timeout: float) -> None:
+    """Wait until ``url`` answers 2xx; raises ServiceError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
