@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -62,6 +63,16 @@ def _record(api: str, item: str) -> dict[str, Any] | None:
     return resp.json()["data"] if resp.status_code == 200 else None
 
 
+# The API answers through a per-process cache whose staleness is bounded (STREAMREC_API_CACHE_TTL_MS,
+# 1 s; neighbour lists STREAMREC_API_CACHE_NEIGHBOURS_TTL_MS, 10 s): an answer must be right once that
+# bound has passed after the change reached Redis, so each check after a change waits that long at most.
+SETTLE_S = 12.0
+
+
+def _eventually(check: Callable[[], bool], what: str) -> None:
+    wait_until(check, SETTLE_S, 0.2, what)
+
+
 def _folded(ns: Namespace, count: int) -> None:
     wait_until(lambda: applied_events(ns.redis, ns.keys) >= count, 30, what=f"{count} events folded")
     assert applied_events(ns.redis, ns.keys) == count
@@ -80,13 +91,19 @@ def test_sold_out_best_sellers_leave_the_cold_item_for_k_1(namespace: Namespace)
     _items(api, [{"item_id": i, "title": i, "category": "c", "in_stock": False} for i in hot])
     wait_until(lambda: not any(_record(api, i)["in_stock"] for i in hot), 30, what="h1-h12 sold out")
     for k in (1, 2, 3):
-        assert _ids(api, "/v1/popular", category="c", k=k) == ["cold"], k
-        assert _ids(api, "/v1/popular", k=k) == ["cold"], k
-        assert _ids(api, "/v1/trending", category="c", k=k) == ["cold"], k
+        _eventually(lambda k=k: _ids(api, "/v1/popular", category="c", k=k) == ["cold"], f"popular c k={k}")
+        _eventually(lambda k=k: _ids(api, "/v1/popular", k=k) == ["cold"], f"popular k={k}")
+        _eventually(lambda k=k: _ids(api, "/v1/trending", category="c", k=k) == ["cold"], f"trending c k={k}")
     new_user = f"new-{uuid.uuid4().hex[:6]}"
-    answer = _data(api, f"/v1/users/{new_user}/recommendations", category="c", k=1)
-    assert [i["item_id"] for i in answer["items"]] == ["cold"] and answer["strategy"] == "category_popular"
-    assert _ids(api, f"/v1/users/{new_user}/recommendations", k=3) == ["cold"]
+
+    def cold_for_new_user() -> bool:
+        answer = _data(api, f"/v1/users/{new_user}/recommendations", category="c", k=1)
+        return [i["item_id"] for i in answer["items"]] == ["cold"] and answer[
+            "strategy"
+        ] == "category_popular"
+
+    _eventually(cold_for_new_user, "cold for a new user in c")
+    _eventually(lambda: _ids(api, f"/v1/users/{new_user}/recommendations", k=3) == ["cold"], "cold, k=3")
 
 
 def _listed(api: str, query: str = "") -> str:
@@ -129,19 +146,23 @@ def test_a_recategorised_item_moves_lists_in_any_order_and_a_deleted_one_leaves_
     wait_until(lambda: (r := _record(api, m)) and r["category"] == "B", 30, what="M re-categorised")
     wait_until(lambda: _record(api, p), 30, what="P in the catalog")
     for kind in ("popular", "trending"):
-        assert _ids(api, f"/v1/{kind}", category="B") == [m], kind
-        assert sorted(_ids(api, f"/v1/{kind}", category="A")) == [n, p], kind
+        _eventually(lambda kind=kind: _ids(api, f"/v1/{kind}", category="B") == [m], f"{kind} B")
+        _eventually(lambda kind=kind: sorted(_ids(api, f"/v1/{kind}", category="A")) == [n, p], f"{kind} A")
     # a new event files M under B only
     _events(api, [{"type": "view", "user_id": "u9", "item_id": m}])
     _folded(ns, len(rows) + 1)
-    assert m not in _ids(api, "/v1/popular", category="A") and _ids(api, "/v1/popular", category="B") == [m]
+    _eventually(
+        lambda: m not in _ids(api, "/v1/popular", category="A")
+        and _ids(api, "/v1/popular", category="B") == [m],
+        "M under B only",
+    )
 
     # before the deletion M is everywhere: similar to N (u0 saw both), recommended to a shopper of N
     viewer = f"x-{uuid.uuid4().hex[:6]}"
     _events(api, [{"type": "view", "user_id": viewer, "item_id": n}])
     _folded(ns, len(rows) + 2)
-    assert m in _ids(api, f"/v1/items/{n}/similar")
-    assert _ids(api, f"/v1/users/{viewer}/recommendations", k=1) == [m]
+    _eventually(lambda: m in _ids(api, f"/v1/items/{n}/similar"), "M similar to N")
+    _eventually(lambda: _ids(api, f"/v1/users/{viewer}/recommendations", k=1) == [m], "M recommended")
     assert f'data-item-id="{m}"' in _listed(api) and f'data-item-id="{m}"' in _listed(api, "zebra lamp")
 
     _accepted(requests.delete(f"{api}/v1/items/{m}", timeout=30))
@@ -151,10 +172,13 @@ def test_a_recategorised_item_moves_lists_in_any_order_and_a_deleted_one_leaves_
     for kind in ("popular", "trending"):
         for category in (None, "A", "B"):
             params = {"category": category} if category else {}
-            assert m not in _ids(api, f"/v1/{kind}", k=20, **params), (kind, category)
-    assert _ids(api, "/v1/popular", category="B") == []
-    assert m not in _ids(api, f"/v1/items/{n}/similar", k=20)
-    assert m not in _ids(api, f"/v1/users/{viewer}/recommendations", k=20)
+            _eventually(
+                lambda kind=kind, params=params: m not in _ids(api, f"/v1/{kind}", k=20, **params),
+                f"M out of {kind} {category}",
+            )
+    _eventually(lambda: _ids(api, "/v1/popular", category="B") == [], "popular B empty")
+    _eventually(lambda: m not in _ids(api, f"/v1/items/{n}/similar", k=20), "M out of similar")
+    _eventually(lambda: m not in _ids(api, f"/v1/users/{viewer}/recommendations", k=20), "M not recommended")
     listing = _listed(api)
     assert f'data-item-id="{n}"' in listing and f'data-item-id="{m}"' not in listing
     assert f'data-item-id="{m}"' not in _listed(api, "zebra lamp")
