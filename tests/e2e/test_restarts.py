@@ -166,8 +166,13 @@ def test_a_frozen_broker_loses_no_acknowledged_event(namespace: Namespace) -> No
     wait_until(lambda: _status(f"{api}/readyz") == 200, 30, what="the API to be ready")
 
     events = _events(2000, uuid.uuid4().hex[:8])
-    replay = Replay(bootstrap, topics, events, rate=400)
-    wait_until(lambda: _applied(ns.redis, ns.keys) >= 300, 30, what="the worker to fold a first part")
+    warm, rest = events[:100], events[100:]
+    # the worker has joined its group once it folds these: a slow start could outlast the whole replay
+    # below, and the freeze must come while it is still sending
+    Replay(bootstrap, topics, warm, rate=1000).finish(30)
+    wait_until(lambda: _applied(ns.redis, ns.keys) == len(warm), 60, what="the worker to fold a first part")
+    replay = Replay(bootstrap, topics, rest, rate=400)
+    wait_until(lambda: _applied(ns.redis, ns.keys) >= 300, 30, what="the worker to fold the stream")
     broker.signal(signal.SIGSTOP)  # a hiccup: the broker answers nothing (a long pause, a partition)
     try:
         # the outage's length is the scenario (3 s, half the consumer session timeout); it ends no
