@@ -217,14 +217,21 @@ def traffic(ns: Namespace, api: str) -> None:
         interval=0.1,
         what="the history and the catalog folded in",
     )
-    answers = [
-        requests.get(f"{api}/v1/users/h1/recommendations", timeout=5),
-        requests.get(f"{api}/v1/users/someone-new/recommendations", timeout=5),
-        requests.get(f"{api}/v1/items/sku-1/similar", timeout=5),
-        requests.get(f"{api}/v1/popular", params={"category": "c1"}, timeout=5),
-        requests.get(f"{api}/v1/trending", timeout=5),
-        requests.get(f"{api}/v1/popular", params={"category": "no-such-category"}, timeout=5),
-    ]
+    answers: list[requests.Response] = []
+
+    def filled() -> bool:
+        answers[:] = [
+            requests.get(f"{api}/v1/users/h1/recommendations", timeout=5),
+            requests.get(f"{api}/v1/users/someone-new/recommendations", timeout=5),
+            requests.get(f"{api}/v1/items/sku-1/similar", timeout=5),
+            requests.get(f"{api}/v1/popular", params={"category": "c1"}, timeout=5),
+            requests.get(f"{api}/v1/trending", timeout=5),
+            requests.get(f"{api}/v1/popular", params={"category": "no-such-category"}, timeout=5),
+        ]
+        return all(r.json()["data"]["items"] for r in answers[:5])
+
+    # each gunicorn worker answers through its own cache, stale for at most STREAMREC_API_CACHE_TTL_MS
+    wait_until(filled, 15, interval=0.2, what="every answer filled once the cache's staleness bound passed")
     strategies = {r.json()["data"]["strategy"] for r in answers}
     assert {"personalized", "item_to_item", "popular", "trending", "empty"} <= strategies, strategies
     cited = []
