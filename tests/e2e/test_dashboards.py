@@ -133,6 +133,10 @@ def start_parts(ns: Namespace, tmp: Path) -> tuple[str, str]:
         STREAMREC_PRODUCER_METRICS_PORT=str(ports["producer"]),
         STREAMREC_API_WORKERS="2",
         STREAMREC_LOG_FORMAT="json",
+        # what the dashboards show, not the answer cache (tests/integration/test_consistent_read.py):
+        # every answer reads Redis, so each strategy is served once the traffic is folded
+        STREAMREC_API_CACHE_TTL_MS="0",
+        STREAMREC_API_CACHE_NEIGHBOURS_TTL_MS="0",
     )
     ensure_topics(ns.settings.kafka_bootstrap, Topics(ns.settings.topic_prefix), 2)
     ns.start("worker", "worker")
