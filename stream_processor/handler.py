@@ -172,11 +172,11 @@ class BatchHandler:
         # a batch may mix partitions; each partition's records go together (they carry its stats)
         written = 0
         for partition in sorted({s.partition for s in sources}):
-            part = [r for r, s in zip(records, sources, strict=True) if s.partition == partition]
+            part = [(r, s.offset) for r, s in zip(records, sources, strict=True) if s.partition == partition]
             written += await self._waiting(
                 "upserting catalog records",
                 "upsert_items",
-                lambda p=part, n=partition: self.writer.upsert_items(p, n),
+                lambda p=part, n=partition: self.writer.upsert_items([r for r, _ in p], n, [o for _, o in p]),
             )
         self.counters.items += written
         self.m.catalog_records.labels("upserted").inc(written)

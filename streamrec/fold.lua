@@ -10,7 +10,8 @@
 --   "trim"     cluster: trim over-full neighbour lists of one slot, given their members' counts
 --   "ack"      cluster: drop the user stage's outbox entries once every later stage is done
 --   "stats"    cluster: add a batch's counters to its partition's stats, exactly once
---   "citem"    cluster, catalog stage: the catalog records of one slot -> copies to move
+--   "citem"    cluster, catalog stage: the catalog records of one slot -> copies to move, count changes
+--   "cack"     cluster: drop the catalog stage's outbox fields once its copies and stats are done
 -- ARGV[3]: JSON input of the mode (see each entry point at the bottom).
 --
 -- Every decayed total is kept in log space, ln(sum w * 2^(t/h)) (scoring.py), so it never overflows and
@@ -579,14 +580,15 @@ elseif MODE == 'ack' then
   return #IN.entries
 
 elseif MODE == 'stats' then
-  -- IN: {key, p, o (the batch's last offset), counts, applied = [[offset, field], ...]}: exactly once
-  -- per (partition, offset). ``applied`` counts each event whose offset is past the mark (a batch
-  -- redelivered after a crash may straddle the one counted before); ``counts`` count once per batch.
+  -- IN: {key, p, o (the batch's last offset), counts, applied = [[offset, field, n (default 1)], ...]}:
+  -- exactly once per (partition, offset). ``applied`` adds each entry whose offset is past the mark (or
+  -- is -1: no offset), so a batch redelivered after a crash may straddle the one counted before;
+  -- ``counts`` count once per batch.
   local field = 'wm:' .. IN.p
   local mark = tonumber(call('HGET', IN.key, field) or '-1')
   local counts = {}
   for _, a in ipairs(IN.applied or {}) do
-    if a[1] < 0 or a[1] > mark then counts[a[2]] = (counts[a[2]] or 0) + 1 end
+    if a[1] < 0 or a[1] > mark then counts[a[2]] = (counts[a[2]] or 0) + (a[3] or 1) end
   end
   if not (IN.o >= 0 and IN.o <= mark) then
     for f, n in pairs(IN.counts or {}) do counts[f] = (counts[f] or 0) + n end
@@ -596,13 +598,43 @@ elseif MODE == 'stats' then
   return 1
 
 elseif MODE == 'citem' then
-  -- IN: {wall, wm, records}: the records of one slot; returns {moves, items delta}
+  -- IN: {wall, wm, p, records (each with its offset o, -1: none)}: the records of one slot; returns
+  -- {moves, counted = [[offset, 'items', delta], ...]}. Exactly once per (slot, partition, offset): a
+  -- record at or below the slot's catalog watermark ``c:<p>`` was folded by an earlier attempt, which kept
+  -- its count change and copy moves in the slot's outbox field ``co:<p>:<o>`` until the copies and stats
+  -- that follow ran (``cack``); they are handed out again, and the record is not folded again.
   guard(IN.wm)
-  local moves, delta = {}, 0
+  local mark = tonumber(call('HGET', IN.wm, 'c:' .. IN.p) or '-1')
+  local newest = mark
+  local moves, counted = {}, {}
   for _, r in ipairs(IN.records) do
-    local d = fold_record(r, moves)
-    delta = delta + d
+    local o = r.o or -1
+    if o >= 0 and o <= mark then
+      local kept = call('HGET', IN.wm, 'co:' .. IN.p .. ':' .. o)
+      if kept then
+        local k = cjson.decode(kept)
+        counted[#counted + 1] = {o, 'items', k[1]}
+        for _, m in ipairs(k[2]) do moves[#moves + 1] = m end
+      end
+    else
+      local mine = {}
+      local d = fold_record(r, mine)
+      for _, m in ipairs(mine) do moves[#moves + 1] = m end
+      counted[#counted + 1] = {o, 'items', d}
+      if o >= 0 then
+        if o > newest then newest = o end
+        if d ~= 0 or #mine > 0 then
+          call('HSET', IN.wm, 'co:' .. IN.p .. ':' .. o, cjson.encode({d, mine}))
+        end
+      end
+    end
   end
-  return cjson.encode({moves, delta})
+  if newest > mark then call('HSET', IN.wm, 'c:' .. IN.p, newest) end
+  return cjson.encode({moves, counted})
+
+elseif MODE == 'cack' then
+  -- IN: {wm, fields}: drop the catalog stage's outbox fields of one slot once its copies and stats ran
+  if #IN.fields > 0 then call('HDEL', IN.wm, unpack(IN.fields)) end
+  return #IN.fields
 end
 error('unknown fold mode ' .. tostring(MODE))

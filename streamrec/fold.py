@@ -172,11 +172,12 @@ def catalog_fields(item: CatalogItem) -> dict[str, str]:
     }
 
 
-def encode_record(r: CatalogItem | ItemDeletion, keys: Keys) -> dict[str, Any]:
-    """One catalog record (upsert or deletion) as the script reads it."""
+def encode_record(r: CatalogItem | ItemDeletion, keys: Keys, offset: int = -1) -> dict[str, Any]:
+    """One catalog record (upsert or deletion) as the script reads it; ``offset`` is its offset in its
+    partition of the items topic (-1: none, e.g. records folded without Kafka)."""
     if isinstance(r, ItemDeletion):
-        return {"id": r.item_id, "ts": r.ts, "s": keys.shard(r.item_id), "deleted": True}
-    return {"id": r.item_id, "ts": r.ts, "s": keys.shard(r.item_id), "fields": catalog_fields(r)}
+        return {"id": r.item_id, "ts": r.ts, "s": keys.shard(r.item_id), "o": offset, "deleted": True}
+    return {"id": r.item_id, "ts": r.ts, "s": keys.shard(r.item_id), "o": offset, "fields": catalog_fields(r)}
 
 
 # ------------------------------------------------------------------------------------------ schedules
@@ -334,24 +335,39 @@ def standalone_catalog(records: list[dict[str, Any]], partition: int, wall: int)
 
 
 def cluster_catalog(keys: Keys, records: list[dict[str, Any]], partition: int, wall: int) -> Plan:
-    """Redis Cluster: each item's slot folds its records, then the copies they move, then the counter."""
+    """Redis Cluster: each item's slot folds its records, then the copies they move and the catalog-size
+    counter, then each slot drops the outbox fields that carried them (``cack``).
+
+    Exactly once per record offset: a batch cut after any step and delivered again (a worker killed
+    between two calls) counts each created or deleted item once and moves its copies, because ``citem``
+    keeps each record's count change and moves in its slot until ``cack``, and ``stats`` adds an offset's
+    change only past its partition's mark. Records without an offset (-1) are counted as they come.
+    """
     groups = _grouped((slot(keys.catalog(r["id"])), keys.item_keys(r["id"]), r) for r in records)
     calls = []
     for ks, rs in groups:
         wm = keys.slot_watermark(slot(ks[0]))
-        calls.append(Call("citem", [wm, *ks], {"wall": wall, "wm": wm, "records": rs}))
+        calls.append(Call("citem", [wm, *ks], {"wall": wall, "wm": wm, "p": partition, "records": rs}))
     replies = yield calls
     moves: list[list[Any]] = []
-    delta = 0
+    counted: list[list[Any]] = []
     for reply in replies:
-        made, d = orjson.loads(reply)
-        moves.extend(made if isinstance(made, list) else [])
-        delta += int(d)
+        made, count = orjson.loads(reply)
+        moves.extend(made if isinstance(made, list) else [])  # cjson writes an empty table as {}
+        counted.extend(count if isinstance(count, list) else [])
     key = keys.stats("it", max(partition, 0))
+    last = max((int(r["o"]) for r in records), default=-1)
     yield [
         *_copy_calls(keys, moves),
-        Call("stats", [key], {"key": key, "p": partition, "o": -1, "counts": {"items": delta}}),
+        Call("stats", [key], {"key": key, "p": partition, "o": last, "counts": {}, "applied": counted}),
     ]
+    acks = [
+        Call("cack", [call.keys[0]], {"wm": call.keys[0], "fields": fields})
+        for call in calls
+        if (fields := [f"co:{partition}:{r['o']}" for r in call.payload["records"] if r["o"] >= 0])
+    ]
+    if acks:
+        yield acks
     return len(records)
 
 
@@ -381,9 +397,17 @@ class _Writer:
         wall = int(time.time() * 1000)
         return cluster_events(self.keys, rows, wall) if self.cluster else standalone_events(rows, wall)
 
-    def catalog_plan(self, items: Sequence[CatalogItem | ItemDeletion], partition: int) -> Plan:
-        """The schedule that folds catalog records (upserts and deletions)."""
-        records = [encode_record(r, self.keys) for r in items]
+    def catalog_plan(
+        self,
+        items: Sequence[CatalogItem | ItemDeletion],
+        partition: int,
+        offsets: Sequence[int] | None = None,
+    ) -> Plan:
+        """The schedule that folds catalog records (upserts and deletions); ``offsets``, one per record,
+        are their offsets in ``partition`` of the items topic (what makes a cluster's catalog stage
+        exactly-once; see ``cluster_catalog``)."""
+        offs = list(offsets) if offsets is not None else [-1] * len(items)
+        records = [encode_record(r, self.keys, o) for r, o in zip(items, offs, strict=True)]
         wall = int(time.time() * 1000)
         if self.cluster:
             return cluster_catalog(self.keys, records, partition, wall)
@@ -435,11 +459,17 @@ class StateWriter(_Writer):
         assert isinstance(result, FoldResult)
         return result
 
-    def upsert_items(self, items: Sequence[CatalogItem | ItemDeletion], partition: int = 0) -> int:
-        """Fold catalog records; returns how many were written (older records than the stored ones lose)."""
+    def upsert_items(
+        self,
+        items: Sequence[CatalogItem | ItemDeletion],
+        partition: int = 0,
+        offsets: Sequence[int] | None = None,
+    ) -> int:
+        """Fold catalog records (``offsets``: theirs in ``partition``, if they came from Kafka); returns how
+        many were written (older records than the stored ones lose)."""
         if not items:
             return 0
-        return int(self._run(self.catalog_plan(items, partition)))
+        return int(self._run(self.catalog_plan(items, partition, offsets)))
 
 
 class AsyncStateWriter(_Writer):
@@ -491,11 +521,16 @@ class AsyncStateWriter(_Writer):
         assert isinstance(result, FoldResult)
         return result
 
-    async def upsert_items(self, items: Sequence[CatalogItem | ItemDeletion], partition: int = 0) -> int:
-        """Fold catalog records; returns how many were written."""
+    async def upsert_items(
+        self,
+        items: Sequence[CatalogItem | ItemDeletion],
+        partition: int = 0,
+        offsets: Sequence[int] | None = None,
+    ) -> int:
+        """Fold catalog records (``offsets``: theirs in ``partition``); returns how many were written."""
         if not items:
             return 0
-        return int(await self._run(self.catalog_plan(items, partition)))
+        return int(await self._run(self.catalog_plan(items, partition, offsets)))
 
 
 def redis_client(url: str, cluster: bool, **options: Any) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from streamrec.contract import CatalogItem, Event
+from streamrec.contract import CatalogItem, Event, ItemDeletion
 from streamrec.devtools.localstack import LocalCluster
 from streamrec.fold import Source, StateWriter, redis_client
 from streamrec.keys import Keys
@@ -153,24 +153,62 @@ def test_a_batch_touching_hundreds_of_slots_folds_on_the_worker_client(redis_clu
     sync.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap, reported: the cluster's catalog stage has no offsets, so catalog records cut after "
-    "their `citem` call and delivered again find themselves stored and count 0 (the catalog size counter "
-    "falls short); found by tests/e2e/test_cluster_crash.py",
-)
-def test_catalog_records_cut_after_their_item_stage_and_delivered_again_count_once(
+def _catalog_changes(catalog: Sequence[CatalogItem]) -> list[CatalogItem | ItemDeletion]:
+    """Records that change what is counted and where copies are filed: re-categorised items, deletions
+    (of items with activity: their copies must leave) and new items, all later than the first records."""
+    later = START + 10_000_000
+    moved = [c.model_copy(update={"category": "moved-here", "ts": later}) for c in catalog[:10]]
+    gone: list[CatalogItem | ItemDeletion] = [
+        ItemDeletion(item_id=c.item_id, deleted=True, ts=later) for c in catalog[10:15]
+    ]
+    new = [CatalogItem(item_id=f"new-{n}", title=f"new {n}", category="fresh", ts=later) for n in range(5)]
+    return [*moved, *gone, *new]
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_catalog_records_cut_after_any_step_and_delivered_again_count_once(
+    client: Any, shop: tuple[list[CatalogItem], list[Event]], steps: int
+) -> None:
+    """A worker killed after the catalog stage's ``citem`` calls (1) or after its copies and stats (2),
+    before the outbox is dropped: delivered again inside a larger batch, every item is counted once and
+    every copy moved, as in a clean pass; no outbox field is left behind."""
+    catalog, events = shop
+    changes = _catalog_changes(catalog)
+    more = [CatalogItem(item_id=f"more-{n}", category="fresh", ts=START + 10_000_001) for n in range(3)]
+    first = list(range(len(catalog)))
+    offsets = list(range(len(catalog), len(catalog) + len(changes) + len(more)))
+
+    def start() -> StateWriter:
+        writer = _writer(client)
+        writer.upsert_items(catalog, 0, first)
+        _fold(writer, events, 0)
+        return writer
+
+    clean, cut = start(), start()
+    clean.upsert_items([*changes, *more], 0, offsets)
+    plan = cut.catalog_plan(changes, 0, offsets[: len(changes)])
+    replies: list[Any] | None = None
+    for _ in range(steps):  # then the worker dies
+        calls = plan.send(replies) if replies is not None else next(plan)
+        replies = [cut._one(call) for call in calls]
+    cut.upsert_items([*changes, *more], 0, offsets)  # the broker delivers from the last committed offset
+
+    assert _state(client, cut.keys) == _state(client, clean.keys)
+    counted = read_stats(client, cut.keys, ("it",))
+    assert counted == read_stats(client, clean.keys, ("it",)) == {"items": len(catalog) - 5 + 5 + 3}
+    outbox = {f for key in client.scan_iter(match=f"{cut.keys.prefix}*}}:wm") for f in client.hkeys(key)}
+    assert not [f for f in outbox if f.startswith(b"co:")], "catalog outbox fields were left behind"
+    assert not outbox or {b"c:0"} <= outbox, "the catalog stage kept no watermark"
+
+
+def test_catalog_records_without_offsets_are_folded_and_counted(
     client: Any, shop: tuple[list[CatalogItem], list[Event]]
 ) -> None:
+    """Records folded without Kafka (no offsets) are counted as they come, and leave no outbox."""
     catalog, _ = shop
-    clean, cut = _writer(client), _writer(client)
-    clean.upsert_items(catalog)
-    plan = cut.catalog_plan(catalog, 0)
-    [cut._one(call) for call in next(plan)]  # the citem calls, then the worker dies
-    cut.upsert_items(catalog)  # the records come again
-
-    def catalog(keys: Keys) -> dict[bytes, Any]:
-        return {k: v for k, v in _state(client, keys).items() if not k.startswith(b":{st:")}
-
-    assert catalog(cut.keys) == catalog(clean.keys)  # the catalog itself is whole
-    assert read_stats(client, cut.keys, ("it",)) == read_stats(client, clean.keys, ("it",)) == {"items": 40}
+    writer = _writer(client)
+    writer.upsert_items(catalog)
+    writer.upsert_items(_catalog_changes(catalog))
+    assert read_stats(client, writer.keys, ("it",)) == {"items": len(catalog)}
+    outbox = {f for key in client.scan_iter(match=f"{writer.keys.prefix}*}}:wm") for f in client.hkeys(key)}
+    assert not [f for f in outbox if f.startswith(b"co:")]
