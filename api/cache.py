@@ -89,16 +89,30 @@ class ProcessCache:
             table.hits += 1
             return entry[1]
 
-    def put(self, kind: str, key: Hashable, value: Any) -> None:
-        """Keep ``value`` (shared, never mutated) for ``(kind, key)``, evicting the least recently used."""
+    def put(self, kind: str, key: Hashable, value: Any, read_at: float | None = None) -> None:
+        """Keep ``value`` (shared, never mutated) for ``(kind, key)``, evicting the least recently used; its
+        age counts from ``read_at`` (this cache's clock, seconds; default now), the time its oldest input
+        was read when it is derived from other values."""
         if not self.enabled:
             return
         table = self._tables[kind]
         with self._lock:
-            table.entries[key] = (self.clock(), value)
+            table.entries[key] = (self.clock() if read_at is None else read_at, value)
             table.entries.move_to_end(key)
             while len(table.entries) > table.size:
                 table.entries.popitem(last=False)
+
+    def read_at(self, kind: str, key: Hashable) -> float | None:
+        """When the value held for ``(kind, key)`` was read (this cache's clock, seconds), or None when it
+        is not held or too old; counts neither as a hit nor as a miss."""
+        if not self.enabled:
+            return None
+        table = self._tables[kind]
+        with self._lock:
+            entry = table.entries.get(key)
+            if entry is None or (table.ttl_s is not None and self.clock() - entry[0] > table.ttl_s):
+                return None
+            return entry[0]
 
     def clear(self) -> None:
         """Forget everything (tests; an operator's switch takes effect here at once)."""

@@ -117,8 +117,13 @@ class Cache(Protocol):
     def get(self, kind: str, key: Hashable) -> Any:
         """The value held for ``(kind, key)``, or ``MISSING``."""
 
-    def put(self, kind: str, key: Hashable, value: Any) -> None:
-        """Hold ``value`` for ``(kind, key)`` (the cache bounds how many and for how long)."""
+    def put(self, kind: str, key: Hashable, value: Any, read_at: float | None = None) -> None:
+        """Hold ``value`` for ``(kind, key)`` (the cache bounds how many and for how long). A value derived
+        from others gives ``read_at``, when the oldest of them was read (``read_at`` of theirs): its
+        staleness counts from there, not from now, so deriving never stretches the bound."""
+
+    def read_at(self, kind: str, key: Hashable) -> float | None:
+        """When the value held for ``(kind, key)`` was read, on the cache's clock (None: not held)."""
 
 
 # What a Cache is asked to keep: the active model version and its rows (immutable per version), catalog
@@ -135,8 +140,12 @@ class NoCache:
         """Always ``MISSING``."""
         return MISSING
 
-    def put(self, kind: str, key: Hashable, value: Any) -> None:
+    def put(self, kind: str, key: Hashable, value: Any, read_at: float | None = None) -> None:
         """Keep nothing."""
+        return None
+
+    def read_at(self, kind: str, key: Hashable) -> float | None:
+        """Always None (nothing is held)."""
         return None
 
 
@@ -444,10 +453,11 @@ class Snapshot:
         value = self._local.get((kind, key), MISSING)
         return self.cache.get(kind, key) if value is MISSING else value
 
-    def put(self, kind: str, key: Hashable, value: Any) -> None:
-        """Keep a value for this snapshot and, if the cache keeps ``kind``, for later answers."""
+    def put(self, kind: str, key: Hashable, value: Any, read_at: float | None = None) -> None:
+        """Keep a value for this snapshot and, if the cache keeps ``kind``, for later answers (``read_at``:
+        see ``Cache.put``)."""
         self._local[(kind, key)] = value
-        self.cache.put(kind, key, value)
+        self.cache.put(kind, key, value, read_at)
 
     def memo(self, kind: str, key: Hashable, read: Callable[[], Any]) -> Any:
         """The cached value of ``(kind, key)``, or ``read()`` (its own round trips), kept for next time."""
@@ -475,7 +485,8 @@ class Snapshot:
         Without shrinkage a normalised value does not depend on the time it is computed at (numerator and
         denominators decay alike); the shrinkage's pseudo-interactions do not decay, so a cached list drifts
         by the decay over the cache's staleness (a second against half-lives of days) besides the activity
-        that arrived since it was read.
+        that arrived since it was read. A list is kept in the cache as read when its oldest count was, so
+        it is never staler than the neighbours' bound (``STREAMREC_API_CACHE_NEIGHBOURS_TTL_MS``).
         """
         s = self.reader.scoring
         n = s.neighbours_max + s.neighbours_slack
@@ -498,7 +509,9 @@ class Snapshot:
                 normalised = normalised_neighbours(
                     live, decayed, decayed.get(anchor, 1.0), s.popularity_alpha, s.neighbour_shrinkage
                 )
-                self.put("neighbours", anchor, normalised)
+                # as stale as its oldest count (some may have come from the cache): kept from then on
+                read = [t for i in counts if (t := self.cache.read_at("counts", i)) is not None]
+                self.put("neighbours", anchor, normalised, min(read) if read else None)
             out[anchor] = normalised
         return out
 

@@ -238,3 +238,22 @@ def test_a_warm_user_costs_at_most_two_round_trips(shop: Shop) -> None:
     fresh, trips = get("/v1/users/newcomer/recommendations?k=5")
     assert fresh["strategy"] == "personalized" and "lens" not in [r["item_id"] for r in fresh["items"]]
     assert trips == 1  # lens's neighbours, their catalog fields and the model's rows were cached
+
+
+def test_a_neighbour_list_is_never_staler_than_the_neighbours_bound(shop: Shop) -> None:
+    """A normalised neighbour list computed from counts the cache already held is as old as the oldest of
+    them: it leaves the cache when they do (10 s here), not 10 s after it was computed. Before, a list
+    computed at 9.5 s from counts read at 0 s was served until 19.5 s, missing what was folded meanwhile."""
+    now = [0.0]
+    cache = ProcessCache(10_000, 1000, 100, clock=lambda: now[0], neighbours_ttl_ms=10_000)
+    rec = shop.recommender(cache)
+    rec.similar("cam1", 10)  # t = 0: cam1's list, and the counts of cam1 and its neighbours (cam2 among them)
+    now[0] = 9.5
+    before = rec.similar("cam2", 10)  # cam2's list: its raw list read now, cam1's count from t = 0
+    assert "hat" not in [r.item_id for r in before.items if r.source == "item_to_item"]
+    shop.writer.apply([shop.event("view", "s9", "cam2"), shop.event("view", "s9", "hat")])
+    now[0] = 15.0  # past 10 s from the oldest input, not from the list's computation
+    after = rec.similar("cam2", 10)
+    assert "hat" in [r.item_id for r in after.items if r.source == "item_to_item"], [
+        (r.item_id, r.source) for r in after.items
+    ]
