@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from streamrec.settings import Settings
@@ -102,17 +102,25 @@ class ProcessCache:
             while len(table.entries) > table.size:
                 table.entries.popitem(last=False)
 
-    def read_at(self, kind: str, key: Hashable) -> float | None:
-        """When the value held for ``(kind, key)`` was read (this cache's clock, seconds), or None when it
-        is not held or too old; counts neither as a hit nor as a miss."""
+    def held(self, kind: str, keys: Iterable[Hashable]) -> dict[Hashable, tuple[float, Any]]:
+        """Of ``keys``, those held for ``kind`` and not too old, as (read at on this cache's clock,
+        value), under one lock; each counts as a hit or a miss."""
         if not self.enabled:
-            return None
+            return {}
         table = self._tables[kind]
+        out: dict[Hashable, tuple[float, Any]] = {}
         with self._lock:
-            entry = table.entries.get(key)
-            if entry is None or (table.ttl_s is not None and self.clock() - entry[0] > table.ttl_s):
-                return None
-            return entry[0]
+            oldest = None if table.ttl_s is None else self.clock() - table.ttl_s
+            entries = table.entries
+            for key in keys:
+                entry = entries.get(key)
+                if entry is None or (oldest is not None and entry[0] < oldest):
+                    table.misses += 1
+                    continue
+                entries.move_to_end(key)
+                table.hits += 1
+                out[key] = entry
+        return out
 
     def clear(self) -> None:
         """Forget everything (tests; an operator's switch takes effect here at once)."""

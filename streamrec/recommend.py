@@ -247,9 +247,9 @@ class Recommender:
         terms = list(dict.fromkeys(t for _, ts in user.searches for t in ts))[:TERMS_USED]
         term_items = snap.term_items(terms, TERM_ITEMS_READ)
         neighbours = snap.neighbours(list(seeds))
-        candidates = score_personal(seeds, seed_types, neighbours, term_items, s.search_blend)
-        if not snap.complete:  # read what these need first: no ranking of half the candidates
+        if not snap.complete:  # read what these need first: no scoring or ranking of half the candidates
             return INCOMPLETE
+        candidates = score_personal(seeds, seed_types, neighbours, term_items, s.search_blend)
         version, batch, share = self._batch(snap, list(seeds))
         if batch:
             from_model = score_personal(seeds, seed_types, batch, {}, 0.0)

@@ -159,14 +159,28 @@ def score_personal(
     search term to item weights (normalised here to sum to one per term, so a common term does not
     drown a rare one).
     """
-    out: dict[str, Candidate] = {}
+    # the item-to-item part in plain dicts (the hot loop of every answer: about a thousand pairs), added in
+    # the same order as Candidate.add would, so scores and reasons are the same to the last bit
+    score: dict[str, float] = {}
+    best: dict[str, float] = {}
+    why: dict[str, str] = {}
     for seed, seed_weight in seeds.items():
+        row = neighbours.get(seed)
+        if not row:
+            continue
         reason = event_types.reason(seed_types.get(seed, "view")).format(seed)
-        for item, sim in neighbours.get(seed, {}).items():
-            cand = out.get(item)
-            if cand is None:
-                cand = out[item] = Candidate(item)
-            cand.add(seed_weight * sim, reason, "item_to_item")
+        for item, sim in row.items():
+            amount = seed_weight * sim
+            score[item] = score.get(item, 0.0) + amount
+            if amount > best.get(item, 0.0):
+                best[item] = amount
+                why[item] = reason
+    out = {
+        item: Candidate(
+            item, total, why.get(item, ""), "item_to_item" if item in why else "", best.get(item, 0.0)
+        )
+        for item, total in score.items()
+    }
     for term, items in term_items.items():
         total = sum(v for v in items.values() if v > 0)
         if total <= 0:

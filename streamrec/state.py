@@ -122,8 +122,9 @@ class Cache(Protocol):
         from others gives ``read_at``, when the oldest of them was read (``read_at`` of theirs): its
         staleness counts from there, not from now, so deriving never stretches the bound."""
 
-    def read_at(self, kind: str, key: Hashable) -> float | None:
-        """When the value held for ``(kind, key)`` was read, on the cache's clock (None: not held)."""
+    def held(self, kind: str, keys: Iterable[Hashable]) -> dict[Hashable, tuple[float, Any]]:
+        """Of ``keys``, those held for ``kind`` (and not too old), each as (when it was read on the cache's
+        clock, value): many lookups at once, for a value derived from them."""
 
 
 # What a Cache is asked to keep: the active model version and its rows (immutable per version), catalog
@@ -144,9 +145,9 @@ class NoCache:
         """Keep nothing."""
         return None
 
-    def read_at(self, kind: str, key: Hashable) -> float | None:
-        """Always None (nothing is held)."""
-        return None
+    def held(self, kind: str, keys: Iterable[Hashable]) -> dict[Hashable, tuple[float, Any]]:
+        """Always empty."""
+        return {}
 
 
 # The catalog fields an answer uses: what it shows, and what decides whether an item may be shown.
@@ -500,8 +501,8 @@ class Snapshot:
                     self._pending.neighbours[anchor] = n
                     self._count(anchor)  # read with the list: the anchor's own count
                     continue
-                counts = {i: self._count(i) for i in [anchor, *raw]}
-                if any(c is MISSING for c in counts.values()):
+                counts, oldest = self._counts([anchor, *raw])
+                if counts is None:
                     continue
                 hl = s.cooc_halflife_ms
                 live = {i: decayed_value(w, self.now, hl) for i, w in raw.items() if counts[i] is not None}
@@ -510,10 +511,29 @@ class Snapshot:
                     live, decayed, decayed.get(anchor, 1.0), s.popularity_alpha, s.neighbour_shrinkage
                 )
                 # as stale as its oldest count (some may have come from the cache): kept from then on
-                read = [t for i in counts if (t := self.cache.read_at("counts", i)) is not None]
-                self.put("neighbours", anchor, normalised, min(read) if read else None)
+                self.put("neighbours", anchor, normalised, oldest)
             out[anchor] = normalised
         return out
+
+    def _counts(self, items: Sequence[str]) -> tuple[dict[str, float | None] | None, float | None]:
+        """The log-space counts of ``items`` (None: no activity) and when the oldest that came from the
+        cache was read; ``(None, None)`` when some are not known yet (they are pending)."""
+        items = list(dict.fromkeys(items))
+        local = {i: v for i in items if (v := self._local.get(("counts", i), MISSING)) is not MISSING}
+        held = self.cache.held("counts", [i for i in items if i not in local])
+        counts: dict[str, float | None] = {}
+        oldest: float | None = None
+        for item in items:
+            if item in local:
+                counts[item] = local[item]
+            elif item in held:
+                read_at, counts[item] = held[item]
+                oldest = read_at if oldest is None else min(oldest, read_at)
+            else:
+                self._pending.counts[item] = None
+        if len(counts) < len(items):
+            return None, None
+        return counts, oldest
 
     def _count(self, item: str) -> Any:
         value = self.get("counts", item)
