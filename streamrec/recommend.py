@@ -38,6 +38,12 @@ SNAPSHOT_ATTEMPTS = 3  # snapshots one answer may take when the user's events ke
 PASSES_MAX = 64  # computations of one answer from one snapshot (each pass reads what the last one missed)
 
 
+def catalog_chunk(k: int) -> int:
+    """How many ranked candidates' catalog records an answer of ``k`` reads at once: enough to fill it
+    when a few are sold out, deleted or excluded, so most answers read them in one go."""
+    return 2 * k + 5
+
+
 @dataclass(frozen=True)
 class Ranked:
     """One item of an answer: its score (unitless, higher first), the reason shown and its source
@@ -178,22 +184,35 @@ class Recommender:
     ) -> Answer:
         """Filter by stock and category, then fill up from category popularity and overall popularity.
 
-        The fallback uses the categories of the ``fallback_from`` items.
+        The fallback uses the categories of the ``fallback_from`` items. Catalog records are read as
+        they are needed: the ranked candidates ``catalog_chunk(k)`` at a time, the ``fallback_from`` items'
+        only when the ranked ones leave the answer short (each further read is one more pass).
         """
-        catalog = snap.catalog(dict.fromkeys([*(c.item_id for c in ranked), *fallback_from]))
-        if not snap.complete:
-            return INCOMPLETE
-        fallback_categories = [
-            catalog[i]["category"] for i in fallback_from if catalog.get(i, {}).get("category")
-        ]
+        catalog: dict[str, dict[str, str]] = {}
         picked: list[Ranked] = []
         taken = set(exclude)
-        for c in ranked:
+        step = catalog_chunk(k)
+        for start in range(0, len(ranked), step):
             if len(picked) >= k:
                 break
-            if c.item_id not in taken and _usable(catalog.get(c.item_id), category):
-                picked.append(Ranked(c.item_id, c.score, c.reason, c.source))
-                taken.add(c.item_id)
+            part = ranked[start : start + step]
+            catalog.update(snap.catalog(c.item_id for c in part))
+            if not snap.complete:
+                return INCOMPLETE
+            for c in part:
+                if len(picked) >= k:
+                    break
+                if c.item_id not in taken and _usable(catalog.get(c.item_id), category):
+                    picked.append(Ranked(c.item_id, c.score, c.reason, c.source))
+                    taken.add(c.item_id)
+        fallback_categories: list[str] = []
+        if len(picked) < k and not category:
+            catalog.update(snap.catalog(i for i in dict.fromkeys(fallback_from) if i not in catalog))
+            if not snap.complete:
+                return INCOMPLETE
+            fallback_categories = [
+                catalog[i]["category"] for i in fallback_from if catalog.get(i, {}).get("category")
+            ]
         cats = [category] if category else list(dict.fromkeys(fallback_categories))
         fills = [(cat, "category_popular", f"popular in {cat}") for cat in cats]
         if category is None:
