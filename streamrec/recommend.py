@@ -95,6 +95,13 @@ class Recommender:
         self.models = models
         self.clock = clock
         self.cache: Cache = cache if cache is not None else NoCache()
+        self._weights: tuple[ScoringSettings, dict[str, float]] | None = None
+
+    def _type_weights(self) -> dict[str, float]:
+        """``scoring.type_weights()``, computed once per settings object (every answer uses it)."""
+        if self._weights is None or self._weights[0] is not self.scoring:
+            self._weights = (self.scoring, self.scoring.type_weights())
+        return self._weights[1]
 
     def now(self) -> int:
         """Now in epoch ms: the wall clock, or the clock this recommender was given (offline evaluation
@@ -257,7 +264,7 @@ class Recommender:
         s = self.scoring
         user = snap.user
         assert user is not None
-        seeds = history_seeds(user.history, s.history_used, s.history_position_decay, s.type_weights())
+        seeds = history_seeds(user.history, s.history_used, s.history_position_decay, self._type_weights())
         seed_types: dict[str, str] = {}
         for entry in user.history:
             best = seed_types.get(entry.item_id, "remove_from_cart")

@@ -442,6 +442,7 @@ class Snapshot:
         self.user = reader.user(user_id, now_ms) if user_id is not None else None
         self.trips = 1 if user_id is not None else 0
         self._local: dict[tuple[str, Hashable], Any] = {}
+        self._held_counts: dict[Hashable, tuple[float, Any]] = {}
         self._pending = Reads()
 
     @property
@@ -520,7 +521,8 @@ class Snapshot:
         cache was read; ``(None, None)`` when some are not known yet (they are pending)."""
         items = list(dict.fromkeys(items))
         local = {i: v for i in items if (v := self._local.get(("counts", i), MISSING)) is not MISSING}
-        held = self.cache.held("counts", [i for i in items if i not in local])
+        held = self._held_counts  # what the cache gave this snapshot, with when it was read
+        held.update(self.cache.held("counts", [i for i in items if i not in local and i not in held]))
         counts: dict[str, float | None] = {}
         oldest: float | None = None
         for item in items:
