@@ -1386,6 +1386,62 @@ def profile_worker(pid: int, seconds: float, out: Path) -> list[tuple[str, float
     return [(f, inclusive[f] / max(total, 1), leaf.get(f, 0) / max(total, 1)) for f in top]
 
 
+ANSWER_RATE = 70.0  # answers a second one API process gives in the wrk run (about 140/s over 2 workers)
+
+
+def answer_cost(
+    client: redis.Redis, users: Sequence[str], rate: float = ANSWER_RATE, seconds: float = 10.0, seed: int = 1
+) -> dict[str, Any]:
+    """What one personal answer costs in one process, without HTTP: the API's ``Recommender`` with the
+    API's cache (``STREAMREC_API_CACHE_*`` defaults) on a clock that moves ``1 / rate`` s per answer, so
+    the cache ages as it does under ``rate`` answers a second; random ``users``, 12 s of warm-up, then
+    ``seconds`` measured. Returns the median, mean and p99 (ms) of one answer's wall time, Redis commands
+    per answer (``INFO commandstats``, which it resets) and the cache's hit rate per kind."""
+    from streamrec.api.cache import ProcessCache
+    from streamrec.recommend import Recommender
+    from streamrec.settings import Settings
+
+    settings = Settings()
+    now = [0.0]
+    cache = ProcessCache(
+        settings.api_cache_ttl_ms,
+        settings.api_cache_items,
+        settings.api_cache_lists,
+        clock=lambda: now[0],
+        neighbours_ttl_ms=settings.api_cache_neighbours_ttl_ms,
+    )
+    rec = Recommender(StateReader(client, Keys(PREFIX), ScoringSettings()), ScoringSettings(), cache=cache)
+    rng = random.Random(seed)
+    for _ in range(int(rate * 12)):
+        now[0] += 1 / rate
+        rec.for_user(rng.choice(users), 10)
+    client.config_resetstat()
+    before = cache.stats()
+    took = []
+    for _ in range(int(rate * seconds)):
+        now[0] += 1 / rate
+        started = time.perf_counter()
+        rec.for_user(rng.choice(users), 10)
+        took.append((time.perf_counter() - started) * 1000)
+    calls = sum(v["calls"] for k, v in client.info("commandstats").items() if k != "cmdstat_config")
+    after = cache.stats()
+    hits = {
+        kind: round(h / (h + m), 3)
+        for kind in after
+        if (h := after[kind]["hits"] - before[kind]["hits"])
+        + (m := after[kind]["misses"] - before[kind]["misses"])
+    }
+    return {
+        "rate_per_s": rate,
+        "answers": len(took),
+        "median_ms": round(statistics.median(took), 2),
+        "mean_ms": round(statistics.mean(took), 2),
+        "p99_ms": round(percentile(took, 99), 2),
+        "redis_commands_per_answer": round(calls / len(took), 1),
+        "cache_hit_rate": hits,
+    }
+
+
 def serving(
     out_dir: Path,
     servers: Sequence[Server] = (Server(),),
@@ -1423,6 +1479,11 @@ def serving(
         _wait(lambda: stack.applied() >= len(events), 600, f"{len(events):,} events to be folded", 0.1)
         say(f"folded {len(events):,} events")
         paths = api_paths(stack, events)
+        cost = answer_cost(stack.client, list(dict.fromkeys(e.user_id for e in events)))
+        say(
+            f"one answer in process at {cost['rate_per_s']:.0f}/s: median {cost['median_ms']:.2f} ms, "
+            f"p99 {cost['p99_ms']:.2f} ms, {cost['redis_commands_per_answer']:.1f} Redis commands"
+        )
         for server in servers:
             api = start_api(stack, tag, **server.env())
             say(f"{server.label}: warm-up (2 s, not counted)")
@@ -1452,6 +1513,7 @@ def serving(
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "load_average_before_after": [load_before, list(os.getloadavg())],
         "seconds": round(time.monotonic() - started, 1),
+        "answer_cost": cost,
         "results": results,
     }
     (out_dir / "serving.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -1485,6 +1547,17 @@ def serving_markdown(report: dict[str, Any]) -> str:
                 f"| {r['label']} | {name} | {a['requests_per_s']:,.0f} | {a['p50_ms']:.1f} ms | "
                 f"{a['p99_ms']:.1f} ms | {a['errors']:.0f} | {share:.2f} | {target} |"
             )
+    cost = report.get("answer_cost")
+    if cost:
+        lines += [
+            "",
+            f"One personal answer in one process, without HTTP (the API's Recommender and cache, the cache "
+            f"ageing as under {cost['rate_per_s']:.0f} answers/s, {cost['answers']:,} random shoppers): "
+            f"median {cost['median_ms']:.2f} ms, mean {cost['mean_ms']:.2f} ms, p99 {cost['p99_ms']:.2f} ms, "
+            f"{cost['redis_commands_per_answer']:.1f} Redis commands per answer; cache hit rates "
+            + ", ".join(f"{k} {v:.0%}" for k, v in cost["cache_hit_rate"].items())
+            + ".",
+        ]
     for r in report["results"]:
         if r["api"].get("profile"):
             lines += ["", f"py-spy, one gunicorn worker under recommendations ({r['label']}):", ""]

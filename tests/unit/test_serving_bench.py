@@ -48,3 +48,20 @@ def test_the_serving_table_checks_every_target_on_recommendations(
     assert [r.split(" | ")[1] for r in rows] == list(SERVING_ORDER)
     assert rows[0].endswith(f"p99 ≤ 20 ms, ≥ 50 %, 0 non-2xx: {verdict} |")
     assert "load average before/after 0.5 / 1.5 on 2 cores" in table
+
+
+def test_the_in_process_answer_cost_is_printed_under_the_table() -> None:
+    report = _report(600, 19.0, 0)
+    report["answer_cost"] = {
+        "rate_per_s": 70.0,
+        "answers": 700,
+        "median_ms": 6.71,
+        "mean_ms": 7.59,
+        "p99_ms": 18.13,
+        "redis_commands_per_answer": 43.8,
+        "cache_hit_rate": {"catalog": 0.452, "neighbours": 0.393},
+    }
+    table = serving_markdown(report)
+    assert "as under 70 answers/s, 700 random shoppers): median 6.71 ms, mean 7.59 ms, p99 18.13 ms" in table
+    assert "43.8 Redis commands per answer; cache hit rates catalog 45%, neighbours 39%." in table
+    assert "without HTTP" not in serving_markdown(_report(600, 19.0, 0))
