@@ -25,10 +25,8 @@ offset).
 from __future__ import annotations
 
 import math
-import os
 import random
 import re
-import signal
 import sys
 import time
 import uuid
@@ -47,7 +45,7 @@ from streamrec.settings import ScoringSettings
 from streamrec.state import applied_events, read_stats
 from streamrec.topics import Topics, ensure_topics
 from tests.conftest import Namespace, wait_until
-from tests.e2e.test_crash import _dedupe_hits
+from tests.crashes import dedupe_hits, kill_at_random_marks
 from tests.state_snapshot import snapshot, state_only
 
 pytestmark = [pytest.mark.e2e, pytest.mark.broker, pytest.mark.redis]
@@ -217,28 +215,12 @@ def test_sigkilled_worker_on_a_cluster_ends_in_the_clean_state(cluster_namespace
             report = publish_stream(pub, catalog, events, progress=False)
         assert report.failed == 0 and report.events == len(events)
     clean_worker, _ = clean.start_worker()
-    worker, port = crash.start_worker()
-    redelivered = 0
-    rng = random.Random(int(os.environ.get("STREAMREC_CRASH_SEED", time.time_ns())))
-    marks = sorted(rng.sample(range(len(events) // 20, len(events) * 9 // 10), KILLS))
-    kills = []
-    for mark in marks:
-        floor = crash.applied()
-        wait_until(
-            lambda m=mark, f=floor: crash.applied() >= max(m, f + 1),
-            120,
-            interval=0.005,
-            what=f"folding past {mark}",
-        )
-        redelivered += _dedupe_hits(port)
-        at = crash.applied()
-        worker.signal(signal.SIGKILL)
-        worker.proc.wait(10)
-        kills.append({"mark": mark, "applied_at_kill": at, "t": round(time.monotonic() - started, 1)})
-        worker, port = crash.start_worker()
+    (_, port), kills, redelivered = kill_at_random_marks(
+        crash.start_worker(), crash.start_worker, crash.applied, len(events), KILLS, started, 120
+    )
     wait_until(lambda: clean.applied() == len(events), 180, interval=0.2, what="the clean pass")
     wait_until(lambda: crash.applied() == len(events), 180, interval=0.2, what="the crashed pass")
-    redelivered += _dedupe_hits(port)
+    redelivered += dedupe_hits(port)
     assert read_stats(ns.redis, crash.keys, ("ev",)) == read_stats(ns.redis, clean.keys, ("ev",))
     catalog_counters = [read_stats(ns.redis, r.keys, ("it",)).get("items") for r in (clean, crash)]
     want, got = (r.state() for r in (clean, crash))

@@ -9,10 +9,6 @@ runs, crash or not, which changes float rounding and when a neighbour list is tr
 
 from __future__ import annotations
 
-import os
-import random
-import re
-import signal
 import sys
 import threading
 import time
@@ -20,7 +16,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-import requests
 
 from streamrec.datasets import dataset_events, datasets_dir
 from streamrec.devtools.localstack import ManagedProcess, free_port, spawn
@@ -29,6 +24,7 @@ from streamrec.publisher import EventPublisher, publish_stream
 from streamrec.state import applied_events, read_stats
 from streamrec.topics import Topics, ensure_topics
 from tests.conftest import Namespace, wait_until
+from tests.crashes import dedupe_hits, kill_at_random_marks
 from tests.state_snapshot import snapshot, state_only
 
 pytestmark = [pytest.mark.e2e, pytest.mark.broker, pytest.mark.redis, pytest.mark.slow]
@@ -44,16 +40,6 @@ def _applied(ns: Namespace, keys: Keys) -> int:
 
 def _catalog_size(ns: Namespace, keys: Keys) -> int:
     return read_stats(ns.redis, keys).get("items", 0)
-
-
-def _dedupe_hits(port: int) -> int:
-    """The worker's count of redelivered events its claims turned away (0 if it cannot be scraped)."""
-    try:
-        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-    except requests.RequestException:
-        return 0
-    found = re.search(r"^streamrec_worker_dedupe_hits_total (\S+)$", text, re.M)
-    return int(float(found.group(1))) if found else 0
 
 
 class Run:
@@ -121,34 +107,16 @@ def test_sigkilled_worker_restarts_to_exactly_the_clean_state(namespace: Namespa
     crash.prepare(catalog)
     # the clean pass runs beside the crashed one: while a restarted worker waits to join, it is idle
     replays = [clean.publish_in_background(events), crash.publish_in_background(events)]
-    rng = random.Random(int(os.environ.get("STREAMREC_CRASH_SEED", time.time_ns())))
-    marks = sorted(rng.sample(range(len(events) // 20, len(events) * 9 // 10), KILLS))
-    kills: list[dict] = []
-    redelivered = 0
-    for mark in marks:
-        proc, port = crash.worker
-        # kill once this worker has folded something itself and the pass is past a random mark: it has
-        # joined the group and is busy (Tansu can wedge a group whose member dies during a join)
-        floor = crash.applied()
-        wait_until(
-            lambda m=mark, f=floor: crash.applied() >= max(m, f + 1),
-            90,
-            interval=0.005,
-            what=f"folding past {mark}",
-        )
-        redelivered += _dedupe_hits(port)
-        at = crash.applied()
-        proc.signal(signal.SIGKILL)
-        proc.proc.wait(10)
-        kills.append({"mark": mark, "applied_at_kill": at, "t": round(time.monotonic() - started, 1)})
-        crash.worker = crash.start_worker()
+    crash.worker, kills, redelivered = kill_at_random_marks(
+        crash.worker, crash.start_worker, crash.applied, len(events), KILLS, started, 90
+    )
     for thread in replays:
         thread.join(120)
     assert clean.report.failed == crash.report.failed == 0 and crash.report.events == len(events)
     wait_until(lambda: clean.applied() == len(events), 120, interval=0.2, what="the clean pass")
     wait_until(lambda: crash.applied() == len(events), 120, interval=0.2, what="the crashed pass to finish")
     proc, port = crash.worker
-    redelivered += _dedupe_hits(port)
+    redelivered += dedupe_hits(port)
 
     want = state_only(snapshot(ns.redis, f"{clean.keys.prefix}:*"), clean.keys)
     got = state_only(snapshot(ns.redis, f"{crash.keys.prefix}:*"), crash.keys)
