@@ -22,7 +22,7 @@ from kafka import KafkaProducer
 from streamrec.devtools.localstack import LOOPBACK, LocalCluster
 from streamrec.state import applied_events
 from streamrec.topics import Topics, ensure_topics
-from tests.conftest import Namespace, wait_until
+from tests.conftest import Namespace, needs_dataset, wait_until
 from tests.integration.test_eval import movielens_slice, streamrec
 from tests.integration.test_pipeline import _dlq_records
 from tests.state_snapshot import snapshot, state_only
@@ -183,6 +183,7 @@ def test_catalog_search_and_model_rows_on_a_cluster(cluster_namespace: Namespace
     assert ready["data"]["checks"]["redis"] == "ok"
 
 
+@needs_dataset("movielens-100k")
 def test_eval_train_and_model_commands_on_a_cluster(
     redis_cluster: LocalCluster, redis_server: Any, tmp_path: Path
 ) -> None:

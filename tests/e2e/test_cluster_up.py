@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from streamrec.devtools.localstack import ServiceError, consecutive_cluster_ports, free_port
+from tests.conftest import needs_dataset
 
 pytestmark = [pytest.mark.e2e]
 
@@ -33,6 +34,7 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+@needs_dataset("movielens-100k")
 def test_up_on_a_local_redis_cluster_replays_and_answers(tmp_path: Path, artifacts: Path) -> None:
     base = _cluster_base()
     env = {

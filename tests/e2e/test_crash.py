@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.datasets import dataset_events, datasets_dir
+from streamrec.datasets import dataset_events
 from streamrec.devtools.localstack import ManagedProcess, free_port, spawn
 from streamrec.keys import Keys
 from streamrec.publisher import EventPublisher, publish_stream
 from streamrec.state import applied_events, read_stats
 from streamrec.topics import Topics, ensure_topics
-from tests.conftest import Namespace, wait_until
+from tests.conftest import Namespace, needs_dataset, wait_until
 from tests.crashes import dedupe_hits, kill_at_random_marks
 from tests.state_snapshot import snapshot, state_only
 
@@ -93,9 +93,8 @@ class Run:
         return _applied(self.ns, self.keys)
 
 
+@needs_dataset("movielens-100k")
 def test_sigkilled_worker_restarts_to_exactly_the_clean_state(namespace: Namespace, artifacts: Path) -> None:
-    if not (datasets_dir() / "movielens-100k").is_dir():
-        pytest.skip("MovieLens-100k is not in the datasets folder")
     ns = namespace
     catalog, stream = dataset_events("movielens-100k", limit=EVENTS, base_ts_ms=BASE_TS_MS)
     events = list(stream)
