@@ -5,6 +5,7 @@ it was started. Wrong input stops it in a second with one line, before any servi
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -184,14 +185,20 @@ def test_up_without_datasets_runs_the_built_in_shop_stops_on_an_ignored_sigint_a
     _bash(first)
 
     def shoes() -> list[str]:
-        import json
-
         return [
             i["item_id"]
             for i in json.loads(_get(f"{api}/v1/popular?k=10&category=shoes")[1])["data"]["items"]
         ]
 
-    wait_until(lambda: shoes() == ["sku-42"], 10, 0.1, "the README's purchase under popular?category=shoes")
+    wait_until(
+        lambda: shoes() == ["sku-42", "sku-43"], 10, 0.1, "the README's events under popular?category=shoes"
+    )
+    alice = json.loads(
+        _get(f"{api}/v1/users/alice/recommendations?k=10&category=shoes&exclude=sku-7,sku-9&explain=true")[1]
+    )["data"]
+    assert [(i["item_id"], i["reason"]) for i in alice["items"]] == [
+        ("sku-43", "bought together with sku-42")
+    ]
     _bash(rest)  # the other examples run too (they delete sku-42 and erase alice)
 
     _stops_cleanly(up, signal.SIGINT)
