@@ -150,6 +150,31 @@ class NoCache:
         return {}
 
 
+class FrozenCache:
+    """A cache for a state that does not change while it is used: offline evaluation answers every held-out
+    user from one folded state at one fixed clock, so whatever an answer read is exactly what the next
+    one would read again. Everything is kept, without a staleness bound; memory grows with what is read
+    (at most one entry per kind and item, list or model row). Not thread-safe: one per process."""
+
+    enabled = True
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, Hashable], Any] = {}
+
+    def get(self, kind: str, key: Hashable) -> Any:
+        """The value kept for ``(kind, key)``, or ``MISSING``."""
+        return self._entries.get((kind, key), MISSING)
+
+    def put(self, kind: str, key: Hashable, value: Any, read_at: float | None = None) -> None:
+        """Keep ``value`` for good (``read_at`` does not matter: nothing ages)."""
+        self._entries[(kind, key)] = value
+
+    def held(self, kind: str, keys: Iterable[Hashable]) -> dict[Hashable, tuple[float, Any]]:
+        """The kept ones of ``keys``, each as (0.0, value)."""
+        entries = self._entries
+        return {k: (0.0, v) for k in keys if (v := entries.get((kind, k), MISSING)) is not MISSING}
+
+
 # The catalog fields an answer uses: what it shows, and what decides whether an item may be shown.
 ANSWER_FIELDS = ("item_id", "title", "price", "image_url", "category", "in_stock", "deleted")
 

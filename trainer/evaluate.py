@@ -26,7 +26,7 @@ from streamrec.keys import Keys
 from streamrec.modelstore import ModelStore
 from streamrec.recommend import Recommender
 from streamrec.settings import ScoringSettings
-from streamrec.state import StateReader
+from streamrec.state import FrozenCache, StateReader
 from streamrec.trainer import models, train
 from streamrec.trainer.models import Matrix
 from streamrec.trainer.ranking_metrics import TAIL_SUPPORT, Result, score_lists, tail_share
@@ -94,8 +94,11 @@ def served_lists(
     store = ModelStore(client, keys) if blend_model else None
     # answers as of the end of the training data, whatever today's date (decay is relative to it)
     end = training_end(split)
+    # the state does not change while the users are answered, and the clock stands still: what one answer
+    # read, the next takes from the cache (the same values, so the same answers; on Beauty, 22,363 users
+    # are answered in about 26 s instead of 235 s)
     _worker["recommender"] = Recommender(
-        StateReader(client, keys, scoring), scoring, store, clock=lambda: end + 1
+        StateReader(client, keys, scoring), scoring, store, clock=lambda: end + 1, cache=FrozenCache()
     )
     out: dict[str, list[str]] = {}
     try:
