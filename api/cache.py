@@ -65,13 +65,14 @@ class ProcessCache:
         self._tables = {kind: _Table(lists if kind in LISTS else items, ttl_s(kind)) for kind in CACHED_KINDS}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ProcessCache:
+    def from_settings(cls, settings: Settings, clock: Callable[[], float] = time.monotonic) -> ProcessCache:
         """The cache ``STREAMREC_API_CACHE_TTL_MS``, ``…_NEIGHBOURS_TTL_MS``, ``…_ITEMS`` and ``…_LISTS``
-        describe."""
+        describe (``clock``: seconds, monotonic; benchmarks and tests pass their own)."""
         return cls(
             settings.api_cache_ttl_ms,
             settings.api_cache_items,
             settings.api_cache_lists,
+            clock=clock,
             neighbours_ttl_ms=settings.api_cache_neighbours_ttl_ms,
         )
 

@@ -1401,15 +1401,8 @@ def answer_cost(
     from streamrec.recommend import Recommender
     from streamrec.settings import Settings
 
-    settings = Settings()
     now = [0.0]
-    cache = ProcessCache(
-        settings.api_cache_ttl_ms,
-        settings.api_cache_items,
-        settings.api_cache_lists,
-        clock=lambda: now[0],
-        neighbours_ttl_ms=settings.api_cache_neighbours_ttl_ms,
-    )
+    cache = ProcessCache.from_settings(Settings(), clock=lambda: now[0])
     rec = Recommender(StateReader(client, Keys(PREFIX), ScoringSettings()), ScoringSettings(), cache=cache)
     rng = random.Random(seed)
     for _ in range(int(rate * 12)):
