@@ -40,19 +40,30 @@ CHUNK = 250  # users per task handed to a ranking process
 Say = Callable[[str], None]
 
 
-def split_events(split: Split) -> Iterator[Event]:
-    """The training actions as contract events, in global time order (each user's own order kept)."""
-    return merge_events("eval", list(split.train.items()), sessions=False)
+def split_events(split: Split, id_prefix: str = "eval") -> Iterator[Event]:
+    """The training actions as contract events, in global time order (each user's own order kept).
+
+    Event ids are ``<id_prefix>-<n>``, numbered within the split: a second split folded into the same
+    state needs its own prefix, or the state's dedupe would take its events for retries.
+    """
+    return merge_events(id_prefix, list(split.train.items()), sessions=False)
 
 
-def fold(split: Split, client: redis.Redis, keys: Keys, scoring: ScoringSettings, bar: bool) -> float:
+def fold(
+    split: Split,
+    client: redis.Redis,
+    keys: Keys,
+    scoring: ScoringSettings,
+    bar: bool,
+    id_prefix: str = "eval",
+) -> float:
     """Apply the training events with the worker's state script; returns seconds taken."""
     writer = StateWriter(client, keys, scoring, cluster=isinstance(client, redis.cluster.RedisCluster))
     total = sum(len(a) for a in split.train.values())
     t0 = time.perf_counter()
     batch: list[Event] = []
     with tqdm(total=total, desc="fold into Redis", unit="ev", disable=not bar, leave=False) as progress:
-        for event in split_events(split):
+        for event in split_events(split, id_prefix):
             batch.append(event)
             if len(batch) >= FOLD_BATCH:
                 writer.apply(batch)
@@ -62,6 +73,90 @@ def fold(split: Split, client: redis.Redis, keys: Keys, scoring: ScoringSettings
             writer.apply(batch)
             progress.update(len(batch))
     return time.perf_counter() - t0
+
+
+def later_part(split: Split, earlier: Split) -> Split | None:
+    """``split``'s training actions that ``earlier`` lacks, or None unless each of ``earlier``'s users'
+    training actions are the first of theirs in ``split`` (a prefix, as a validation split carved by
+    holding out each user's last action is).
+
+    Folding ``earlier`` and then this part gives the state of folding ``split``: each user's actions still
+    arrive in their order, and the state's sums do not depend on how users interleave.
+    """
+    rest: dict[str, list] = {}
+    for user, actions in split.train.items():
+        before = earlier.train.get(user, [])
+        if actions[: len(before)] != before:
+            return None
+        if len(actions) > len(before):
+            rest[user] = actions[len(before) :]
+    if set(earlier.train) - set(split.train):
+        return None
+    return Split(f"{split.name}:later", rest, {}, {}, split.target_type, list(split.items))
+
+
+_folder: dict = {}
+
+
+def _prepare(step: str) -> tuple[sp.csr_matrix | None, float]:
+    """One step of ``LiveStates``, run in its forked process: returns (validation's live table or None,
+    seconds spent folding towards the test state)."""
+    f = _folder
+    split, client, keys, scoring, valid, later = (
+        f[k] for k in ("split", "client", "keys", "scoring", "valid", "later")
+    )
+    if step == "validation":
+        if later is None:  # not a prefix: folded under its own key prefix, read, dropped
+            return validation_live(split, client, keys, scoring, False), 0.0
+        seconds = fold(valid, client, keys, scoring, False)
+        return live_table(client, keys, scoring, valid.items, training_end(valid) + 1), seconds
+    if later is not None:
+        return None, fold(later, client, keys, scoring, False, id_prefix="eval-later")
+    return None, fold(split, client, keys, scoring, False)
+
+
+class LiveStates:
+    """The streaming state an offline run needs, folded into Redis in a forked process while the
+    baselines and the trainer's families are fitted in this one (Redis, not Python, is the fold's
+    bottleneck, so the two overlap on two cores).
+
+    With ``validation`` the validation split's live table is read first (``table()``). When its events
+    are a prefix of each user's training events (``later_part``), they are folded under the run's own
+    key prefix and only the rest follows, so the training events are folded once, not twice.
+    ``wait()`` returns the seconds spent folding the test state, once it is complete.
+    Errors of the fold (e.g. Redis refusing writes) are raised by ``table()`` / ``wait()``.
+    """
+
+    def __init__(
+        self, split: Split, client: redis.Redis, keys: Keys, scoring: ScoringSettings, validation: bool
+    ) -> None:
+        valid = split.validation() if validation else None
+        later = later_part(split, valid) if valid is not None else None
+        _folder.update(split=split, client=client, keys=keys, scoring=scoring, valid=valid, later=later)
+        self.incremental = later is not None
+        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+        self._table = self._pool.submit(_prepare, "validation") if validation else None
+        self._state = self._pool.submit(_prepare, "test")
+
+    def table(self) -> sp.csr_matrix:
+        """The validation split's live table (``live_table``), waiting for it."""
+        if self._table is None:
+            raise ValueError("these live states were prepared without the validation split")
+        table, _ = self._table.result()
+        assert table is not None
+        return table
+
+    def wait(self) -> float:
+        """Wait for the test state; returns the seconds its events took to fold."""
+        _, seconds = self._state.result()
+        if self.incremental and self._table is not None:
+            seconds += self._table.result()[1]
+        return seconds
+
+    def close(self) -> None:
+        """Wait for the forked process to finish its step and end it."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        _folder.clear()
 
 
 _worker: dict = {}
@@ -188,45 +283,20 @@ def check_models(wanted: Sequence[str]) -> None:
         raise ValueError(f"unknown model(s) {', '.join(sorted(unknown))}: use {', '.join(MODELS)}")
 
 
-def run(
+def _baselines(
     split: Split,
-    client: redis.Redis,
-    keys: Keys,
+    m: Matrix,
+    users: list[str],
+    wanted: Sequence[str],
     scoring: ScoringSettings,
-    wanted: Sequence[str] = MODELS,
-    say: Say = print,
-    bar: bool = True,
-    budget_bytes: int = 4 * train.GIB,
-    max_share: float = train.MAX_BLEND,
-) -> list[Result]:
-    """Evaluate the ``wanted`` models on ``split``; ``client``/``keys`` must point at an empty keyspace.
-
-    Besides HR@10, NDCG@10 and coverage, every result carries its long-tail share: the share of shown
-    items with fewer than ``TAIL_SUPPORT`` training interactions, to compare with that of the held-out
-    items (said once, first).
-    """
-    check_models(wanted)
-    # The protocol's exclusions are explicit, so the recommender's own "seen" filter is not applied twice.
-    scoring = scoring.model_copy(update={"exclude_seen": False})
+    budget_bytes: int,
+    bar: bool,
+    cache: dict,
+    record: Callable[[str, dict[str, list[str]], float], None],
+    say: Say,
+) -> None:
+    """The baselines in ``wanted``, each recorded; the dense fits are left in ``cache`` for the trainer."""
     n_items = len(split.items)
-    m = Matrix.from_split(split)
-    support = support_counts(split)
-    results: list[Result] = []
-    cache: dict = {}
-    users = [u for u in split.targets if u in m.user_index]
-    say(
-        f"held-out items with fewer than {TAIL_SUPPORT} training interactions: "
-        f"{tail_share(split.targets, support):.3f}"
-    )
-
-    def record(name: str, lists: dict[str, list[str]], seconds: float) -> None:
-        result = score_lists(name, lists, split.targets, n_items, seconds, K, support)
-        results.append(result)
-        say(
-            f"{name:>15}: HR@10 {result.hr_at_10:.4f}  NDCG@10 {result.ndcg_at_10:.4f}  "
-            f"tail {result.tail_share:.3f}  ({seconds:.1f}s)"
-        )
-
     if "popularity" in wanted:
         t0 = time.perf_counter()
         pop = models.popularity_scores(m)
@@ -268,35 +338,91 @@ def run(
         cache[(m.fingerprint, config, train.NEIGHBOURS)] = models.top_neighbours(B, train.NEIGHBOURS)
         del B
 
+
+def run(
+    split: Split,
+    client: redis.Redis,
+    keys: Keys,
+    scoring: ScoringSettings,
+    wanted: Sequence[str] = MODELS,
+    say: Say = print,
+    bar: bool = True,
+    budget_bytes: int = 4 * train.GIB,
+    max_share: float = train.MAX_BLEND,
+) -> list[Result]:
+    """Evaluate the ``wanted`` models on ``split``; ``client``/``keys`` must point at an empty keyspace.
+
+    Besides HR@10, NDCG@10 and coverage, every result carries its long-tail share: the share of shown
+    items with fewer than ``TAIL_SUPPORT`` training interactions, to compare with that of the held-out
+    items (said once, first).
+    """
+    check_models(wanted)
+    # The protocol's exclusions are explicit, so the recommender's own "seen" filter is not applied twice.
+    scoring = scoring.model_copy(update={"exclude_seen": False})
+    n_items = len(split.items)
+    m = Matrix.from_split(split)
+    support = support_counts(split)
+    results: list[Result] = []
+    cache: dict = {}
+    users = [u for u in split.targets if u in m.user_index]
+    say(
+        f"held-out items with fewer than {TAIL_SUPPORT} training interactions: "
+        f"{tail_share(split.targets, support):.3f}"
+    )
+
+    def record(name: str, lists: dict[str, list[str]], seconds: float) -> None:
+        result = score_lists(name, lists, split.targets, n_items, seconds, K, support)
+        results.append(result)
+        say(
+            f"{name:>15}: HR@10 {result.hr_at_10:.4f}  NDCG@10 {result.ndcg_at_10:.4f}  "
+            f"tail {result.tail_share:.3f}  ({seconds:.1f}s)"
+        )
+
+    # the streaming state folds in a forked process while the baselines and the trainer fit here
+    live_states = None
     if "streamrec-live" in wanted or "streamrec" in wanted:
-        fold_seconds = fold(split, client, keys, scoring, bar)
-        say(f"folded {sum(len(a) for a in split.train.values()):,} training events in {fold_seconds:.1f}s")
-        store = ModelStore(client, keys)
-        if "streamrec-live" in wanted:
-            t0 = time.perf_counter()
-            lists = served_lists(split, client, keys, scoring, False, bar, "streamrec-live")
-            record("streamrec-live", lists, fold_seconds + time.perf_counter() - t0)
+        live_states = LiveStates(split, client, keys, scoring, validation="streamrec" in wanted)
+    try:
+        _baselines(split, m, users, wanted, scoring, budget_bytes, bar, cache, record, say)
+        if live_states is None:
+            return results
+        trained, train_seconds = None, 0.0
         if "streamrec" in wanted:
             t0 = time.perf_counter()
-            live = validation_live(split, client, keys, scoring, bar)
             trained = train.train(
                 split,
                 scoring,
                 progress=say,
                 cache=cache,
                 m=m,
-                live=live,
+                live=live_states.table,
                 budget_bytes=budget_bytes,
                 bars=bar,
                 max_share=max_share,
             )
-            version = train.new_version(trained.config)
-            store.publish(
-                version,
-                train.neighbour_rows(trained.items, trained.table),
-                trained.meta({"trained_on": split.name}),
-            )
-            store.activate(version)
-            lists = served_lists(split, client, keys, scoring, True, bar, "streamrec")
-            record("streamrec", lists, fold_seconds + time.perf_counter() - t0)
+            train_seconds = time.perf_counter() - t0
+        fold_seconds = live_states.wait()
+    finally:
+        if live_states is not None:
+            live_states.close()
+    how = "the validation split's first, then the rest" if live_states.incremental else "in one pass"
+    say(
+        f"folded {sum(len(a) for a in split.train.values()):,} training events ({how}) in {fold_seconds:.1f}s"
+    )
+    if "streamrec-live" in wanted:
+        t0 = time.perf_counter()
+        lists = served_lists(split, client, keys, scoring, False, bar, "streamrec-live")
+        record("streamrec-live", lists, fold_seconds + time.perf_counter() - t0)
+    if trained is not None:
+        t0 = time.perf_counter()
+        store = ModelStore(client, keys)
+        version = train.new_version(trained.config)
+        store.publish(
+            version,
+            train.neighbour_rows(trained.items, trained.table),
+            trained.meta({"trained_on": split.name}),
+        )
+        store.activate(version)
+        lists = served_lists(split, client, keys, scoring, True, bar, "streamrec")
+        record("streamrec", lists, fold_seconds + train_seconds + time.perf_counter() - t0)
     return results

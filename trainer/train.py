@@ -377,17 +377,22 @@ def train(
     progress: Progress | None = None,
     cache: dict | None = None,
     m: Matrix | None = None,
-    live: sp.csr_matrix | None = None,
+    live: sp.csr_matrix | Callable[[], sp.csr_matrix] | None = None,
     budget_bytes: int = 4 * GIB,
     bars: bool = False,
     max_share: float = MAX_BLEND,
 ) -> TrainedModel:
-    """Choose on validation (the family, then the blend share if ``live`` is given), then fit on all of ``split``."""
+    """Choose on validation (the family, then the blend share if ``live`` is given), then fit on all of ``split``.
+
+    ``live`` may be a callable that returns the table: it is called only once the family is chosen, so
+    a caller can fold the validation events into Redis while the families are fitted.
+    """
     cache = {} if cache is None else cache
     config, validation, skipped = select(split, scoring, configs, progress, budget_bytes, bars, cache)
     blend, blend_rows = (None, [])
     if live is not None:
-        blend, blend_rows = choose_blend(split, config, scoring, live, progress, cache, max_share)
+        table = live() if callable(live) else live
+        blend, blend_rows = choose_blend(split, config, scoring, table, progress, cache, max_share)
     m = m or Matrix.from_split(split)
     t0 = time.perf_counter()
     table = fit(m, config, cache=cache, split=split, progress=bars)
