@@ -4,8 +4,9 @@ The choice is made on a split carved from the training data (each user's last tr
 never on test items. Every candidate is scored the way the API serves it: the user's recent actions,
 weighted by recency and event type, seed each item's top neighbours. Only the families whose fit fits
 the memory budget are tried (dense EASE and SLIST hold several items x items matrices; item-kNN is
-sparse). When the live state of the validation split is given, the blend share of the batch model is
-chosen on the same split and recorded in the model's metadata, where the API reads it.
+sparse). When the live state of the validation split is given, the two best families alone are each
+blended with it on the same split, and the family and blend share that serve best together win; the
+share is recorded in the model's metadata, where the API reads it.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ DEFAULT_CONFIGS: tuple[Config, ...] = (
 # weights a non-purchase action (a cart add, a view) gets in the matrix, tried where the data has several
 TYPE_WEIGHT_GRID = (0.25, 1.0)
 BLEND_GRID = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+BLEND_FINALISTS = 2  # the configs best alone on validation whose blends with the live state are compared
 MAX_BLEND = 0.9  # the live state always keeps a share: new items and co-occurrences show before a retrain
 NEIGHBOURS = 100  # neighbours kept per item in the served model
 SLIST_WINDOW = 10  # SLIT's past and future reach, in actions (Choi et al. use whole sessions)
@@ -319,10 +321,11 @@ def select(
     budget_bytes: int = 4 * GIB,
     bars: bool = False,
     cache: dict | None = None,
-) -> tuple[Config, list[Result], list[str]]:
-    """Score every config that fits the budget on the validation split carved from ``split``; best HR@10 wins.
+) -> tuple[list[Config], list[Result], list[str]]:
+    """Score every config that fits the budget on the validation split carved from ``split``.
 
-    Returns the winner, every candidate's validation figures and a note per config left out for memory.
+    Returns the configs scored, best first (HR@10, then NDCG@10), every candidate's validation figures
+    (in the order tried) and a note per config left out for memory.
     """
     valid = sampled(split.validation())
     m = Matrix.from_split(valid)
@@ -341,33 +344,78 @@ def select(
         results.append(result)
         if progress:
             progress(f"validation {config.name}: HR@10 {result.hr_at_10:.4f} NDCG@10 {result.ndcg_at_10:.4f}")
-    best = max(zip(configs, results, strict=True), key=lambda cr: (cr[1].hr_at_10, cr[1].ndcg_at_10))
-    return best[0], results, skipped
+    ranked = sorted(
+        zip(configs, results, strict=True), key=lambda cr: (-cr[1].hr_at_10, -cr[1].ndcg_at_10)
+    )  # stable: on a tie the earlier config stays first
+    return [c for c, _ in ranked], results, skipped
 
 
 def choose_blend(
     split: Split,
-    config: Config,
+    configs: Sequence[Config],
     scoring: ScoringSettings,
     live: sp.csr_matrix,
     progress: Progress | None = None,
     cache: dict | None = None,
     max_share: float = MAX_BLEND,
-) -> tuple[float, list[dict[str, float]]]:
-    """The batch model's blend share, at most ``max_share``, that serves the validation split best (HR@10, then NDCG@10).
+) -> tuple[Config, float, list[dict[str, float]]]:
+    """The config among ``configs`` and its blend share, at most ``max_share``, whose blend with the live
+    state serves the validation split best (HR@10, then NDCG@10; on a tie the earlier config, then the
+    share nearest ``scoring.model_blend``). Returns it with its share and that config's figure per share.
 
+    The family and the share are chosen together on the served blend's figure: a batch model that scores
+    a little higher alone may add less to the live state than one that scores a little lower.
     ``live`` is the live state built from the validation split's training events (by the real state
     script), as a popularity-normalised items x items table in ``split.validation()``'s item order.
     """
     valid = sampled(split.validation())
     m = Matrix.from_split(valid)
-    table = fit(m, config, cache=cache, split=valid)
-    rows = blend_results(m, valid, table, live, scoring, [s for s in BLEND_GRID if s <= max_share])
-    out = [{"share": s, "hr_at_10": round(h, 6), "ndcg_at_10": round(g, 6)} for s, h, g in rows]
-    if progress:
-        progress("validation blend " + ", ".join(f"{s:g}: {h:.4f}/{g:.4f}" for s, h, g in rows))
-    share = max(rows, key=lambda row: (row[1], row[2], -abs(row[0] - scoring.model_blend)))[0]
-    return share, out
+    shares = [s for s in BLEND_GRID if s <= max_share]
+    best: tuple[tuple[float, float, float], Config, float, list[dict[str, float]]] | None = None
+    for config in configs:
+        table = fit(m, config, cache=cache, split=valid)
+        rows = blend_results(m, valid, table, live, scoring, shares)
+        if progress:
+            progress(
+                f"validation blend {config.name} " + ", ".join(f"{s:g}: {h:.4f}/{g:.4f}" for s, h, g in rows)
+            )
+        out = [{"share": s, "hr_at_10": round(h, 6), "ndcg_at_10": round(g, 6)} for s, h, g in rows]
+        for share, hr, ndcg in rows:
+            key = (hr, ndcg, -abs(share - scoring.model_blend))
+            if best is None or key > best[0]:
+                best = (key, config, share, out)
+    if best is None:
+        raise ValueError("no config to blend")
+    return best[1], best[2], best[3]
+
+
+def choose(
+    split: Split,
+    scoring: ScoringSettings,
+    configs: Sequence[Config],
+    progress: Progress | None,
+    budget_bytes: int,
+    bars: bool,
+    cache: dict,
+    live: sp.csr_matrix | Callable[[], sp.csr_matrix] | None,
+    max_share: float,
+) -> tuple[Config, list[Result], list[str], float | None, list[dict[str, float]]]:
+    """Choose on validation: every config alone (``select``), then, given ``live``, the best
+    ``BLEND_FINALISTS`` configs' blends with it (``choose_blend``). Returns the chosen config, every
+    config's validation figures, the configs left out for memory, the share (None without ``live``) and
+    the chosen config's figure per share.
+
+    ``live`` may be a callable that returns the table: it is called only once the configs are scored, so
+    a caller can fold the validation events into Redis while the families are fitted.
+    """
+    ranked, validation, skipped = select(split, scoring, configs, progress, budget_bytes, bars, cache)
+    if live is None:
+        return ranked[0], validation, skipped, None, []
+    table = live() if callable(live) else live
+    config, share, rows = choose_blend(
+        split, ranked[:BLEND_FINALISTS], scoring, table, progress, cache, max_share
+    )
+    return config, validation, skipped, share, rows
 
 
 def train(
@@ -382,17 +430,12 @@ def train(
     bars: bool = False,
     max_share: float = MAX_BLEND,
 ) -> TrainedModel:
-    """Choose on validation (the family, then the blend share if ``live`` is given), then fit on all of ``split``.
-
-    ``live`` may be a callable that returns the table: it is called only once the family is chosen, so
-    a caller can fold the validation events into Redis while the families are fitted.
-    """
+    """Choose on validation (``choose``: the family, and with ``live`` the blend share with it), then fit
+    on all of ``split``."""
     cache = {} if cache is None else cache
-    config, validation, skipped = select(split, scoring, configs, progress, budget_bytes, bars, cache)
-    blend, blend_rows = (None, [])
-    if live is not None:
-        table = live() if callable(live) else live
-        blend, blend_rows = choose_blend(split, config, scoring, table, progress, cache, max_share)
+    config, validation, skipped, blend, blend_rows = choose(
+        split, scoring, configs, progress, budget_bytes, bars, cache, live, max_share
+    )
     m = m or Matrix.from_split(split)
     t0 = time.perf_counter()
     table = fit(m, config, cache=cache, split=split, progress=bars)
@@ -463,10 +506,9 @@ def train_and_publish(
     """
     started = time.perf_counter()
     cache: dict = {}
-    config, validation, skipped = select(split, scoring, configs, progress, budget_bytes, bars, cache)
-    blend, blend_rows = (None, [])
-    if live is not None:
-        blend, blend_rows = choose_blend(split, config, scoring, live, progress, cache, max_share)
+    config, validation, skipped, blend, blend_rows = choose(
+        split, scoring, configs, progress, budget_bytes, bars, cache, live, max_share
+    )
     cache.clear()
     m = Matrix.from_split(split)
     t0 = time.perf_counter()

@@ -17,12 +17,17 @@ from streamrec.trainer.models import Matrix
 from streamrec.trainer.ranking_metrics import hit_and_gain, score_lists, table, tail_share
 from streamrec.trainer.splits import Split, leave_last_out, load_split
 from streamrec.trainer.train import (
+    BLEND_GRID,
     DEFAULT_CONFIGS,
     GIB,
+    MAX_BLEND,
+    NEIGHBOURS,
     Config,
     blend_results,
+    choose_blend,
     fit,
     preference_matrix,
+    sampled,
     seed_matrix,
     select,
     served_lists,
@@ -169,10 +174,43 @@ def test_every_family_learns_a_chain(config: Config) -> None:
     assert result.hr_at_10 == 1.0, config.name
 
 
-def test_selection_happens_on_validation_and_picks_a_family() -> None:
-    config, results, skipped = select(chain_split(), ScoringSettings())
-    assert config in DEFAULT_CONFIGS and len(results) == len(DEFAULT_CONFIGS) and not skipped
+def test_selection_happens_on_validation_and_ranks_the_families() -> None:
+    ranked, results, skipped = select(chain_split(), ScoringSettings())
+    assert sorted(ranked, key=str) == sorted(DEFAULT_CONFIGS, key=str) and not skipped
+    assert len(results) == len(DEFAULT_CONFIGS)
     assert all(r.users == 60 for r in results)  # validation users, not test users
+    by_name = {r.model: r for r in results}
+    figures = [(by_name[c.name].hr_at_10, by_name[c.name].ndcg_at_10) for c in ranked]
+    assert figures == sorted(figures, reverse=True)
+
+
+def test_the_family_and_the_share_are_chosen_together_on_the_served_blend() -> None:
+    """A family that scores higher alone can add less to the live state than one that scores lower:
+    each finalist's blend is scored, and the best blend wins, not the best family alone."""
+    split = chain_split()  # validation: seeds i{s}, i{s+1}; the target is i{s+2}, for s = 0..7
+    valid = sampled(split.validation())
+    m = Matrix.from_split(valid)
+    n = len(m.items)
+
+    def knows(anchors: range | list[int]) -> sp.csr_matrix:
+        """A table that knows the next item after each of ``anchors``."""
+        t = np.zeros((n, n), dtype=np.float32)
+        for a in anchors:
+            t[m.item_index[f"i{a}"], m.item_index[f"i{a + 1}"]] = 1.0
+        return sp.csr_matrix(t)
+
+    live = knows(range(1, 6))  # the live state knows the shoppers whose last seed is i1 .. i5
+    alone = Config("ease", (("lambda", 1.0),))  # knows what live knows, and i6: better alone
+    adds = Config("ease", (("lambda", 2.0),))  # knows i6 .. i8 only: worse alone, but what live lacks
+    tables = {alone: knows(range(1, 7)), adds: knows(range(6, 9))}
+    cache = {(m.fingerprint, c, NEIGHBOURS): t for c, t in tables.items()}
+    scoring = ScoringSettings()
+    by_itself = {c: blend_results(m, valid, t, live, scoring, shares=(1.0,))[0][1] for c, t in tables.items()}
+    assert by_itself[alone] > by_itself[adds]
+    config, share, rows = choose_blend(split, [alone, adds], scoring, live, cache=cache)
+    assert config == adds and 0 < share < 1
+    assert max(r["hr_at_10"] for r in rows) == pytest.approx(1.0)  # together they know every shopper
+    assert [r["share"] for r in rows] == [s for s in BLEND_GRID if s <= MAX_BLEND]
 
 
 def test_blend_scales_each_side_and_keeps_the_stronger_reason() -> None:
