@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from streamrec import event_types
 from streamrec.modelstore import ModelStore
@@ -258,9 +258,18 @@ class Recommender:
     ) -> Answer:
         """Personal recommendations: neighbours of recent actions and items that followed recent searches."""
         exclude = set(exclude)
-        return self._answer(user_id, lambda snap: self._for_user(snap, k, category, exclude))
+        scored: dict[str, Any] = {}
+        return self._answer(user_id, lambda snap: self._for_user(snap, k, category, exclude, scored))
 
-    def _for_user(self, snap: Snapshot, k: int, category: str | None, exclude: set[str]) -> Answer:
+    def _for_user(
+        self, snap: Snapshot, k: int, category: str | None, exclude: set[str], scored: dict[str, Any]
+    ) -> Answer:
+        """One pass of ``for_user``. ``scored`` keeps the ranked candidates of the snapshot that scored
+        them: a later pass of the same snapshot (one that only reads catalog records or fallbacks) ranks
+        from the values that pass read, so it takes them as they are instead of scoring again."""
+        if scored.get("snap") is snap:
+            ranked, excluded, basis, version = scored["ranked"]
+            return self._finish(snap, ranked, k, category, excluded, basis, model_version=version)
         s = self.scoring
         user = snap.user
         assert user is not None
@@ -288,9 +297,9 @@ class Recommender:
         ranked = rank(candidates.values(), k * 3 + 20, excluded)
         # categories of what the user did and searched, for the fallback
         basis = list(seeds)[:10] + [i for items in term_items.values() for i in list(items)[:5]]
-        return self._finish(
-            snap, ranked, k, category, excluded, basis, model_version=version if batch else None
-        )
+        used = version if batch else None
+        scored["snap"], scored["ranked"] = snap, (ranked, excluded, basis, used)
+        return self._finish(snap, ranked, k, category, excluded, basis, model_version=used)
 
     def similar(self, item_id: str, k: int, user_id: str | None = None) -> Answer:
         """Items that shoppers acted on together with ``item_id``, popularity-normalised."""

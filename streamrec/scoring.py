@@ -203,16 +203,26 @@ def blend(
     """
     live_top = max((c.score for c in live.values()), default=0.0) or 1.0
     batch_top = max((c.score for c in batch.values()), default=0.0) or 1.0
+    # Candidate.add's arithmetic inlined (every answer with a model blends about a thousand candidates):
+    # the same sums in the same order, live items first, then the model's new ones
     out: dict[str, Candidate] = {}
-    for item in dict.fromkeys([*live, *batch]):
-        cand = Candidate(item)
-        if item in live and weight < 1:
-            c = live[item]
-            cand.add((1.0 - weight) * c.score / live_top, c.reason, c.source)
-        if item in batch and weight > 0:
-            c = batch[item]
-            cand.add(weight * c.score / batch_top, c.reason, "model")
-        out[item] = cand
+    share = 1.0 - weight
+    for item, c in live.items():
+        cand = out[item] = Candidate(item)
+        if weight < 1:
+            amount = share * c.score / live_top
+            cand.score += amount
+            if amount > 0.0:
+                cand.best, cand.reason, cand.source = amount, c.reason, c.source
+    for item, c in batch.items():
+        cand = out.get(item)
+        if cand is None:
+            cand = out[item] = Candidate(item)
+        if weight > 0:
+            amount = weight * c.score / batch_top
+            cand.score += amount
+            if amount > cand.best:
+                cand.best, cand.reason, cand.source = amount, c.reason, "model"
     return out
 
 
