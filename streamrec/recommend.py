@@ -19,14 +19,7 @@ from typing import Any, TypeVar
 
 from streamrec import event_types
 from streamrec.modelstore import ModelStore
-from streamrec.scoring import (
-    Candidate,
-    add_repeats,
-    blend,
-    history_seeds,
-    rank,
-    score_personal,
-)
+from streamrec.scoring import Candidate, blend, history_seeds, personal_scores, rank
 from streamrec.settings import ScoringSettings
 from streamrec.state import MISSING, Cache, NoCache, Snapshot, SnapshotMoved, StateReader
 
@@ -284,17 +277,16 @@ class Recommender:
         neighbours = snap.neighbours(list(seeds))
         if not snap.complete:  # read what these need first: no scoring or ranking of half the candidates
             return INCOMPLETE
-        candidates = score_personal(seeds, seed_types, neighbours, term_items, s.search_blend)
+        scores = personal_scores(seeds, seed_types, neighbours, term_items, s.search_blend)
         version, batch, share = self._batch(snap, list(seeds))
         if batch:
-            from_model = score_personal(seeds, seed_types, batch, {}, 0.0)
-            candidates = blend(candidates, from_model, share)
+            scores = scores.blended(personal_scores(seeds, seed_types, batch, {}, 0.0), share)
         excluded = exclude | user.bought
         if s.exclude_seen:
             excluded |= {e.item_id for e in user.history} | set(user.preferences)
         else:
-            candidates = add_repeats(candidates, user.preferences, seed_types, s.repeat_blend)
-        ranked = rank(candidates.values(), k * 3 + 20, excluded)
+            scores.add_repeats(user.preferences, seed_types, s.repeat_blend)
+        ranked = scores.top(k * 3 + 20, excluded)
         # categories of what the user did and searched, for the fallback
         basis = list(seeds)[:10] + [i for items in term_items.values() for i in list(items)[:5]]
         used = version if batch else None

@@ -146,6 +146,126 @@ def history_seeds(
     return seeds
 
 
+class Scores:
+    """Candidates as parallel dicts: item -> total score, its largest single contribution (``best``), and
+    that contribution's reason (``why``) and source (``src``).
+
+    The hot path of every answer (about a thousand candidates each) works on these, and makes a
+    ``Candidate`` only for the items ``top`` keeps. Every step does ``Candidate.add``'s arithmetic in the
+    same order, so scores and reasons are the same to the last bit as with candidate objects.
+    """
+
+    __slots__ = ("score", "best", "why", "src")
+
+    def __init__(self) -> None:
+        self.score: dict[str, float] = {}
+        self.best: dict[str, float] = {}
+        self.why: dict[str, str] = {}
+        self.src: dict[str, str] = {}
+
+    @classmethod
+    def of(cls, candidates: Mapping[str, Candidate]) -> Scores:
+        """The same candidates as parallel dicts."""
+        out = cls()
+        for item, c in candidates.items():
+            out.score[item], out.best[item], out.why[item], out.src[item] = (
+                c.score,
+                c.best,
+                c.reason,
+                c.source,
+            )
+        return out
+
+    def add(self, item: str, amount: float, reason: str, source: str) -> None:
+        """``Candidate.add`` for ``item`` (a new item starts at zero)."""
+        self.score[item] = self.score.get(item, 0.0) + amount
+        if amount > self.best.get(item, 0.0):
+            self.best[item], self.why[item], self.src[item] = amount, reason, source
+
+    def candidate(self, item: str) -> Candidate:
+        """``item`` as a ``Candidate``."""
+        return Candidate(
+            item, self.score[item], self.why.get(item, ""), self.src.get(item, ""), self.best.get(item, 0.0)
+        )
+
+    def candidates(self) -> dict[str, Candidate]:
+        """Every item as a ``Candidate``, in the order they were added."""
+        return {item: self.candidate(item) for item in self.score}
+
+    def blended(self, batch: Scores, weight: float) -> Scores:
+        """These (live-state) scores mixed with ``batch``'s, each side scaled to a top of one (see ``blend``)."""
+        live_top = max(self.score.values(), default=0.0) or 1.0
+        batch_top = max(batch.score.values(), default=0.0) or 1.0
+        out = Scores()
+        score, best, why, src = out.score, out.best, out.why, out.src
+        share = 1.0 - weight
+        for item, value in self.score.items():
+            score[item] = 0.0
+            if weight < 1:
+                amount = share * value / live_top
+                score[item] += amount
+                if amount > 0.0:
+                    best[item], why[item], src[item] = amount, self.why.get(item, ""), self.src.get(item, "")
+        for item, value in batch.score.items():
+            if item not in score:
+                score[item] = 0.0
+            if weight > 0:
+                amount = weight * value / batch_top
+                score[item] += amount
+                if amount > best.get(item, 0.0):
+                    best[item], why[item], src[item] = amount, batch.why.get(item, ""), "model"
+        return out
+
+    def add_repeats(
+        self, preferences: Mapping[str, float], seed_types: Mapping[str, str], weight: float
+    ) -> None:
+        """Offer the user's own items back, in place (see ``add_repeats``)."""
+        top_pref = max((v for v in preferences.values() if v > 0), default=0.0)
+        if weight <= 0 or top_pref <= 0:
+            return
+        scale = weight * (max(self.score.values(), default=0.0) or 1.0) / top_pref
+        for item, pref in preferences.items():
+            if pref > 0:
+                self.add(item, scale * pref, event_types.repeat_reason(seed_types.get(item, "")), "repeat")
+
+    def top(self, k: int, exclude: set[str]) -> list[Candidate]:
+        """The ``k`` best items with a positive score outside ``exclude``, as ``rank`` orders them."""
+        score = self.score
+        kept = [item for item, value in score.items() if value > 0 and item not in exclude]
+        return [self.candidate(item) for item in heapq.nsmallest(k, kept, key=lambda i: (-score[i], i))]
+
+
+def personal_scores(
+    seeds: Mapping[str, float],
+    seed_types: Mapping[str, str],
+    neighbours: Mapping[str, Mapping[str, float]],
+    term_items: Mapping[str, Mapping[str, float]],
+    search_blend: float,
+) -> Scores:
+    """``score_personal`` as ``Scores``."""
+    out = Scores()
+    score, best, why, src = out.score, out.best, out.why, out.src
+    for seed, seed_weight in seeds.items():
+        row = neighbours.get(seed)
+        if not row:
+            continue
+        reason = event_types.reason(seed_types.get(seed, "view")).format(seed)
+        for item, sim in row.items():
+            amount = seed_weight * sim
+            score[item] = score.get(item, 0.0) + amount
+            if amount > best.get(item, 0.0):
+                best[item], why[item], src[item] = amount, reason, "item_to_item"
+    for term, items in term_items.items():
+        total = sum(v for v in items.values() if v > 0)
+        if total <= 0:
+            continue
+        for item, weight in items.items():
+            if weight <= 0:
+                continue
+            out.add(item, search_blend * weight / total, f"matches your search '{term}'", "search")
+    return out
+
+
 def score_personal(
     seeds: Mapping[str, float],
     seed_types: Mapping[str, str],
@@ -159,38 +279,7 @@ def score_personal(
     search term to item weights (normalised here to sum to one per term, so a common term does not
     drown a rare one).
     """
-    # the item-to-item part in plain dicts (the hot loop of every answer: about a thousand pairs), added in
-    # the same order as Candidate.add would, so scores and reasons are the same to the last bit
-    score: dict[str, float] = {}
-    best: dict[str, float] = {}
-    why: dict[str, str] = {}
-    for seed, seed_weight in seeds.items():
-        row = neighbours.get(seed)
-        if not row:
-            continue
-        reason = event_types.reason(seed_types.get(seed, "view")).format(seed)
-        for item, sim in row.items():
-            amount = seed_weight * sim
-            score[item] = score.get(item, 0.0) + amount
-            if amount > best.get(item, 0.0):
-                best[item] = amount
-                why[item] = reason
-    out = {
-        item: Candidate(
-            item, total, why.get(item, ""), "item_to_item" if item in why else "", best.get(item, 0.0)
-        )
-        for item, total in score.items()
-    }
-    for term, items in term_items.items():
-        total = sum(v for v in items.values() if v > 0)
-        if total <= 0:
-            continue
-        for item, weight in items.items():
-            if weight <= 0:
-                continue
-            cand = out.setdefault(item, Candidate(item))
-            cand.add(search_blend * weight / total, f"matches your search '{term}'", "search")
-    return out
+    return personal_scores(seeds, seed_types, neighbours, term_items, search_blend).candidates()
 
 
 def blend(
@@ -201,33 +290,11 @@ def blend(
     ``weight`` is the batch model's share (0 = live state alone, 1 = batch model alone). Each item keeps
     the reason of whichever side contributed more.
     """
-    live_top = max((c.score for c in live.values()), default=0.0) or 1.0
-    batch_top = max((c.score for c in batch.values()), default=0.0) or 1.0
-    # Candidate.add's arithmetic inlined (every answer with a model blends about a thousand candidates):
-    # the same sums in the same order, live items first, then the model's new ones
-    out: dict[str, Candidate] = {}
-    share = 1.0 - weight
-    for item, c in live.items():
-        cand = out[item] = Candidate(item)
-        if weight < 1:
-            amount = share * c.score / live_top
-            cand.score += amount
-            if amount > 0.0:
-                cand.best, cand.reason, cand.source = amount, c.reason, c.source
-    for item, c in batch.items():
-        cand = out.get(item)
-        if cand is None:
-            cand = out[item] = Candidate(item)
-        if weight > 0:
-            amount = weight * c.score / batch_top
-            cand.score += amount
-            if amount > cand.best:
-                cand.best, cand.reason, cand.source = amount, c.reason, "model"
-    return out
+    return Scores.of(live).blended(Scores.of(batch), weight).candidates()
 
 
 def add_repeats(
-    candidates: dict[str, Candidate],
+    candidates: Mapping[str, Candidate],
     preferences: Mapping[str, float],
     seed_types: Mapping[str, str],
     weight: float,
@@ -235,16 +302,11 @@ def add_repeats(
     """Offer the user's own items back (carted, viewed), scaled so the strongest matches the best candidate.
 
     Used when seen items are not excluded: an item waiting in the cart is often the next purchase.
+    Returns the candidates with the user's items added (the input is left as it was).
     """
-    top_pref = max((v for v in preferences.values() if v > 0), default=0.0)
-    if weight <= 0 or top_pref <= 0:
-        return candidates
-    scale = weight * (max((c.score for c in candidates.values()), default=0.0) or 1.0) / top_pref
-    for item, pref in preferences.items():
-        if pref > 0:
-            cand = candidates.setdefault(item, Candidate(item))
-            cand.add(scale * pref, event_types.repeat_reason(seed_types.get(item, "")), "repeat")
-    return candidates
+    scores = Scores.of(candidates)
+    scores.add_repeats(preferences, seed_types, weight)
+    return scores.candidates()
 
 
 def rank(
