@@ -232,11 +232,28 @@ def served_lists(
     return models.top_k_lists(lambda rows: (Q[rows] @ table).toarray(), users, m, split.exclude, k)
 
 
-def _scaled(S: np.ndarray) -> np.ndarray:
-    """Each row divided by its largest score, as ``scoring.blend`` scales each side to a top of one."""
-    top = S.max(axis=1, keepdims=True)
-    top[top <= 0] = 1.0
-    return S / top
+def _row_top(values: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """Each row's largest value, at least 0 (a dense row's absent entries are zeros)."""
+    top = np.zeros(n_rows, dtype=values.dtype)
+    np.maximum.at(top, rows, values)
+    return top
+
+
+def _positive_or_one(top: np.ndarray) -> np.ndarray:
+    return np.where(top > 0, top, 1.0).astype(top.dtype)
+
+
+def _aligned(parts: Sequence[sp.coo_matrix], n: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The union of the parts' entries (rows x ``n``) as (row, column, one value array per part)."""
+    keys = np.concatenate([p.row.astype(np.int64) * n + p.col for p in parts])
+    union, where = np.unique(keys, return_inverse=True)
+    values, at = [], 0
+    for p in parts:
+        v = np.zeros(len(union), dtype=np.float32)
+        v[where[at : at + p.nnz]] = p.data
+        at += p.nnz
+        values.append(v)
+    return union // n, union % n, values
 
 
 def blend_results(
@@ -254,47 +271,66 @@ def blend_results(
     (``scoring.blend``); with ``exclude_seen`` off the user's own items are offered back as
     ``scoring.add_repeats`` does; the user's seen items or the protocol's exclusions are left out.
     ``live`` is the live state's popularity-normalised neighbour table (items x items).
+
+    Only each user's candidates are scored (the items either side or the preferences name, a few
+    hundred of the catalogue): per share, the top ``k`` is picked from a row as wide as the most
+    candidates any user of the batch has, not from the whole catalogue.
     """
     Q = seed_matrix(m, split, scoring)
-    prefs = None if scoring.exclude_seen else preference_matrix(m, split, scoring)
+    prefs = (
+        None if scoring.exclude_seen or scoring.repeat_blend <= 0 else preference_matrix(m, split, scoring)
+    )
     users = [u for u in split.targets if u in m.user_index]
     hits = np.zeros(len(shares))
     gains = np.zeros(len(shares))
-    batch_rows = models.score_batch(len(m.items))
-    for start in range(0, len(users), batch_rows):
-        chunk = users[start : start + batch_rows]
-        rows = np.array([m.user_index[u] for u in chunk])
-        q = Q[rows]
-        L = _scaled((q @ live).toarray())
-        B = _scaled((q @ table).toarray())
-        P = None if prefs is None else prefs[rows].toarray()
-        banned = []
-        for user in chunk:
+    n = len(m.items)
+    for start in range(0, len(users), models.score_batch(n)):
+        chunk = users[start : start + models.score_batch(n)]
+        q = Q[np.array([m.user_index[u] for u in chunk])]
+        parts = [(q @ live).tocoo(), (q @ table).tocoo()]
+        if prefs is not None:
+            parts.append(prefs[np.array([m.user_index[u] for u in chunk])].tocoo())
+        rows, cols, values = _aligned(parts, n)
+        # each side scaled to a top of one per user (a top that is not positive leaves the side as it is)
+        L, B = (v / _positive_or_one(_row_top(v, rows, len(chunk)))[rows] for v in values[:2])
+        banned_keys = []
+        for r, user in enumerate(chunk):
             ex = split.exclude.get(user, set())
             if scoring.exclude_seen:
                 ex = ex | {i for _, i, _ in split.train[user]}
-            banned.append([m.item_index[i] for i in ex if i in m.item_index])
+            banned_keys.extend(r * n + m.item_index[i] for i in ex if i in m.item_index)
+        banned = np.isin(rows * n + cols, np.array(banned_keys, dtype=np.int64))
+        counts = np.bincount(rows, minlength=len(chunk))
+        width = max(int(counts.max()) if len(counts) else 0, 1)
+        slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+        item_at = np.zeros((len(chunk), width), dtype=np.int64)
+        item_at[rows, slot] = cols
         for s, share in enumerate(shares):
             S = (1.0 - share) * L + share * B
-            if P is not None and scoring.repeat_blend > 0:
-                top_pref = P.max(axis=1, keepdims=True)
-                scale = scoring.repeat_blend * np.where(
-                    S.max(axis=1, keepdims=True) > 0, S.max(axis=1, keepdims=True), 1.0
-                )
-                S = S + np.divide(scale, top_pref, out=np.zeros_like(top_pref), where=top_pref > 0) * P
-            S[S <= 0] = -np.inf
-            for r, ban in enumerate(banned):
-                S[r, ban] = -np.inf
-            top = np.argpartition(-S, k, axis=1)[:, :k]
-            order = np.argsort(-np.take_along_axis(S, top, axis=1), axis=1, kind="stable")
+            if prefs is not None:
+                P = values[2]
+                top_pref = _row_top(P, rows, len(chunk))
+                top_s = _row_top(S, rows, len(chunk))
+                scale = scoring.repeat_blend * _positive_or_one(top_s)
+                factor = np.divide(scale, top_pref, out=np.zeros_like(top_pref), where=top_pref > 0)
+                S = S + factor[rows] * P
+            keep = (S > 0) & ~banned
+            V = np.full((len(chunk), width), -np.inf, dtype=np.float32)
+            V[rows[keep], slot[keep]] = S[keep]
+            top = (
+                np.argpartition(-V, k, axis=1)[:, :k]
+                if width > k
+                else np.tile(np.arange(width), (len(chunk), 1))
+            )
+            order = np.argsort(-np.take_along_axis(V, top, axis=1), axis=1, kind="stable")
             top = np.take_along_axis(top, order, axis=1)
             for r, user in enumerate(chunk):
-                ranked = [m.items[j] for j in top[r] if np.isfinite(S[r, j])]
+                ranked = [m.items[item_at[r, j]] for j in top[r] if np.isfinite(V[r, j])]
                 h, g = hit_and_gain(ranked, split.targets[user], k)
                 hits[s] += h
                 gains[s] += g
-    n = max(len(split.targets), 1)
-    return [(float(share), float(hits[s] / n), float(gains[s] / n)) for s, share in enumerate(shares)]
+    count = max(len(split.targets), 1)
+    return [(float(share), float(hits[s] / count), float(gains[s] / count)) for s, share in enumerate(shares)]
 
 
 def sampled(split: Split, n: int = VALIDATION_USERS) -> Split:
