@@ -3,8 +3,9 @@
 ``streamrec-live`` folds the training events through the worker's own state script into a real Redis
 and ranks with the API's own ``Recommender``; ``streamrec`` does the same with the trainer's batch model
 published and blended in, exactly as the API serves it. The trainer chooses the model and its blend share
-on the validation split, whose live state is folded by the same script under a second key prefix. The
-baselines see the same training matrix, the same exclusions and the same metric code.
+together on the validation split, whose live state is folded by the same script (first, under the run's
+own prefix, when its events are a prefix of each user's; see ``LiveStates``). The baselines see the same
+training matrix, the same exclusions and the same metric code.
 """
 
 from __future__ import annotations
