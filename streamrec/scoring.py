@@ -242,7 +242,14 @@ def personal_scores(
     term_items: Mapping[str, Mapping[str, float]],
     search_blend: float,
 ) -> Scores:
-    """``score_personal`` as ``Scores``."""
+    """Blend item-to-item neighbours of the seeds with items that followed the user's searches.
+
+    ``seeds`` maps an item of the user's recent history to its weight (``history_seeds``);
+    ``neighbours`` maps a seed to its popularity-normalised neighbours; ``term_items`` maps each recent
+    search term to item weights (normalised here to sum to one per term, so a common term does not
+    drown a rare one). A candidate's score is the sum of seed weight x similarity over its seeds plus
+    ``search_blend`` x its normalised term weights; its reason is that of its largest contribution.
+    """
     out = Scores()
     score, best, why, src = out.score, out.best, out.why, out.src
     for seed, seed_weight in seeds.items():
@@ -273,12 +280,7 @@ def score_personal(
     term_items: Mapping[str, Mapping[str, float]],
     search_blend: float,
 ) -> dict[str, Candidate]:
-    """Blend item-to-item neighbours of the seeds with items that followed the user's searches.
-
-    ``neighbours`` maps a seed to its popularity-normalised neighbours; ``term_items`` maps each recent
-    search term to item weights (normalised here to sum to one per term, so a common term does not
-    drown a rare one).
-    """
+    """``personal_scores`` as a ``Candidate`` per item."""
     return personal_scores(seeds, seed_types, neighbours, term_items, search_blend).candidates()
 
 
