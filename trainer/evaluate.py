@@ -82,7 +82,10 @@ def later_part(split: Split, earlier: Split) -> Split | None:
     holding out each user's last action is).
 
     Folding ``earlier`` and then this part gives the state of folding ``split``: each user's actions still
-    arrive in their order, and the state's sums do not depend on how users interleave.
+    arrive in their order, and the state's sums do not depend on how users interleave. One exception:
+    a neighbour list past its bound is trimmed to its strongest members at the moment it overflows, so
+    where lists are full the two orders may keep different weak members (on MovieLens-100k the live
+    row's HR@10 moved from 0.1983 to 0.1972).
     """
     rest: dict[str, list] = {}
     for user, actions in split.train.items():
