@@ -284,12 +284,14 @@ def blend_results(
     hits = np.zeros(len(shares))
     gains = np.zeros(len(shares))
     n = len(m.items)
-    for start in range(0, len(users), models.score_batch(n)):
-        chunk = users[start : start + models.score_batch(n)]
-        q = Q[np.array([m.user_index[u] for u in chunk])]
+    batch_rows = models.score_batch(n)
+    for start in range(0, len(users), batch_rows):
+        chunk = users[start : start + batch_rows]
+        index = np.array([m.user_index[u] for u in chunk])
+        q = Q[index]
         parts = [(q @ live).tocoo(), (q @ table).tocoo()]
         if prefs is not None:
-            parts.append(prefs[np.array([m.user_index[u] for u in chunk])].tocoo())
+            parts.append(prefs[index].tocoo())
         rows, cols, values = _aligned(parts, n)
         # each side scaled to a top of one per user (a top that is not positive leaves the side as it is)
         L, B = (v / _positive_or_one(_row_top(v, rows, len(chunk)))[rows] for v in values[:2])
