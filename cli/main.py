@@ -305,9 +305,22 @@ def evaluate(
     models: Annotated[
         str,
         typer.Option(
-            help="Comma-separated: streamrec, streamrec-live, popularity, bm25, cosine, als, ease, slist."
+            help="Comma-separated: streamrec, streamrec-live, popularity, bm25, cosine, als, ease, slist, "
+            "slist-catalog (SLIST with the catalog's features, where the data has a catalog)."
         ),
-    ] = ",".join(("streamrec", "streamrec-live", "popularity", "bm25", "cosine", "als", "ease", "slist")),
+    ] = ",".join(
+        (
+            "streamrec",
+            "streamrec-live",
+            "popularity",
+            "bm25",
+            "cosine",
+            "als",
+            "ease",
+            "slist",
+            "slist-catalog",
+        )
+    ),
     redis_url: Annotated[
         str | None,
         typer.Option(
@@ -397,6 +410,7 @@ def tune(
 def _simulated_split(events: int, items: int, users: int, seed: int):  # type: ignore[no-untyped-def]
     """A leave-last-out split of a simulated shop's log, built in process (no broker), with its whole catalog."""
     from streamrec.producers.simulate import make_catalog, simulate_events
+    from streamrec.trainer import features
     from streamrec.trainer.splits import SYNTHETIC_END_MS, leave_last_out
 
     catalog = make_catalog(items, seed)
@@ -410,6 +424,7 @@ def _simulated_split(events: int, items: int, users: int, seed: int):  # type: i
     split = leave_last_out(f"simulated-{events}x{items}", actions.items())
     seen = set(split.items)
     split.items.extend(i.item_id for i in catalog if i.item_id not in seen)
+    split.features = features.from_records((i.item_id, i.category, i.attributes) for i in catalog)
     return split
 
 
@@ -443,7 +458,7 @@ def train(
     the family chosen, its blend share, the time taken and the peak memory (RSS).
     """
     from streamrec.topics import Topics
-    from streamrec.trainer import eventlog
+    from streamrec.trainer import eventlog, features
     from streamrec.trainer.splits import leave_last_out, load_split
     from streamrec.trainer.train import train_and_publish
 
@@ -463,6 +478,9 @@ def train(
                 f"read {sum(len(a) for a in users.values()):,} events from {topic} ({rejected} invalid skipped)"
             )
             split = leave_last_out(topic, users.items())
+            store = _store(settings)
+            split.features = features.read_catalog_features(store.client, store.keys, split.items)
+            typer.echo(f"catalog features for {len(split.features):,} of {len(split.items):,} items")
         if not split.targets:
             raise ValueError("no user has two or more actions yet: nothing to choose a model on")
     typer.echo(

@@ -30,6 +30,7 @@ MOVIELENS_PURCHASE_RATING = 4.0
 
 Action = tuple[EventType, str, int]  # (type, item_id, ts_ms): one user's action, before timing is final
 UserLog = tuple[str, list[Action]]  # (user_id, actions in the user's order)
+Describe = Callable[[Iterable[str], int], list[CatalogItem]]  # (item ids, ts) -> their catalog records
 
 
 def datasets_dir() -> Path:
@@ -150,7 +151,7 @@ class _Loaded:
     users: Iterator[UserLog]
     real_times: bool
     sessions: bool  # users are really sessions: their id is also the event's session_id
-    describe: Callable[[Iterable[str], int], list[CatalogItem]]
+    describe: Describe
 
 
 def dataset_events(
@@ -259,7 +260,7 @@ def merge_events(dataset: str, users: list[UserLog], sessions: bool) -> Iterator
         )
 
 
-def _plain_catalog(label: str) -> Callable[[Iterable[str], int], list[CatalogItem]]:
+def _plain_catalog(label: str) -> Describe:
     """Catalog records for datasets that know nothing about their items but the id."""
 
     def describe(item_ids: Iterable[str], ts_ms: int) -> list[CatalogItem]:
@@ -288,6 +289,11 @@ def _load_amazon_beauty(directory: Path) -> _Loaded:
         (user, [(EventType.PURCHASE, item, 0) for item in items])
         for user, items in read_seq(directory / "Beauty.txt")
     )
+    return _Loaded(users, real_times=False, sessions=False, describe=_beauty_catalog(directory))
+
+
+def _beauty_catalog(directory: Path) -> Describe:
+    """S3-Rec's item attributes (``Beauty_item2attributes.json``); the first attribute id is the category."""
 
     def describe(item_ids: Iterable[str], ts_ms: int) -> list[CatalogItem]:
         attrs_path = directory / "Beauty_item2attributes.json"
@@ -299,7 +305,7 @@ def _load_amazon_beauty(directory: Path) -> _Loaded:
             out.append(_item(i, f"Beauty item {i}", category, ts_ms, {"attribute_ids": ids}))
         return out
 
-    return _Loaded(users, real_times=False, sessions=False, describe=describe)
+    return describe
 
 
 def _load_movielens(directory: Path) -> _Loaded:
@@ -317,6 +323,12 @@ def _load_movielens(directory: Path) -> _Loaded:
                     actions.append((EventType.PURCHASE, item, ts_s * 1000))
             yield user, actions
 
+    return _Loaded(users(), real_times=True, sessions=False, describe=_movielens_catalog(directory))
+
+
+def _movielens_catalog(directory: Path) -> Describe:
+    """Titles, years and genres from ``ml-100k.item``; the first genre is the category."""
+
     def describe(item_ids: Iterable[str], ts_ms: int) -> list[CatalogItem]:
         movies = {m[0]: m for m in read_movielens_items(directory / "ml-100k.item")}
         out = []
@@ -327,7 +339,7 @@ def _load_movielens(directory: Path) -> _Loaded:
             out.append(_item(i, shown, category, ts_ms, {"year": year, "genres": genres}))
         return out
 
-    return _Loaded(users(), real_times=True, sessions=False, describe=describe)
+    return describe
 
 
 def group_sessions(rows: Iterable[tuple[str, str, int]]) -> Iterator[UserLog]:
@@ -389,3 +401,18 @@ _LOADERS: dict[str, Callable[[Path], _Loaded]] = {
     "beibei": _load_beibei,
     "diginetica-sample": _load_diginetica,
 }
+# the datasets whose catalog knows more than ids (the rest get ``_plain_catalog``)
+_CATALOGS: dict[str, Callable[[Path], Describe]] = {
+    "amazon-beauty": _beauty_catalog,
+    "movielens-100k": _movielens_catalog,
+}
+
+
+def dataset_catalog(path: str | Path, item_ids: Iterable[str]) -> list[CatalogItem]:
+    """The catalog records a replay of the dataset at ``path`` (a known dataset's folder, or a file in it)
+    publishes for ``item_ids``, stamped now; [] when that dataset's catalog knows nothing but ids, or
+    ``path`` is in no known dataset's folder. Reads the dataset's item file."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    make = _CATALOGS.get(folder.name)
+    return make(folder)(item_ids, now_ms()) if make else []

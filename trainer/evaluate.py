@@ -28,13 +28,18 @@ from streamrec.modelstore import ModelStore
 from streamrec.recommend import Recommender
 from streamrec.settings import ScoringSettings
 from streamrec.state import FrozenCache, StateReader
-from streamrec.trainer import models, train
+from streamrec.trainer import features, models, train
 from streamrec.trainer.models import Matrix
 from streamrec.trainer.ranking_metrics import TAIL_SUPPORT, Result, score_lists, tail_share
 from streamrec.trainer.splits import Split
 
-MODELS = ("streamrec", "streamrec-live", "popularity", "bm25", "cosine", "als", "ease", "slist")
+MODELS = (
+    "streamrec", "streamrec-live", "popularity", "bm25", "cosine", "als", "ease", "slist", "slist-catalog"
+)  # fmt: skip
 SLIST = train.DEFAULT_CONFIGS[0]  # the side-by-side SLIST row: the trainer's first (SLIST) config
+EASE = train.Config("ease", (("lambda", 50.0),))  # the side-by-side EASE row (a baseline)
+# SLIST with the catalog's features (where the data has a catalog), as the trainer tries it
+SLIST_CATALOG = train.Config(SLIST.family, SLIST.params + (("features", train.FEATURE_WEIGHT),))
 K = 10
 FOLD_BATCH = 500
 CHUNK = 250  # users per task handed to a ranking process
@@ -96,7 +101,7 @@ def later_part(split: Split, earlier: Split) -> Split | None:
             rest[user] = actions[len(before) :]
     if set(earlier.train) - set(split.train):
         return None
-    return Split(f"{split.name}:later", rest, {}, {}, split.target_type, list(split.items))
+    return Split(f"{split.name}:later", rest, {}, {}, split.target_type, list(split.items), split.features)
 
 
 _folder: dict = {}
@@ -319,28 +324,43 @@ def _baselines(
         uf, itf = models.als(m.X)
         lists = models.top_k_lists(lambda rows: uf[rows] @ itf.T, users, m, split.exclude)
         record("als", lists, time.perf_counter() - t0)
-    for family, config in (("ease", train.Config("ease", (("lambda", 50.0),))), ("slist", SLIST)):
+    rows: list[tuple[str, train.Config]] = []
+    for family, config in (("ease", EASE), ("slist", SLIST), ("slist-catalog", SLIST_CATALOG)):
+        need = train.memory_needed(config, n_items, m.X.nnz)
         if family not in wanted:
             continue
-        need = train.memory_needed(config, n_items, m.X.nnz)
-        if need > budget_bytes:
+        if family == "slist-catalog" and not split.features:
+            say(f"{family:>15}: skipped, the data comes with no catalog features")
+        elif need > budget_bytes:
             say(f"{family:>15}: skipped, needs {need / train.GIB:.1f} GiB > the memory budget")
-            continue
-        t0 = time.perf_counter()
-        if family == "ease":
-            B = models.ease(m.X, 50.0, bar)
-            lists = models.top_k_lists(lambda rows, B=B: m.X[rows] @ B, users, m, split.exclude)
         else:
-            # SLIST is scored as its paper serves it and as the API would: recent actions, recency-weighted
-            p = dict(config.params)
-            S, T = models.session_matrices(m.sequences, n_items, train.SLIST_WINDOW)
-            B = models.slist(m.X, S, T, p["alpha"], p["lambda"], bar)
-            Q = train.seed_matrix(m, split, scoring)
-            lists = models.top_k_lists(lambda rows, B=B, Q=Q: Q[rows] @ B, users, m, split.exclude)
+            rows.append((family, config))
+    if ("ease", EASE) in rows:
+        t0 = time.perf_counter()
+        B = models.ease(m.X, 50.0, bar)
+        lists = models.top_k_lists(lambda rows, B=B: m.X[rows] @ B, users, m, split.exclude)
+        record("ease", lists, time.perf_counter() - t0)
+        cache[train.fit_key(m, EASE, split)] = models.top_neighbours(B, train.NEIGHBOURS)
+        del B
+    slists = [(family, config) for family, config in rows if family != "ease"]
+    if not slists:
+        return
+    # both SLIST rows from one factorisation (``models.slist_fits``); each scored as its paper serves it
+    # and as the API would: recent actions, recency-weighted
+    t0 = time.perf_counter()
+    betas = [dict(config.params).get("features", 0.0) for _, config in slists]
+    S, T = models.session_matrices(m.sequences, n_items, train.SLIST_WINDOW)
+    F = features.feature_matrix(split.features, m.items) if betas[-1] else None
+    p = dict(SLIST.params)
+    Q = train.seed_matrix(m, split, scoring)
+    fits = models.slist_fits(m.X, S, T, p["alpha"], p["lambda"], F, betas, bar)
+    for (family, config), (_, B) in zip(slists, fits, strict=True):
+        lists = models.top_k_lists(lambda rows, B=B: Q[rows] @ B, users, m, split.exclude)
         record(family, lists, time.perf_counter() - t0)
         # the same fit, in served form, for the trainer should it choose this config on validation
-        cache[(m.fingerprint, config, train.NEIGHBOURS)] = models.top_neighbours(B, train.NEIGHBOURS)
+        cache[train.fit_key(m, config, split)] = models.top_neighbours(B, train.NEIGHBOURS)
         del B
+        t0 = time.perf_counter()
 
 
 def run(

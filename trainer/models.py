@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -206,6 +206,8 @@ def slist(
     alpha: float,
     lam: float,
     progress: bool = False,
+    features: sp.csr_matrix | None = None,
+    beta: float = 0.0,
 ) -> np.ndarray:
     """SLIST (Choi et al., WWW 2021, eq. 9): item similarity and item transitions in one closed form.
 
@@ -214,27 +216,84 @@ def slist(
     as ``I - lam P - (1 - alpha) P (S'S - S'T)`` so that only a sparse product meets the dense ``P``.
     ``X`` is users x items, ``S``/``T`` from ``session_matrices``. Returns items x items float32 with a
     zero diagonal (an item does not recommend itself).
+
+    With ``features`` (items x feature tokens, ``features.feature_matrix``) and ``beta > 0``, each token is
+    also a pseudo-user who "bought" every item that has it, weighted ``beta``: the objective gains
+    ``beta ||F' - F'B||^2``, as side information enters EASE in Jeunen et al., "Closed-Form Models for
+    Collaborative Filtering with Side-Information" (RecSys 2020). Only ``P`` changes: ``beta F F'`` joins
+    its Gram matrix, and the closed form above holds as written.
     """
+    for _, B in slist_fits(X, S, T, alpha, lam, features, (beta,), progress):
+        return B
+    raise AssertionError("unreachable: slist_fits yields once per beta")
+
+
+def slist_fits(
+    X: sp.csr_matrix,
+    S: sp.csr_matrix,
+    T: sp.csr_matrix,
+    alpha: float,
+    lam: float,
+    features: sp.csr_matrix | None,
+    betas: Sequence[float],
+    progress: bool = False,
+) -> Iterator[tuple[float, np.ndarray]]:
+    """``(beta, slist(..., features, beta))`` for each of ``betas`` (ascending), from one factorisation.
+
+    The first ``beta``'s ``P`` is inverted; each later one adds ``d F F'`` (``d`` the step in beta) through
+    the Woodbury identity, ``(A + d F F')^-1 = P - P F (I / d + F' P F)^-1 F' P``, which costs
+    ``items^2 x tokens`` instead of a new ``items^3`` inversion. Each ``B`` is items x items float32 and
+    is overwritten by the next: use it before asking for the next. Raises ``ValueError`` for betas that
+    are not ascending, or a later beta without ``features``.
+    """
+    if list(betas) != sorted(betas) or (len(betas) > 1 and features is None):
+        raise ValueError("slist_fits needs ascending betas, and features for more than one")
     n = X.shape[1]
-    with _steps("SLIST", 4, progress) as bar:
+    with _steps("SLIST", 2 + 2 * len(betas), progress) as bar:
         SS = (S.T @ S).tocsr()
         A = (alpha * (X.T @ X) + (1.0 - alpha) * SS).toarray().astype(np.float32, copy=False)
+        if features is not None and betas[0] > 0:
+            _add_gram(A, features, betas[0])
         A[np.diag_indices(n)] += lam
         bar.update()
         P = _inverse(A, "SLIST")
         bar.update()
         M = ((1.0 - alpha) * (SS - (S.T @ T).tocsr())).astype(np.float32).tocsr()
         M.eliminate_zeros()
-        # P M = (M' P)' for a symmetric P; the sparse side drives the product
-        B = np.asarray((M.T.tocsr() @ P).T, dtype=np.float32)
-        bar.update()
-        B *= -1.0
-        P *= lam
-        B -= P
-        del P
-        B[np.diag_indices(n)] = 0.0  # the identity cancels on the diagonal, which is zeroed anyway
-        bar.update()
-    return B
+        Mt = M.T.tocsr()
+        previous = betas[0]
+        for beta in betas:
+            if beta > previous:
+                _woodbury_downdate(P, features, beta - previous)
+                previous = beta
+            bar.update()
+            # P M = (M' P)' for a symmetric P; the sparse side drives the product
+            B = np.asarray((Mt @ P).T, dtype=np.float32)
+            B *= -1.0
+            for s in range(0, n, 2048):
+                B[s : s + 2048] -= lam * P[s : s + 2048]
+            B[np.diag_indices(n)] = 0.0  # the identity cancels on the diagonal, which is zeroed anyway
+            bar.update()
+            yield beta, B
+            del B
+
+
+def _woodbury_downdate(P: np.ndarray, F: sp.csr_matrix, d: float, block: int = 2048) -> None:
+    """``P <- (P^-1 + d F F')^-1`` in place, for a symmetric ``P`` (Woodbury identity, in float64 where
+    the small tokens x tokens system is solved)."""
+    U = np.asarray((F.T.tocsr() @ P).T)  # P F, items x tokens
+    W = np.asarray(F.T.tocsr() @ U, dtype=np.float64)  # F' P F
+    K = np.linalg.inv(np.eye(W.shape[0]) / d + (W + W.T) / 2).astype(np.float32)
+    V = U @ K
+    for s in range(0, P.shape[0], block):
+        P[s : s + block] -= V[s : s + block] @ U.T
+
+
+def _add_gram(A: np.ndarray, F: sp.csr_matrix, beta: float, block: int = 2048) -> None:
+    """``A += beta F F'`` in place, in row blocks (a whole ``F F'`` of many items would be A's size again)."""
+    right = F.T.tocsc()
+    for s in range(0, A.shape[0], block):
+        A[s : s + block] += beta * (F[s : s + block] @ right).toarray()
 
 
 def item_knn(X: sp.csr_matrix, kind: str, k: int = 100) -> sp.csr_matrix:

@@ -26,6 +26,7 @@ from typing import Literal
 from streamrec.datasets import (
     MOVIELENS_PURCHASE_RATING,
     SYNTHETIC_STEP_MS,
+    dataset_catalog,
     group_sessions,
     read_baskets,
     read_movielens,
@@ -34,6 +35,7 @@ from streamrec.datasets import (
     schedule,
 )
 from streamrec.event_types import EventType
+from streamrec.trainer import features
 
 Format = Literal["seq", "movielens", "session", "multi"]
 FORMATS: tuple[str, ...] = ("seq", "movielens", "session", "multi")
@@ -53,6 +55,8 @@ class Split:
     # ``multi``: only training actions of this type are excluded, and validation holds out the last one
     target_type: EventType | None = None
     items: list[str] = field(default_factory=list)  # the catalogue: every item in training or test
+    # catalog feature tokens per item (``trainer.features``), where the data comes with a catalog
+    features: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.items:
@@ -72,7 +76,7 @@ class Split:
             last = actions[-1][2] if actions else SYNTHETIC_END_MS
             etype = self.target_type or (actions[-1][0] if actions else EventType.PURCHASE)
             train[user] = actions + [(etype, item, last + 1) for item in self.targets.get(user, ())]
-        return Split(f"{self.name}:all", train, {}, {}, self.target_type, list(self.items))
+        return Split(f"{self.name}:all", train, {}, {}, self.target_type, list(self.items), self.features)
 
     def validation(self) -> Split:
         """A split carved from the training data alone: each evaluated user's last training item held out.
@@ -92,7 +96,15 @@ class Split:
             train[user] = rest
             targets[user] = [actions[held][1]]
             exclude[user] = {i for t, i, _ in rest if self.target_type in (None, t)}
-        return Split(f"{self.name}:validation", train, targets, exclude, self.target_type, list(self.items))
+        return Split(
+            f"{self.name}:validation",
+            train,
+            targets,
+            exclude,
+            self.target_type,
+            list(self.items),
+            self.features,
+        )
 
 
 def _last_index(actions: list[Action], etype: EventType) -> int | None:
@@ -120,12 +132,24 @@ def leave_last_out(name: str, users: Iterable[tuple[str, list[Action]]]) -> Spli
 
 
 def load_split(path: str | Path, fmt: str) -> Split:
-    """Read ``path`` in format ``fmt`` into a leave-one-out split (see the module docstring)."""
+    """Read ``path`` in format ``fmt`` into a leave-one-out split (see the module docstring).
+
+    Where ``path`` is in a known dataset's folder whose catalog knows more than ids (Amazon Beauty's
+    attributes, MovieLens's genres and years), the split's ``features`` are those catalog records' tokens,
+    the records a replay of that dataset publishes.
+    """
     path = Path(path)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     if not path.exists():
         raise ValueError(f"{path} does not exist")
+    split = _read_split(path, fmt)
+    records = dataset_catalog(path, split.items)
+    split.features = features.from_records((r.item_id, r.category, r.attributes) for r in records)
+    return split
+
+
+def _read_split(path: Path, fmt: str) -> Split:
     label = f"{path.stem}:{fmt}"
     if fmt == "seq":
         users = [(u, [(EventType.PURCHASE, i, 0) for i in items]) for u, items in read_seq(path)]

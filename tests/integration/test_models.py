@@ -10,13 +10,14 @@ import pytest
 import redis
 
 from streamrec.api.app import create_app
-from streamrec.contract import Event, now_ms
+from streamrec.contract import CatalogItem, Event, ItemDeletion, now_ms
 from streamrec.devtools.localstack import ManagedProcess
 from streamrec.event_types import EventType
 from streamrec.fold import StateWriter
 from streamrec.keys import Keys
 from streamrec.modelstore import KEEP_VERSIONS, ModelError, ModelStore
 from streamrec.settings import ScoringSettings, Settings
+from streamrec.trainer import features
 
 pytestmark = pytest.mark.redis
 
@@ -164,3 +165,23 @@ def test_the_api_uses_the_blend_share_recorded_in_the_models_metadata(
     # no share recorded: the global 0.5 scores both 0.5 and the tie goes to the smaller id
     assert first("no-share") == (["b", "m"], "no-share")
     assert store.blend_share("model-only") == 1.0 and store.blend_share("no-share") is None
+
+
+def test_the_trainer_reads_the_catalogs_features_from_redis(redis_client: redis.Redis, keys: Keys) -> None:
+    """Category and attributes of every live catalog record become feature tokens; deleted and unknown
+    items have none."""
+    t = now_ms()
+    writer = StateWriter(redis_client, keys, ScoringSettings())
+    writer.upsert_items(
+        [
+            CatalogItem(item_id="a", category="shoes", attributes={"brand": "Acme", "sizes": [40, 41]}, ts=t),
+            CatalogItem(item_id="b", category="shoes", ts=t),
+            CatalogItem(item_id="c", category="hats", ts=t),
+        ]
+    )
+    writer.upsert_items([ItemDeletion(item_id="c", deleted=True, ts=t + 1)])
+    found = features.read_catalog_features(redis_client, keys, ["a", "b", "c", "zz"])
+    assert found == {
+        "a": ("brand=Acme", "category=shoes", "sizes=40", "sizes=41"),
+        "b": ("category=shoes",),
+    }

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from streamrec.event_types import EventType
 from streamrec.scoring import Candidate, add_repeats, blend, normalised_neighbours, rank
 from streamrec.settings import ScoringSettings
-from streamrec.trainer import models
+from streamrec.trainer import features, models
 from streamrec.trainer.models import Matrix
 from streamrec.trainer.ranking_metrics import hit_and_gain, score_lists, table, tail_share
 from streamrec.trainer.splits import Split, leave_last_out, load_split
@@ -26,11 +26,13 @@ from streamrec.trainer.train import (
     blend_results,
     choose_blend,
     fit,
+    fit_key,
     preference_matrix,
     sampled,
     seed_matrix,
     select,
     served_lists,
+    with_features,
     with_type_weights,
     within_budget,
 )
@@ -203,7 +205,7 @@ def test_the_family_and_the_share_are_chosen_together_on_the_served_blend() -> N
     alone = Config("ease", (("lambda", 1.0),))  # knows what live knows, and i6: better alone
     adds = Config("ease", (("lambda", 2.0),))  # knows i6 .. i8 only: worse alone, but what live lacks
     tables = {alone: knows(range(1, 7)), adds: knows(range(6, 9))}
-    cache = {(m.fingerprint, c, NEIGHBOURS): t for c, t in tables.items()}
+    cache = {fit_key(m, c, valid, NEIGHBOURS): t for c, t in tables.items()}
     scoring = ScoringSettings()
     by_itself = {c: blend_results(m, valid, t, live, scoring, shares=(1.0,))[0][1] for c, t in tables.items()}
     assert by_itself[alone] > by_itself[adds]
@@ -263,6 +265,97 @@ def test_slist_matches_the_closed_form(alpha: float) -> None:
     expected = np.linalg.solve(alpha * G + (1 - alpha) * SS + lam * np.eye(12), alpha * G + (1 - alpha) * ST)
     np.fill_diagonal(expected, 0.0)
     np.testing.assert_allclose(models.slist(X, S, T, alpha, lam), expected, rtol=1e-3, atol=1e-5)
+
+
+def test_slist_with_features_is_slist_with_each_token_as_a_pseudo_user() -> None:
+    """beta ||F' - F'B||^2 joins the objective (Jeunen et al. 2020): the same fit as SLIST on X with a row
+    sqrt(beta / alpha) F' per token appended."""
+    rng = np.random.default_rng(2)
+    X = sp.csr_matrix((rng.random((40, 10)) < 0.3).astype(np.float32))
+    F = sp.csr_matrix((rng.random((10, 4)) < 0.4).astype(np.float32))
+    seqs = [list(rng.integers(0, 10, size=rng.integers(2, 6))) for _ in range(30)]
+    S, T = models.session_matrices(seqs, 10, 10, 1.0)
+    alpha, lam, beta = 0.5, 2.0, 3.0
+    stacked = sp.vstack([X, math.sqrt(beta / alpha) * F.T]).tocsr()
+    np.testing.assert_allclose(
+        models.slist(X, S, T, alpha, lam, features=F, beta=beta),
+        models.slist(stacked, S, T, alpha, lam),
+        rtol=1e-3,
+        atol=1e-5,
+    )
+
+
+def test_slist_fits_of_several_feature_weights_match_one_fit_each() -> None:
+    """The Woodbury steps from one factorisation give each beta's own closed form."""
+    rng = np.random.default_rng(3)
+    X = sp.csr_matrix((rng.random((60, 14)) < 0.3).astype(np.float32))
+    F = sp.csr_matrix((rng.random((14, 5)) < 0.4).astype(np.float32))
+    seqs = [list(rng.integers(0, 14, size=rng.integers(2, 6))) for _ in range(40)]
+    S, T = models.session_matrices(seqs, 14, 10, 1.0)
+    betas = (0.0, 1.0, 4.0)
+    for beta, B in models.slist_fits(X, S, T, 0.5, 2.0, F, betas):
+        alone = models.slist(X, S, T, 0.5, 2.0, features=F, beta=beta)
+        np.testing.assert_allclose(B, alone, rtol=1e-3, atol=1e-5)
+    with pytest.raises(ValueError, match="ascending"):
+        next(models.slist_fits(X, S, T, 0.5, 2.0, F, (1.0, 0.0)))
+
+
+def test_catalog_features_relate_items_that_were_never_bought_together() -> None:
+    """a and c share a brand but no shopper: only the features variant links them."""
+    split = Split("f", {"u1": [(P, "a", 1), (P, "b", 2)], "u2": [(P, "c", 3), (P, "d", 4)]}, {}, {})
+    split.features = {"a": ("brand=x",), "c": ("brand=x",), "b": ("brand=y",), "d": ("brand=z",)}
+    m = Matrix.from_split(split)
+    plain, with_catalog = DEFAULT_CONFIGS[0], with_features(DEFAULT_CONFIGS[:1], split)[1]
+    assert dict(with_catalog.params)["features"] > 0
+    a, c = m.item_index["a"], m.item_index["c"]
+    assert fit(m, plain, n=3, split=split)[a, c] == 0
+    assert fit(m, with_catalog, n=3, split=split)[a, c] > 0
+    with pytest.raises(ValueError, match="needs the split"):
+        fit(m, with_catalog)
+
+
+def test_feature_tokens_and_their_matrix() -> None:
+    assert features.tokens("shoes", {"brand": "Acme", "sizes": [40, 41], "note": "", "x": None}) == (
+        "brand=Acme",
+        "category=shoes",
+        "sizes=40",
+        "sizes=41",
+    )
+    found = features.from_records([("a", "shoes", {"brand": "Acme"}), ("b", "shoes", {}), ("c", "", {})])
+    assert found == {"a": ("brand=Acme", "category=shoes"), "b": ("category=shoes",)}
+    F = features.feature_matrix(found, ["a", "b", "c"])
+    assert F.shape == (3, 1)  # brand=Acme is a's alone: it relates a to nothing
+    assert F.toarray().ravel().tolist() == [1.0, 1.0, 0.0]
+    assert features.digest(found) == features.digest(dict(reversed(found.items())))
+
+
+def test_catalog_variants_only_where_the_data_has_features() -> None:
+    split = chain_split()
+    assert with_features(DEFAULT_CONFIGS, split) == list(DEFAULT_CONFIGS)
+    split.features = {"i0": ("category=c",), "i1": ("category=c",)}
+    variants = with_features(DEFAULT_CONFIGS, split)
+    assert [c.name for c in variants[:2]] == [
+        "slist(alpha=0.5,lambda=50)",
+        "slist(alpha=0.5,lambda=50,features=1)",
+    ]
+    assert variants[2:] == list(DEFAULT_CONFIGS[1:])
+    assert split.validation().features == split.features == split.everything().features
+
+
+def test_a_known_datasets_catalog_gives_the_split_its_features(tmp_path: Path) -> None:
+    """A file in a known dataset's folder gets that dataset's catalog, as a replay would publish it."""
+    folder = tmp_path / "amazon-beauty"
+    folder.mkdir()
+    write(folder / "Beauty.txt", "u1 1 2 3\nu2 2 3\n")
+    write(folder / "Beauty_item2attributes.json", '{"1": [7, 8], "2": [7], "3": []}')
+    split = load_split(folder / "Beauty.txt", "seq")
+    assert split.features == {
+        "1": ("attribute_ids=7", "attribute_ids=8", "category=attr-7"),
+        "2": ("attribute_ids=7", "category=attr-7"),
+    }
+    elsewhere = tmp_path / "mine"
+    elsewhere.mkdir()
+    assert load_split(write(elsewhere / "Beauty.txt", "u1 1 2 3\n"), "seq").features == {}
 
 
 def test_slist_learns_the_order_that_ease_cannot_see() -> None:
