@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -128,7 +130,14 @@ def _steps(desc: str, total: int, show: bool) -> tqdm:
 
 
 def _inverse(A: np.ndarray, name: str) -> np.ndarray:
-    """``A^-1`` of a symmetric positive definite float32 matrix, in place (LAPACK potrf/potri), full."""
+    """``A^-1`` of a symmetric positive definite float32 matrix, in place (LAPACK potrf/potri), full, in
+    C order (row ``i`` contiguous, as the sparse products and row top-k that follow want it).
+
+    LAPACK works in Fortran order: a C-ordered ``A`` is handed over as ``A.T``, the same matrix since it is
+    symmetric, so nothing is copied; the result is returned transposed back, again the same matrix.
+    """
+    if A.flags.c_contiguous:
+        A = A.T
     factor, info = lapack.spotrf(A, lower=0, overwrite_a=1)
     if info != 0:
         raise ValueError(f"{name}: the Gram matrix is not positive definite (potrf info {info})")
@@ -143,7 +152,7 @@ def _inverse(A: np.ndarray, name: str) -> np.ndarray:
         diag = inverse[s:e, s:e]
         lower = np.tril_indices(e - s, -1)
         diag[lower] = diag.T[lower]
-    return inverse
+    return inverse.T if inverse.flags.f_contiguous else inverse
 
 
 def ease(X: sp.csr_matrix, lam: float, progress: bool = False) -> np.ndarray:
@@ -267,15 +276,44 @@ def slist_fits(
                 _woodbury_downdate(P, features, beta - previous)
                 previous = beta
             bar.update()
-            # P M = (M' P)' for a symmetric P; the sparse side drives the product
-            B = np.asarray((Mt @ P).T, dtype=np.float32)
+            # B' = -(M' P) - lam P for a symmetric P, built in C order, then transposed in place
+            B = _sparse_times_dense(Mt, P)
             B *= -1.0
             for s in range(0, n, 2048):
                 B[s : s + 2048] -= lam * P[s : s + 2048]
+            _transpose_in_place(B)
             B[np.diag_indices(n)] = 0.0  # the identity cancels on the diagonal, which is zeroed anyway
             bar.update()
             yield beta, B
             del B
+
+
+def _transpose_in_place(A: np.ndarray, block: int = 1024) -> None:
+    """Transpose a square array in place, block by block (a transposed copy would cost one more matrix)."""
+    n = A.shape[0]
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        A[s:e, s:e] = A[s:e, s:e].T.copy()
+        for t in range(e, n, block):
+            f = min(n, t + block)
+            upper = A[s:e, t:f].copy()
+            A[s:e, t:f] = A[t:f, s:e].T
+            A[t:f, s:e] = upper.T
+
+
+def _sparse_times_dense(A: sp.csr_matrix, D: np.ndarray) -> np.ndarray:
+    """``A @ D`` as float32, in row blocks over the machine's cores (SciPy runs each block's product
+    without the GIL, but on one thread): on Beauty's 12k items about 1.5 x faster on 2 cores."""
+    out = np.empty((A.shape[0], D.shape[1]), dtype=np.float32)
+    parts = max(1, min(4, os.cpu_count() or 1))
+    bounds = np.linspace(0, A.shape[0], parts + 1).astype(int)
+
+    def block(k: int) -> None:
+        out[bounds[k] : bounds[k + 1]] = A[bounds[k] : bounds[k + 1]] @ D
+
+    with ThreadPoolExecutor(parts) as pool:
+        list(pool.map(block, range(parts)))
+    return out
 
 
 def _woodbury_downdate(P: np.ndarray, F: sp.csr_matrix, d: float, block: int = 2048) -> None:
