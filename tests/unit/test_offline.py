@@ -167,7 +167,10 @@ def test_top_k_lists_rank_scores_and_respect_exclusions() -> None:
         assert scores == sorted(scores, reverse=True)
 
 
-@pytest.mark.parametrize("config", DEFAULT_CONFIGS, ids=lambda c: c.name)
+EASE = Config("ease", (("lambda", 50.0),))
+
+
+@pytest.mark.parametrize("config", [*DEFAULT_CONFIGS, EASE], ids=lambda c: c.name)
 def test_every_family_learns_a_chain(config: Config) -> None:
     split = chain_split()
     m = Matrix.from_split(split)
@@ -373,13 +376,14 @@ def test_slist_learns_the_order_that_ease_cannot_see() -> None:
 
 
 def test_dense_families_are_left_out_when_they_do_not_fit_the_budget() -> None:
-    kept, skipped = within_budget(DEFAULT_CONFIGS, 12_000, 200_000, 4 * GIB)
-    assert kept == list(DEFAULT_CONFIGS) and not skipped  # Beauty: 12k items, 2.3 GB for a dense fit
-    kept, skipped = within_budget(DEFAULT_CONFIGS, 100_000, 1_000_000, 4 * GIB)
+    configs = [*DEFAULT_CONFIGS, EASE]
+    kept, skipped = within_budget(configs, 12_000, 200_000, 4 * GIB)
+    assert kept == configs and not skipped  # Beauty: 12k items, 2.3 GB for a dense fit
+    kept, skipped = within_budget(configs, 100_000, 1_000_000, 4 * GIB)
     assert [c.family for c in kept] == ["bm25", "cosine"]
     assert len(skipped) == 2 and "needs 149.0 GiB > budget 4.0 GiB" in skipped[0]
     assert models.dense_bytes(100_000) == 16 * 10**10
-    assert within_budget(DEFAULT_CONFIGS, 100_000, 1_000_000, 1)[0] == []
+    assert within_budget(configs, 100_000, 1_000_000, 1)[0] == []
 
 
 def test_selection_refuses_when_nothing_fits() -> None:
@@ -390,12 +394,12 @@ def test_selection_refuses_when_nothing_fits() -> None:
 def test_the_fit_cache_keys_on_content_not_object_identity() -> None:
     """id() of a freed matrix may be reused by the next one; a content digest never mixes two datasets."""
     cache: dict = {}
-    first = fit(Matrix.from_split(chain_split()), DEFAULT_CONFIGS[1], cache=cache)
+    first = fit(Matrix.from_split(chain_split()), EASE, cache=cache)
     again = Matrix.from_split(chain_split())
-    assert fit(again, DEFAULT_CONFIGS[1], cache=cache) is first  # same content: reused
+    assert fit(again, EASE, cache=cache) is first  # same content: reused
     other = Matrix.from_split(chain_split(users=30, items=10))
     assert other.fingerprint != again.fingerprint
-    table_other = fit(other, DEFAULT_CONFIGS[1], cache=cache)
+    table_other = fit(other, EASE, cache=cache)
     assert table_other is not first and len(cache) == 2
     reordered = Matrix.from_split(
         leave_last_out(
