@@ -220,3 +220,25 @@ def test_eval_train_and_model_commands_on_a_cluster(
     assert "no active model" in streamrec("model", "off", env=env)
     assert f"active model: {version.group(1)}" in streamrec("model", "activate", version.group(1), env=env)
     client.close()
+
+
+def test_the_trainer_reads_catalog_features_across_the_clusters_slots(redis_cluster: LocalCluster) -> None:
+    """Catalog records live in each item's own hash slot; the trainer's pipelined read gathers them."""
+    from streamrec.contract import CatalogItem, now_ms
+    from streamrec.fold import StateWriter
+    from streamrec.keys import Keys
+    from streamrec.settings import ScoringSettings
+    from streamrec.trainer import features
+
+    client = redis.cluster.RedisCluster.from_url(redis_cluster.url)
+    keys = Keys(f"f{uuid.uuid4().hex[:8]}")
+    items = [f"item-{n}" for n in range(60)]
+    writer = StateWriter(client, keys, ScoringSettings(), cluster=True)
+    writer.upsert_items(
+        [CatalogItem(item_id=i, category=f"c{n % 3}", ts=now_ms()) for n, i in enumerate(items)]
+    )
+    slots = {client.keyslot(keys.catalog(i)) for i in items}
+    assert len({client.get_node_from_key(keys.catalog(i)).name for i in items}) == 3 and len(slots) > 3
+    found = features.read_catalog_features(client, keys, [*items, "nowhere"])
+    assert found == {i: (f"category=c{n % 3}",) for n, i in enumerate(items)}
+    client.close()
