@@ -308,19 +308,7 @@ def evaluate(
             help="Comma-separated: streamrec, streamrec-live, popularity, bm25, cosine, als, ease, slist, "
             "slist-catalog (SLIST with the catalog's features, where the data has a catalog)."
         ),
-    ] = ",".join(
-        (
-            "streamrec",
-            "streamrec-live",
-            "popularity",
-            "bm25",
-            "cosine",
-            "als",
-            "ease",
-            "slist",
-            "slist-catalog",
-        )
-    ),
+    ] = "streamrec,streamrec-live,popularity,bm25,cosine,als,ease,slist,slist-catalog",
     redis_url: Annotated[
         str | None,
         typer.Option(
