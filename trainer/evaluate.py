@@ -356,7 +356,7 @@ def _baselines(
         uf, itf = models.als(m.X)
         lists = models.top_k_lists(lambda rows: uf[rows] @ itf.T, users, m, split.exclude)
         record("als", lists, time.perf_counter() - t0)
-    rows: list[tuple[str, train.Config]] = []
+    dense: list[tuple[str, train.Config]] = []  # the dense rows wanted that fit the budget
     for family, config in (("ease", EASE), ("slist", SLIST), ("slist-catalog", SLIST_CATALOG)):
         need = train.memory_needed(config, n_items, m.X.nnz)
         if family not in wanted:
@@ -366,14 +366,14 @@ def _baselines(
         elif need > budget_bytes:
             say(f"{family:>15}: skipped, needs {need / train.GIB:.1f} GiB > the memory budget")
         else:
-            rows.append((family, config))
-    if ("ease", EASE) in rows:
+            dense.append((family, config))
+    if ("ease", EASE) in dense:
         t0 = time.perf_counter()
         B = models.ease(m.X, 50.0, bar)
         lists = models.top_k_lists(lambda rows, B=B: m.X[rows] @ B, users, m, split.exclude)
         record("ease", lists, time.perf_counter() - t0)
         del B  # a baseline only: the trainer does not try EASE (``train.DEFAULT_CONFIGS``)
-    slists = [(family, config) for family, config in rows if family != "ease"]
+    slists = [(family, config) for family, config in dense if family != "ease"]
     if not slists:
         return
     # both SLIST rows from one factorisation (``models.slist_fits``); each scored as its paper serves it

@@ -251,8 +251,8 @@ def slist_fits(
 
     The first ``beta``'s ``P`` is inverted; each later one adds ``d F F'`` (``d`` the step in beta) through
     the Woodbury identity, ``(A + d F F')^-1 = P - P F (I / d + F' P F)^-1 F' P``, which costs
-    ``items^2 x tokens`` instead of a new ``items^3`` inversion. Each ``B`` is items x items float32 and
-    is overwritten by the next: use it before asking for the next. Raises ``ValueError`` for betas that
+    ``items^2 x tokens`` instead of a new ``items^3`` inversion. Each ``B`` is items x items float32, in C
+    order; it is let go before the next is made, so use it (and drop it) before asking for the next. Raises ``ValueError`` for betas that
     are not ascending, or a later beta without ``features``.
     """
     if list(betas) != sorted(betas) or (len(betas) > 1 and features is None):
