@@ -486,6 +486,7 @@ def train(
         live=live,
         bars=True,
         max_share=settings.trainer.max_blend,
+        started=started,
     )
     state = "active" if report.activated else "published (not active)"
     share = "global" if report.blend is None else f"{report.blend:g}"

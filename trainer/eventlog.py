@@ -57,6 +57,8 @@ def read_actions(
                 last = time.monotonic()
     finally:
         consumer.close()
+    if on_batch:
+        on_batch(len(rows))  # the last count, whatever the throttle held back
     rows.sort(key=lambda r: r[0])
     users: dict[str, list[Action]] = {}
     for ts, user, etype, item in rows:

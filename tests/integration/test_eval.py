@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -187,6 +188,10 @@ def test_train_from_the_event_log_publishes_and_rolls_back(namespace: Namespace,
     # the blend share was chosen on validation (the live state folded by the real script) and recorded
     assert 0 <= infos[0].meta["blend"] <= 0.9 and len(infos[0].meta["blend_validation"]) > 1
     assert infos[0].meta["peak_rss_mb"] > 0 and "peak RSS" in out
+    # the recorded duration (exported as streamrec_trainer_run_duration_seconds) is the whole run's,
+    # reading the log and folding the validation events included, not only the fits after them
+    total = float(re.search(r"items in ([0-9.]+)s, peak RSS", out).group(1))  # type: ignore[union-attr]
+    assert infos[0].meta["train_seconds"] >= 0.8 * total
 
     second_out = streamrec(
         "train", "--dataset", str(beauty_slice(tmp_path, 300)), "--format", "seq", env=namespace.env
