@@ -28,7 +28,7 @@ from streamrec.modelstore import ModelStore
 from streamrec.recommend import Recommender
 from streamrec.settings import ScoringSettings
 from streamrec.state import FrozenCache, StateReader
-from streamrec.trainer import features, models, train
+from streamrec.trainer import models, train
 from streamrec.trainer.models import Matrix
 from streamrec.trainer.ranking_metrics import TAIL_SUPPORT, Result, score_lists, tail_share
 from streamrec.trainer.splits import Split
@@ -376,16 +376,13 @@ def _baselines(
     slists = [(family, config) for family, config in dense if family != "ease"]
     if not slists:
         return
-    # both SLIST rows from one factorisation (``models.slist_fits``); each scored as its paper serves it
-    # and as the API would: recent actions, recency-weighted
+    # both SLIST rows from one factorisation (as the trainer fits them); each scored as its paper serves
+    # it and as the API would: recent actions, recency-weighted
     t0 = time.perf_counter()
-    betas = [dict(config.params).get("features", 0.0) for _, config in slists]
-    S, T = models.session_matrices(m.sequences, n_items, train.SLIST_WINDOW)
-    F = features.feature_matrix(split.features, m.items) if betas[-1] else None
-    p = dict(SLIST.params)
+    family_of = {config: family for family, config in slists}
     Q = train.seed_matrix(m, split, scoring)
-    fits = models.slist_fits(m.X, S, T, p["alpha"], p["lambda"], F, betas, bar)
-    for (family, config), (_, B) in zip(slists, fits, strict=True):
+    for config, B in train.fit_weights(m, list(family_of), split, bar):
+        family = family_of[config]
         lists = models.top_k_lists(lambda rows, B=B: Q[rows] @ B, users, m, split.exclude)
         record(family, lists, time.perf_counter() - t0)
         # the same fit, in served form, for the trainer should it choose this config on validation

@@ -201,15 +201,16 @@ def fit_many(
     for config in configs:
         if (config.type_weights() is not None or dict(config.params).get("features")) and split is None:
             raise ValueError(f"{config.name} needs the split: fit() was given none")
+    keys = {config: fit_key(m, config, split, n) for config in configs}  # a features digest each: once
     siblings: dict[Any, list[Config]] = {}
     for config in configs:
-        if fit_key(m, config, split, n) not in cache:
+        if keys[config] not in cache:
             siblings.setdefault(_sibling_key(config), []).append(config)
     for group in siblings.values():
-        for config, dense in _fits(m, group, split, progress):
-            cache[fit_key(m, config, split, n)] = models.top_neighbours(dense, n, progress)
+        for config, dense in fit_weights(m, group, split, progress):
+            cache[keys[config]] = models.top_neighbours(dense, n, progress)
             del dense
-    return [cache[fit_key(m, config, split, n)] for config in configs]
+    return [cache[keys[config]] for config in configs]
 
 
 def _sibling_key(config: Config) -> Any:
@@ -219,10 +220,12 @@ def _sibling_key(config: Config) -> Any:
     return config.family, tuple(kv for kv in config.params if kv[0] != "features")
 
 
-def _fits(
-    m: Matrix, group: list[Config], split: Split | None, progress: bool
+def fit_weights(
+    m: Matrix, group: Sequence[Config], split: Split | None, progress: bool
 ) -> Iterator[tuple[Config, Any]]:
-    """Each config of ``group`` (one config, or SLIST siblings) with its dense or sparse weights."""
+    """Each config of ``group`` (one config, or SLIST siblings that differ only in their ``features``
+    weight, yielded by ascending weight from one factorisation) with its full weights: items x items,
+    dense for SLIST and EASE, sparse for item-kNN. A dense one is let go when the next is asked for."""
     config = group[0]
     p = dict(config.params)
     weights = config.type_weights()
@@ -236,7 +239,7 @@ def _fits(
         fits = models.slist_fits(m.X, S, T, p.get("alpha", 0.5), p.get("lambda", 50.0), F, betas, progress)
         for c, (_, B) in zip(group, fits, strict=True):
             yield c, B
-            del B  # before the next fit overwrites it: one items x items B alive at a time
+            del B  # before the next fit is made: one items x items B alive at a time
     elif config.family == "ease":
         yield config, models.ease(m.X, p.get("lambda", 50.0), progress)
     elif config.family in ("bm25", "cosine"):
