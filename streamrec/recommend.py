@@ -31,10 +31,13 @@ SNAPSHOT_ATTEMPTS = 3  # snapshots one answer may take when the user's events ke
 PASSES_MAX = 64  # computations of one answer from one snapshot (each pass reads what the last one missed)
 
 
-def catalog_chunk(k: int) -> int:
+def catalog_chunk(k: int, category: str | None = None) -> int:
     """How many ranked candidates' catalog records an answer of ``k`` reads at once: enough to fill it
-    when a few are sold out, deleted or excluded, so most answers read them in one go."""
-    return 2 * k + 5
+    when a few are sold out or deleted (the ranked candidates are already outside the exclusions), so
+    most answers read them in one go; twice as many in a ``category``, where many candidates are filed
+    under another. A short answer reads the next chunk in another pass, so the size changes how many
+    records are read (each a command of the answer's trip), never the answer."""
+    return 2 * k + 5 if category else k + max(3, k // 4)
 
 
 @dataclass(frozen=True)
@@ -191,7 +194,7 @@ class Recommender:
         catalog: dict[str, dict[str, str]] = {}
         picked: list[Ranked] = []
         taken = set(exclude)
-        step = catalog_chunk(k)
+        step = catalog_chunk(k, category)
         for start in range(0, len(ranked), step):
             if len(picked) >= k:
                 break

@@ -104,6 +104,37 @@ def normalised_neighbours(
     }
 
 
+def normalised_log_neighbours(
+    raw_log: Mapping[str, float],
+    counts_log: Mapping[str, float | None],
+    anchor: str,
+    now_ms: int,
+    halflife_ms: float,
+    alpha: float,
+    shrinkage: float = 0.0,
+) -> dict[str, float]:
+    """``normalised_neighbours`` of log-space totals, decayed to ``now_ms`` in the same pass.
+
+    ``raw_log`` maps each neighbour of ``anchor`` to its log-space co-occurrence total, ``counts_log`` each
+    item (the anchor and every neighbour) to its log-space count, ``None`` when it has no activity left;
+    neighbours whose count is ``None`` or absent are left out, and an anchor without a count counts as one.
+    Every value is the same float as ``decayed_value`` of each total followed by ``normalised_neighbours``
+    (the same operations in the same order), with one subtraction and one ``exp`` per total: this runs for
+    every neighbour list an answer reads (issue 15).
+    """
+    shift = now_ms * decay_rate(halflife_ms)
+    exp = math.exp
+    own = counts_log.get(anchor)
+    base = max(1.0 if own is None else exp(own - shift), 1.0) ** (1.0 - alpha)
+    shrink = max(shrinkage, 0.0)
+    out: dict[str, float] = {}
+    for item, weight in raw_log.items():
+        count = counts_log.get(item)
+        if count is not None:
+            out[item] = exp(weight - shift) / (base * (max(exp(count - shift), 1.0) + shrink) ** alpha)
+    return out
+
+
 @dataclass(frozen=True)
 class HistoryEntry:
     """One entry of a user's recent history: item, time (epoch ms) and event type."""

@@ -243,17 +243,34 @@ def test_a_warm_user_costs_at_most_two_round_trips(shop: Shop) -> None:
 def test_a_neighbour_list_is_never_staler_than_the_neighbours_bound(shop: Shop) -> None:
     """A normalised neighbour list computed from counts the cache already held is as old as the oldest of
     them: it leaves the cache when they do (10 s here), not 10 s after it was computed. Before, a list
-    computed at 9.5 s from counts read at 0 s was served until 19.5 s, missing what was folded meanwhile."""
+    computed at 4 s from counts read at 0 s was served until 14 s, missing what was folded meanwhile."""
     now = [0.0]
-    cache = ProcessCache(10_000, 1000, 100, clock=lambda: now[0], neighbours_ttl_ms=10_000)
+    cache = ProcessCache(10_000, 1000, 100, clock=lambda: now[0], neighbours_ttl_ms=10_000, seed=1)
     rec = shop.recommender(cache)
     rec.similar("cam1", 10)  # t = 0: cam1's list, and the counts of cam1 and its neighbours (cam2 among them)
-    now[0] = 9.5
+    now[0] = 4.0  # within half the bound: counts read at 0 s are still used to derive a list
     before = rec.similar("cam2", 10)  # cam2's list: its raw list read now, cam1's count from t = 0
     assert "hat" not in [r.item_id for r in before.items if r.source == "item_to_item"]
     shop.writer.apply([shop.event("view", "s9", "cam2"), shop.event("view", "s9", "hat")])
-    now[0] = 15.0  # past 10 s from the oldest input, not from the list's computation
+    now[0] = 10.5  # past 10 s from the oldest input, not from the list's computation
     after = rec.similar("cam2", 10)
     assert "hat" in [r.item_id for r in after.items if r.source == "item_to_item"], [
         (r.item_id, r.source) for r in after.items
     ]
+
+
+def test_a_neighbour_list_is_derived_from_counts_young_enough_to_keep_it(shop: Shop) -> None:
+    """A list is as stale as its oldest count, so one derived from counts near the end of their bound would
+    leave the cache at once. Counts older than half the bound (``state.DERIVE_WITHIN``) are read again
+    when a list is derived from them, and the list then stays for at least the other half."""
+    now = [0.0]
+    cache = ProcessCache(10_000, 1000, 100, clock=lambda: now[0], neighbours_ttl_ms=10_000, seed=1)
+    rec = shop.recommender(cache)
+    rec.similar("cam1", 10)  # t = 0: the counts of cam1 and its neighbours, cam2 among them
+    now[0] = 6.0
+    rec.similar("cam2", 10)  # counts read at 0 s are past half the bound: read again, so the list is from 6 s
+    before = cache.stats()["neighbours"]
+    now[0] = 12.0  # 12 s after the first counts, 6 s after the list's own
+    rec.similar("cam2", 10)
+    after = cache.stats()["neighbours"]
+    assert after["misses"] == before["misses"] and after["hits"] > before["hits"]  # not derived again

@@ -14,6 +14,7 @@ from streamrec.scoring import (
     history_seeds,
     log_add,
     log_weight,
+    normalised_log_neighbours,
     normalised_neighbours,
     rank,
     score_personal,
@@ -189,6 +190,22 @@ def test_normalised_neighbours_alpha_one_divides_by_the_neighbours_count_only() 
 def test_normalised_neighbours_missing_or_small_counts_count_as_one() -> None:
     out = normalised_neighbours({"b": 3.0, "c": 3.0}, {"c": 0.25}, anchor_count=0.0, alpha=0.5)
     assert out == {"b": pytest.approx(3.0), "c": pytest.approx(3.0)}
+
+
+@pytest.mark.parametrize("shrinkage", [0.0, 2.0])
+@pytest.mark.parametrize("anchor_log", [None, math.log(9.0)])
+def test_normalised_log_neighbours_is_decay_then_normalise_to_the_last_bit(
+    shrinkage: float, anchor_log: float | None
+) -> None:
+    hl = 3 * DAY_MS
+    rate = LN2 / hl
+    raw = {"b": math.log(6.0) + NOW * rate, "c": math.log(2.0) + (NOW - DAY_MS) * rate, "gone": 1.0}
+    counts = {"a": anchor_log, "b": math.log(4.0) + NOW * rate, "c": math.log(0.5) + NOW * rate, "gone": None}
+    out = normalised_log_neighbours(raw, counts, "a", NOW + HOUR_MS, hl, 0.7, shrinkage)
+    live = {i: decayed_value(w, NOW + HOUR_MS, hl) for i, w in raw.items() if counts[i] is not None}
+    decayed = {i: decayed_value(c, NOW + HOUR_MS, hl) for i, c in counts.items() if c is not None}
+    assert out == normalised_neighbours(live, decayed, decayed.get("a", 1.0), 0.7, shrinkage)  # exactly
+    assert set(out) == {"b", "c"}  # a neighbour with no activity left is left out
 
 
 # --- personal scoring -------------------------------------------------------------------------------

@@ -1,0 +1,73 @@
+"""The API's per-process cache: when entries leave, what a derivation may use, what is evicted."""
+
+from __future__ import annotations
+
+from streamrec.api.cache import JITTER, ProcessCache
+from streamrec.state import MISSING
+
+
+def _cache(now: list[float], ttl_ms: int = 1000, items: int = 10_000) -> ProcessCache:
+    return ProcessCache(ttl_ms, items, 100, clock=lambda: now[0], neighbours_ttl_ms=ttl_ms, seed=3)
+
+
+def test_entries_read_together_leave_spread_over_the_last_quarter_of_the_bound_never_after_it() -> None:
+    now = [0.0]
+    cache = _cache(now)
+    for n in range(1000):
+        cache.put("catalog", n, {"item_id": str(n)})
+
+    def held() -> int:
+        return sum(cache.get("catalog", n) is not MISSING for n in range(1000))
+
+    now[0] = (1.0 - JITTER) * 0.999
+    assert held() == 1000  # nothing leaves before 75 % of the bound
+    now[0] = 1.0 - JITTER / 2
+    assert 350 < held() < 650  # about half have left by the middle of the last quarter, not all at once
+    now[0] = 1.0001
+    assert held() == 0  # and none is kept past the bound
+
+
+def test_a_derivation_takes_only_inputs_read_within_its_share_of_the_bound() -> None:
+    now = [0.0]
+    cache = _cache(now, ttl_ms=10_000)
+    cache.put("counts", "a", 1.5)
+    now[0] = 4.0
+    cache.put("counts", "b", 2.5)
+    now[0] = 6.0
+    assert cache.held("counts", ["a", "b"], 0.5) == {"b": (4.0, 2.5)}  # a was read 6 s ago: too old for it
+    assert cache.held("counts", ["a", "b"]) == {"a": (0.0, 1.5), "b": (4.0, 2.5)}
+    assert cache.get("counts", "a") == 1.5  # still served as it is: 6 s is inside the bound
+
+
+def test_a_derived_value_leaves_by_the_age_of_its_oldest_input() -> None:
+    now = [0.0]
+    cache = _cache(now, ttl_ms=10_000)
+    now[0] = 5.0
+    cache.put("neighbours", "a", {"b": 0.5}, read_at=0.0)  # derived now from a count read at 0 s
+    now[0] = 10.0001
+    assert cache.get("neighbours", "a") is MISSING
+
+
+def test_a_full_table_evicts_the_entry_read_longest_ago_even_if_it_was_just_used() -> None:
+    now = [0.0]
+    cache = _cache(now, items=2)
+    cache.put("catalog", "a", 1)
+    cache.put("catalog", "b", 2)
+    assert cache.get("catalog", "a") == 1  # a hit does not make it younger
+    cache.put("catalog", "c", 3)
+    assert cache.get("catalog", "a") is MISSING and cache.get("catalog", "b") == 2
+
+
+def test_model_rows_have_no_bound_and_leave_least_recently_used_first() -> None:
+    now = [0.0]
+    cache = _cache(now, items=2)
+    cache.put("model_rows", ("v1", "a"), {"x": 1.0})
+    cache.put("model_rows", ("v1", "b"), {"y": 1.0})
+    now[0] = 1e6
+    assert cache.get("model_rows", ("v1", "a")) == {"x": 1.0}  # never too old; now the most recently used
+    cache.put("model_rows", ("v1", "c"), {"z": 1.0})
+    assert cache.get("model_rows", ("v1", "b")) is MISSING
+    assert cache.held("model_rows", [("v1", "a"), ("v1", "c")], 0.5) == {
+        ("v1", "a"): (0.0, {"x": 1.0}),
+        ("v1", "c"): (1e6, {"z": 1.0}),
+    }
