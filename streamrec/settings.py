@@ -175,14 +175,14 @@ class Settings(BaseSettings):
         description="How stale an API process's cached state may be, in ms (active model version, catalog fields, popularity tops, trending; never a user's own state); 0 disables the whole cache.",
     )
     api_cache_neighbours_ttl_ms: int = Field(
-        10_000,
+        60_000,
         ge=0,
         description="How stale an API process's normalised neighbour lists and the counts they divide by may be, in ms: other shoppers' co-occurrence (the user's own history, which picks the seeds, is read on every answer); 0 keeps none.",
     )
     api_cache_items: int = Field(
         20_000,
         ge=0,
-        description="Most entries of each per-item cache in an API process (catalog records, counts, neighbour lists, model rows); least recently used evicted.",
+        description="Most entries of each per-item cache in an API process (catalog records, counts, neighbour lists, model rows); the entry read longest ago is evicted (model rows: least recently used).",
     )
     api_cache_lists: int = Field(
         4096, ge=1, description="Most popularity tops and trending lists cached in an API process."

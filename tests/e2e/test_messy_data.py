@@ -64,8 +64,9 @@ def _record(api: str, item: str) -> dict[str, Any] | None:
 
 
 # The API answers through a per-process cache whose staleness is bounded (STREAMREC_API_CACHE_TTL_MS,
-# 1 s; neighbour lists STREAMREC_API_CACHE_NEIGHBOURS_TTL_MS, 10 s): an answer must be right once that
-# bound has passed after the change reached Redis, so each check after a change waits that long at most.
+# 1 s; neighbour lists STREAMREC_API_CACHE_NEIGHBOURS_TTL_MS, 10 s in the tests' namespace): an answer
+# must be right once that bound has passed after the change reached Redis, so each check after a change
+# waits that long at most.
 SETTLE_S = 12.0
 
 
