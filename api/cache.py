@@ -1,17 +1,21 @@
 """The API's per-process cache of state that changes slowly or never (``streamrec.state.Cache``).
 
 Each kind of value has its own table, bounded in entries; a value is read again before it is older than
-the staleness bound (``STREAMREC_API_CACHE_TTL_MS``). Each entry leaves at a random point between
-``1 - JITTER`` and all of the bound after it was read, so the entries of one burst of reads (a process
-that starts, or a cold cache) do not all leave at the same moment, one bound later, and again every bound
-after that. Measured in process at 175 personal answers a second on 3,000 Beauty shoppers: without it, the
-10 s after each minute had 8–9 neighbour-list misses per answer against 0.1–0.4 in between, and cost
-3.4–3.7 ms of CPU per answer against 1.7–2.0; with it (and ``state.DERIVE_WITHIN``) every 10 s cost
-1.9–2.6 ms, about the same on average, without the waves. A full
-table evicts the entry read longest ago: every entry of a kind with a staleness bound leaves by its age
-anyway, so a hit does not reorder the table (that bookkeeping was a tenth of an answer's time). A model version's rows never change once published, so they
-are kept until evicted, least recently used first. A user's own state is never cached here: ``Snapshot`` reads it
-on every answer, so a shopper's new action shows at once. A TTL of 0 turns the whole cache off.
+the staleness bound (``STREAMREC_API_CACHE_TTL_MS``). A user's own state is never cached here:
+``Snapshot`` reads it on every answer, so a shopper's new action shows at once. A TTL of 0 turns the whole
+cache off.
+
+Each entry leaves at a random point between ``1 - JITTER`` and all of the bound after it was read, so the
+entries of one burst of reads (a process that starts, or a cold cache) do not all leave at the same
+moment, one bound later, and again every bound after that. Measured in process at 175 personal answers a
+second on 3,000 Beauty shoppers: without it, the 10 s after each minute had 8–9 neighbour-list misses per
+answer against 0.1–0.4 in between, and cost 3.4–3.7 ms of CPU per answer against 1.7–2.0; with it (and
+``state.DERIVE_WITHIN``) every 10 s cost 1.9–2.6 ms, about the same on average, without the waves.
+
+A full table evicts the entry read longest ago: every entry of a kind with a staleness bound leaves by its
+age anyway, so a hit does not reorder the table (the cache's own bookkeeping was about a tenth of an
+answer's time before). A model version's rows never change once published, so they are kept until
+evicted, least recently used first.
 """
 
 from __future__ import annotations

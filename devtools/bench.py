@@ -1414,7 +1414,6 @@ def answer_cost(
     (``INFO commandstats``, which it resets) and the cache's hit rate per kind."""
     from streamrec.api.cache import ProcessCache
     from streamrec.recommend import Recommender
-    from streamrec.settings import Settings
 
     now = [0.0]
     cache = ProcessCache.from_settings(Settings(), clock=lambda: now[0])
@@ -1468,10 +1467,11 @@ def serving(
     wrk on recommendations not counted, then wrk (2 threads, 16 connections, ``seconds``) on the
     recommendations of random shoppers, /healthz, similar items of random items, popular and trending, one
     after the other on the same API. Writes serving.json and serving.md into ``out_dir``."""
-    warm_up_s = cache_warm_up_s() if warm_up_s is None else warm_up_s
     from kafka import KafkaProducer
 
     from streamrec.topics import Topics, ensure_topics
+
+    warm_up_s = cache_warm_up_s() if warm_up_s is None else warm_up_s
 
     out_dir.mkdir(parents=True, exist_ok=True)
     load_before = list(os.getloadavg())

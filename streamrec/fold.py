@@ -540,7 +540,8 @@ def redis_client(url: str, cluster: bool, **options: Any) -> Any:
     reply back into the RESP2 shapes in Python: every score of a ``ZRANGE … WITHSCORES`` is parsed as a
     double by hiredis, formatted back to bytes and parsed again. On RESP2 hiredis hands the scores over as
     bytes and one ``float`` each makes them numbers; the Python values are the same. That conversion was
-    40 % of a personal answer's time in the API (``streamrec bench --serving``, issue 15).
+    about a tenth of a personal answer's CPU in the API (issue 15; both protocols measured interleaved in
+    one process on the same state).
     """
     options.setdefault("protocol", 2)
     if cluster:
