@@ -536,16 +536,18 @@ class AsyncStateWriter(_Writer):
 def redis_client(url: str, cluster: bool, **options: Any) -> Any:
     """A blocking client for ``url``: ``redis.Redis``, or ``RedisCluster`` (any one node's URL).
 
-    It speaks RESP2 unless ``options`` say ``protocol``. redis-py 8 defaults to RESP3 and then turns each
-    reply back into the RESP2 shapes in Python: every score of a ``ZRANGE … WITHSCORES`` is parsed as a
-    double by hiredis, formatted back to bytes and parsed again. On RESP2 hiredis hands the scores over as
-    bytes and one ``float`` each makes them numbers; the Python values are the same. That conversion was
-    about a tenth of a personal answer's CPU in the API (issue 15; both protocols measured interleaved in
-    one process on the same state).
+    One Redis is spoken to in RESP2 unless ``options`` say ``protocol``. redis-py 8 defaults to RESP3 and
+    then turns each reply back into the RESP2 shapes in Python: every score of a ``ZRANGE … WITHSCORES``
+    is parsed as a double by hiredis, formatted back to bytes and parsed again. On RESP2 hiredis hands the
+    scores over as bytes and one ``float`` each makes them numbers; the Python values are the same. That
+    conversion was about a tenth of a personal answer's CPU in the API (issue 15; both protocols measured
+    interleaved in one process on the same state). A cluster keeps redis-py's default: on RESP2, redis-py
+    8.1's cluster ``MULTI`` pipeline returns ``ZRANGE … WITHSCORES`` as a flat list, unpaired
+    (``tests/e2e/test_cluster.py`` reads a user's state that way).
     """
-    options.setdefault("protocol", 2)
     if cluster:
         return redis.cluster.RedisCluster.from_url(url, **options)
+    options.setdefault("protocol", 2)
     return redis.Redis.from_url(url, **options)
 
 

@@ -212,3 +212,23 @@ def test_catalog_records_without_offsets_are_folded_and_counted(
     assert read_stats(client, writer.keys, ("it",)) == {"items": len(catalog)}
     outbox = {f for key in client.scan_iter(match=f"{writer.keys.prefix}*}}:wm") for f in client.hkeys(key)}
     assert not [f for f in outbox if f.startswith(b"co:")]
+
+
+def test_a_users_state_read_in_one_multi_has_the_same_shapes_as_single_reads(
+    client: Any, shop: tuple[list[CatalogItem], list[Event]]
+) -> None:
+    """``StateReader.user`` reads a user's keys in one MULTI. On RESP2, redis-py 8.1's cluster MULTI left
+    ``ZRANGE … WITHSCORES`` unpaired (a flat list), which broke every personal answer on a cluster; so
+    a cluster client keeps redis-py's default protocol (``fold.redis_client``)."""
+    from streamrec.state import StateReader
+
+    catalog, events = shop
+    writer = _writer(client)
+    writer.upsert_items(catalog)
+    _fold(writer, events, 0)
+    user = max({e.user_id for e in events}, key=lambda u: sum(e.user_id == u for e in events))
+    state = StateReader(client, writer.keys, ScoringSettings()).user(user, START)
+    pairs = client.zrange(writer.keys.prefs(user), 0, -1, withscores=True)  # outside any MULTI
+    assert pairs and set(state.preferences) == {m.decode() for m, _ in pairs}
+    assert all(isinstance(v, float) for v in state.preferences.values())
+    assert state.history and state.version > 0
