@@ -135,24 +135,16 @@ class ProcessCache:
         table = self._tables[kind]
         out: dict[Hashable, tuple[float, Any]] = {}
         with self._lock:
-            entries = table.entries
-            if table.ttl_s is None:
-                for key in keys:
-                    entry = entries.get(key)
-                    if entry is None:
-                        table.misses += 1
-                        continue
-                    entries.move_to_end(key)
-                    table.hits += 1
-                    out[key] = entry[:2]
-                return out
+            entries, ttl_s = table.entries, table.ttl_s
             now = self.clock()
-            oldest = now - table.ttl_s * within
+            oldest = None if ttl_s is None else now - ttl_s * within
             for key in keys:
                 entry = entries.get(key)
-                if entry is None or now > entry[2] or entry[0] < oldest:
+                if entry is None or (oldest is not None and (now > entry[2] or entry[0] < oldest)):
                     table.misses += 1
                     continue
+                if oldest is None:  # no staleness bound: least recently used leaves first
+                    entries.move_to_end(key)
                 table.hits += 1
                 out[key] = entry[:2]
         return out

@@ -95,6 +95,9 @@ def normalised_neighbours(
     smoothing of a count in the denominator (shrinkage towards zero for thinly supported items, as in
     Koren's neighbourhood models): an item seen once that co-occurred once no longer ties with a neighbour
     that co-occurred with the anchor on ten of its hundred occurrences. 0 is plain cosine.
+
+    The reference form, on decayed values; answers compute it from log-space totals in one pass
+    (``normalised_log_neighbours``).
     """
     base = max(anchor_count, 1.0) ** (1.0 - alpha)
     shrink = max(shrinkage, 0.0)

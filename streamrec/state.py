@@ -349,11 +349,7 @@ class StateReader:
         pipe = self.client.pipeline(transaction=False)
         for term in terms:
             pipe.zrevrange(self.keys.term(term), 0, n - 1, withscores=True)
-        return {
-            term: {_text(m) or "": float(w) for m, w in rows}
-            for term, rows in zip(terms, pipe.execute(), strict=True)
-            if rows
-        }
+        return {term: _scored(rows) for term, rows in zip(terms, pipe.execute(), strict=True) if rows}
 
     def catalog(self, items: Sequence[str]) -> dict[str, dict[str, str]]:
         """Catalog records by item id; unknown items are left out (a deleted one reads ``deleted: "1"``)."""
@@ -622,7 +618,7 @@ class Snapshot:
             self._local[("raw", item)] = raw
         for item, count in got.counts.items():
             self._read_counts[item] = count
-            self.put("counts", item, count)
+            self.cache.put("counts", item, count)
         for item, record in got.catalog.items():
             self.put("catalog", item, record)
         for key, rows in got.popular.items():
