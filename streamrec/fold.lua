@@ -266,6 +266,7 @@ local function user_stage(events, wm, wm_field, outbox, on_applied)
     if folded[u] > 0 then
       local vk = fmt(T.version, u)
       call('HINCRBY', vk, 'n', folded[u])
+      call('HSETNX', vk, 's', fmt('%d', WALL))  -- when this count started: (n, s) is never reused
       touch(vk, C.user_ttl)
     end
   end
@@ -522,6 +523,8 @@ elseif MODE == 'catalog' then
     for _, m in ipairs(moves) do apply_copy(m) end
   end
   add_stats(fmt(T.stats, 'it:' .. math.max(IN.p, 0)), {items = delta})
+  -- after the records: a reader that saw this generation reads them as written (cached answers compare it)
+  if written > 0 then call('INCR', T.catalog_generation) end
   return written
 
 elseif MODE == 'user' then

@@ -32,12 +32,14 @@ def _templates(p: str) -> dict[str, str]:
         "prefs": f"{p}:{{u:%s}}:p",  # ZSET item -> log of time-decayed, type-weighted interest
         "bought": f"{p}:{{u:%s}}:b",  # ZSET item -> time of purchase, capped
         "searches": f"{p}:{{u:%s}}:q",  # LIST of "ts|term\tterm..." (newest first), capped
-        "version": f"{p}:{{u:%s}}:v",  # HASH n: events folded (the snapshot version readers compare)
+        "version": f"{p}:{{u:%s}}:v",  # HASH n: events folded, s: when n started (wall ms); readers compare both
         "claims": f"{p}:{{u:%s}}:e",  # ZSET event_id -> first seen (wall ms), pruned to the dedupe window
         "outbox": f"{p}:{{u:%s}}:o",  # HASH "<partition>:<offset>" -> effects JSON (cluster schedule only)
         "erased": f"{p}:{{u:%s}}:x",  # STRING: erased at (ms); older events of the user are refused
         # per item, one slot: {i:<item>}
         "catalog": f"{p}:{{i:%s}}:c",  # HASH of the catalog record, or a deletion tombstone
+        # one per deployment, one slot: {cg}
+        "catalog_generation": f"{p}:{{cg}}",  # STRING: batches of catalog records folded (cached answers compare)
         "activity": f"{p}:{{i:%s}}:s",  # HASH n, pop, trend (log decayed totals), c (occurrences), last (ms), cat
         "neighbours": f"{p}:{{i:%s}}:n",  # ZSET neighbour -> log of decayed, order-weighted co-occurrence
         # per search term, one slot: {t:<term>}
@@ -129,7 +131,9 @@ class Keys:
         return self._k("searches", user_id)
 
     def version(self, user_id: str) -> str:
-        """HASH with ``n``, the number of events folded into the user's state (a snapshot's version)."""
+        """HASH with ``n``, the number of events folded into the user's state (a snapshot's version), and
+        ``s``, when that count started (wall ms): a count that starts again (after an erasure, or once the
+        user's keys expired) never repeats a stamp ``(n, s)`` an answer was cached under."""
         return self._k("version", user_id)
 
     def claims(self, user_id: str) -> str:
@@ -161,6 +165,11 @@ class Keys:
     def catalog(self, item_id: str) -> str:
         """HASH of the item's catalog record (or its deletion tombstone)."""
         return self._k("catalog", item_id)
+
+    def catalog_generation(self) -> str:
+        """STRING: how many batches of catalog records were folded (INCR after each, once its records are
+        written). An answer cached under one generation is not served once it moved."""
+        return self._k("catalog_generation")
 
     def activity(self, item_id: str) -> str:
         """HASH of the item's activity: ``n``, ``pop``, ``trend`` (log-space decayed totals), ``last``, ``cat``."""

@@ -232,3 +232,25 @@ def test_a_users_state_read_in_one_multi_has_the_same_shapes_as_single_reads(
     assert pairs and set(state.preferences) == {m.decode() for m, _ in pairs}
     assert all(isinstance(v, float) for v in state.preferences.values())
     assert state.history and state.version > 0
+
+
+def test_a_cached_answers_stamp_on_a_cluster(
+    client: Any, shop: tuple[list[CatalogItem], list[Event]]
+) -> None:
+    """On a cluster the catalog generation and the active model live in slots of their own, read in a
+    pipeline right after the user's MULTI: the catalog stage moves the generation once its records are
+    written, and a stamp read on the cluster sees it, the user's version and when that count started."""
+    from streamrec.state import StateReader
+
+    catalog, events = shop
+    writer = _writer(client)
+    writer.upsert_items(catalog)
+    _fold(writer, events, 0)
+    reader = StateReader(client, writer.keys, ScoringSettings())
+    user = events[0].user_id
+    before = reader.user_reply(user, stamp=True)
+    assert before.stamp is not None and before.stamp[0] > 0 and before.stamp[1] > 0 and before.stamp[2] >= 1
+    assert reader.user_reply(user).stamp is None  # not asked for: not read
+    writer.upsert_items(_catalog_changes(catalog)[:1])
+    after = reader.user_reply(user, stamp=True)
+    assert after.stamp == (before.version, before.since, before.generation + 1, None)  # type: ignore[operator]
