@@ -2,7 +2,8 @@
 
 Each kind of value has its own table, bounded in entries; a value is read again before it is older than
 the staleness bound (``STREAMREC_API_CACHE_TTL_MS``). A user's own state is never cached here:
-``Snapshot`` reads it on every answer, so a shopper's new action shows at once. A TTL of 0 turns the whole
+``Snapshot`` reads it on every answer (a cached answer is served only while it is unchanged), so a
+shopper's new action shows at once. A TTL of 0 turns the whole
 cache off.
 
 Each entry leaves at a random point between ``1 - JITTER`` and all of the bound after it was read, so the
@@ -12,6 +13,11 @@ second on 3,000 Beauty shoppers: without it, the 10 s after each minute had 8–
 answer against 0.1–0.4 in between, and cost 3.4–3.7 ms of CPU per answer against 1.7–2.0; with it (and
 ``state.DERIVE_WITHIN``) every 10 s cost 1.9–2.6 ms, about the same on average, without the waves.
 
+Whole personal answers are kept too (``STREAMREC_API_CACHE_ANSWERS_TTL_MS``, ``…_ANSWERS`` entries), each
+under its stamp (the user's version, the catalog generation, the active model) and served only while the
+stamp read in the answer's first trip is the same (``recommend.Recommender``); their age counts from the
+oldest neighbour list they were ranked from.
+
 A full table evicts the entry read longest ago: every entry of a kind with a staleness bound leaves by its
 age anyway, so a hit does not reorder the table (the cache's own bookkeeping was about a tenth of an
 answer's time before). A model version's rows never change once published, so they are kept until
@@ -20,6 +26,7 @@ evicted, least recently used first.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -34,16 +41,22 @@ IMMUTABLE = frozenset({"model_rows"})  # kept until evicted: a published version
 # other shoppers' co-occurrence: kept for STREAMREC_API_CACHE_NEIGHBOURS_TTL_MS (the user's own history,
 # which picks the seeds, is read on every answer)
 NEIGHBOURS = frozenset({"neighbours", "counts"})
-LISTS = frozenset({"model_active", "popular", "trending"})  # few keys: bounded by api_cache_lists
+LISTS = frozenset({"model_active", "popular", "trending", "catalog_generation"})  # few keys: api_cache_lists
+ANSWERS = "answers"  # whole personal answers: STREAMREC_API_CACHE_ANSWERS_TTL_MS, STREAMREC_API_CACHE_ANSWERS
 JITTER = 0.25  # an entry stays for between 75 % and 100 % of its kind's staleness bound (uniformly)
+# answers are computed in a burst when a process starts (every shopper's first request): they leave over
+# the second half of their bound, so that the burst of answers computed again a bound later is spread
+# out twice as much each time (in process at 500 answers/s on 3,000 shoppers, with 25 % the misses came
+# back as waves of 20 % of the answers every 90 s)
+ANSWERS_JITTER = 0.5
 
 
 class _Table:
     """One kind's entries: key -> (read at, value, leaves at), the one to evict first (read longest ago;
     for a kind without a staleness bound, used longest ago) first. Times are on the cache's clock."""
 
-    def __init__(self, size: int, ttl_s: float | None) -> None:
-        self.size, self.ttl_s = size, ttl_s
+    def __init__(self, size: int, ttl_s: float | None, jitter: float = JITTER) -> None:
+        self.size, self.ttl_s, self.jitter = size, ttl_s, jitter
         self.entries: OrderedDict[Hashable, tuple[float, Any, float]] = OrderedDict()
         self.hits = self.misses = 0
 
@@ -54,8 +67,10 @@ class ProcessCache:
     ``ttl_ms`` bounds how stale a value may be (0 disables the cache); ``neighbours_ttl_ms`` (default
     ``ttl_ms``) bounds the normalised neighbour lists and the counts they are computed from; ``items``
     bounds each per-item kind (catalog records, counts, neighbour lists, model rows), ``lists`` the list
-    kinds (active model version, popularity tops, trending). ``clock`` (seconds, monotonic) and ``seed``
-    (of when entries leave, ``JITTER``) are for tests.
+    kinds (active model version, popularity tops, trending, the newest catalog generation seen);
+    ``answers_ttl_ms`` and ``answers`` (default 0: none) bound the whole personal answers kept (compared
+    by their stamp before they are served; ``recommend.Recommender``). ``clock`` (seconds, monotonic) and
+    ``seed`` (of when entries leave, ``JITTER``) are for tests. Raises ``ValueError`` for a negative bound.
     """
 
     def __init__(
@@ -66,11 +81,14 @@ class ProcessCache:
         clock: Callable[[], float] = time.monotonic,
         neighbours_ttl_ms: int | None = None,
         seed: int | None = None,
+        answers_ttl_ms: int = 0,
+        answers: int = 0,
     ) -> None:
         neighbours_ttl_ms = ttl_ms if neighbours_ttl_ms is None else neighbours_ttl_ms
-        if ttl_ms < 0 or items < 0 or lists < 0 or neighbours_ttl_ms < 0:
+        if min(ttl_ms, items, lists, neighbours_ttl_ms, answers_ttl_ms, answers) < 0:
             raise ValueError("cache staleness and sizes must be >= 0")
         self.enabled = ttl_ms > 0 and items > 0
+        self.answers = self.enabled and answers_ttl_ms > 0 and answers > 0
         self.clock = clock
         self._lock = threading.Lock()
         self._random = random.Random(seed)  # when each entry leaves (``JITTER``)
@@ -78,20 +96,30 @@ class ProcessCache:
         def ttl_s(kind: str) -> float | None:
             if kind in IMMUTABLE:
                 return None
+            if kind == ANSWERS:
+                return answers_ttl_ms / 1000.0
             return (neighbours_ttl_ms if kind in NEIGHBOURS else ttl_ms) / 1000.0
 
-        self._tables = {kind: _Table(lists if kind in LISTS else items, ttl_s(kind)) for kind in CACHED_KINDS}
+        def size(kind: str) -> int:
+            return answers if kind == ANSWERS else lists if kind in LISTS else items
+
+        self._tables = {
+            kind: _Table(size(kind), ttl_s(kind), ANSWERS_JITTER if kind == ANSWERS else JITTER)
+            for kind in CACHED_KINDS
+        }
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Callable[[], float] = time.monotonic) -> ProcessCache:
-        """The cache ``STREAMREC_API_CACHE_TTL_MS``, ``…_NEIGHBOURS_TTL_MS``, ``…_ITEMS`` and ``…_LISTS``
-        describe (``clock``: seconds, monotonic; benchmarks and tests pass their own)."""
+        """The cache ``STREAMREC_API_CACHE_TTL_MS``, ``…_NEIGHBOURS_TTL_MS``, ``…_ANSWERS_TTL_MS``,
+        ``…_ANSWERS``, ``…_ITEMS`` and ``…_LISTS`` describe (``clock``: seconds, monotonic; benchmarks and tests pass their own)."""
         return cls(
             settings.api_cache_ttl_ms,
             settings.api_cache_items,
             settings.api_cache_lists,
             clock=clock,
             neighbours_ttl_ms=settings.api_cache_neighbours_ttl_ms,
+            answers_ttl_ms=settings.api_cache_answers_ttl_ms,
+            answers=settings.api_cache_answers,
         )
 
     def get(self, kind: str, key: Hashable) -> Any:
@@ -101,7 +129,7 @@ class ProcessCache:
         table = self._tables[kind]
         with self._lock:
             entry = table.entries.get(key)
-            if entry is None or (table.ttl_s is not None and self.clock() > entry[2]):
+            if entry is None or self.clock() > entry[2]:
                 table.misses += 1
                 return MISSING
             if table.ttl_s is None:
@@ -112,14 +140,18 @@ class ProcessCache:
     def put(self, kind: str, key: Hashable, value: Any, read_at: float | None = None) -> None:
         """Keep ``value`` (shared, never mutated) for ``(kind, key)``, evicting as ``_Table`` orders; its
         age counts from ``read_at`` (this cache's clock, seconds; default now), the time its oldest input
-        was read when it is derived from other values, and it leaves between ``1 - JITTER`` and all of the
-        kind's bound after that."""
+        was read when it is derived from other values, and it leaves between ``1 - JITTER`` (answers:
+        ``1 - ANSWERS_JITTER``) and all of the kind's bound after that."""
         if not self.enabled:
             return
         table = self._tables[kind]
         with self._lock:
             read_at = self.clock() if read_at is None else read_at
-            life = 0.0 if table.ttl_s is None else table.ttl_s * (1.0 - JITTER * self._random.random())
+            life = (
+                math.inf
+                if table.ttl_s is None
+                else table.ttl_s * (1.0 - table.jitter * self._random.random())
+            )
             table.entries[key] = (read_at, value, read_at + life)
             table.entries.move_to_end(key)
             while len(table.entries) > table.size:
@@ -140,7 +172,7 @@ class ProcessCache:
             oldest = None if ttl_s is None else now - ttl_s * within
             for key in keys:
                 entry = entries.get(key)
-                if entry is None or (oldest is not None and (now > entry[2] or entry[0] < oldest)):
+                if entry is None or now > entry[2] or (oldest is not None and entry[0] < oldest):
                     table.misses += 1
                     continue
                 if oldest is None:  # no staleness bound: least recently used leaves first

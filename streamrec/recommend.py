@@ -3,17 +3,21 @@
 The API and offline evaluation both call this; neither ranks on its own. The maths is in ``scoring``.
 
 Each answer is computed from one ``state.Snapshot`` (docs/STATE.md, "One consistent read"): the user's
-group in one ``MULTI`` (trip 1), everything else from the per-process cache the recommender was given, and
+group in one read-only script (trip 1), everything else from the per-process cache the recommender was given, and
 what the cache misses in one pipelined trip per pass that re-reads the user's version (trip 2). If an event
 of the user was folded in between, the answer is computed again from a new snapshot, so that it is entirely
 before or entirely after that event. With every cache warm, a personal answer is 1 round trip, or 2 when the
 user searched (the search terms' items are always read fresh).
+
+A cache that keeps answers (the API's) also keeps each personal answer under its stamp: the user's version,
+the catalog generation and the active model, read in trip 1. While they are unchanged the same request is
+answered from it in that one trip (docs/STATE.md, "Cached answers").
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -104,24 +108,40 @@ class Recommender:
         ranks as of the end of its training data)."""
         return self.clock() if self.clock is not None else int(time.time() * 1000)
 
-    def _answer(self, user_id: str | None, compute: Callable[[Snapshot], T]) -> T:
+    def _answer(
+        self, user_id: str | None, compute: Callable[[Snapshot], T], key: Hashable | None = None
+    ) -> T:
         """``compute`` on one snapshot, pass after pass until it had every read it asked for.
 
         A snapshot whose user moved (an event folded between its reads) is dropped and the answer computed
         from a new one; the last of ``SNAPSHOT_ATTEMPTS`` is not checked (a user whose events are folded
         faster than an answer is read gets one whose exclusions are those of its first read).
+
+        With a ``key`` (a personal or similar-items request) and a cache that keeps answers, trip 1 also
+        reads the snapshot's ``stamp`` (the user's version, if any, the catalog generation, the active
+        model): an answer
+        cached under the same key and stamp is served as it is, and a checked answer is cached under its
+        stamp, its age counted from when the oldest neighbour list it was ranked from was read.
         """
+        stamped = key is not None and self.cache.answers
         for attempt in range(SNAPSHOT_ATTEMPTS):
-            snap = Snapshot(self.reader, self.cache, self.now(), user_id, attempt < SNAPSHOT_ATTEMPTS - 1)
+            strict = attempt < SNAPSHOT_ATTEMPTS - 1
+            held = self.cache.get("answers", key) if stamped else MISSING
+            stamp = None if held is MISSING else held[0]
+            snap = Snapshot(self.reader, self.cache, self.now(), user_id, strict, stamped, stamp)
+            if held is not MISSING and snap.unchanged:
+                return held[1]  # type: ignore[no-any-return]
             try:
                 for _ in range(PASSES_MAX):
                     result = compute(snap)
                     if snap.complete:
                         break
                     snap.fetch()
-                return result
             except SnapshotMoved:
                 continue
+            if stamped and strict:
+                self.cache.put("answers", key, (snap.stamp, result), snap.read_at)
+            return result
         raise AssertionError("unreachable: the last snapshot is not checked")
 
     def _normalised(self, anchors: Sequence[str], now: int) -> dict[str, dict[str, float]]:
@@ -255,7 +275,8 @@ class Recommender:
         """Personal recommendations: neighbours of recent actions and items that followed recent searches."""
         exclude = set(exclude)
         scored: dict[str, Any] = {}
-        return self._answer(user_id, lambda snap: self._for_user(snap, k, category, exclude, scored))
+        key = ("for_user", user_id, k, category, frozenset(exclude))
+        return self._answer(user_id, lambda snap: self._for_user(snap, k, category, exclude, scored), key)
 
     def _for_user(
         self, snap: Snapshot, k: int, category: str | None, exclude: set[str], scored: dict[str, Any]
@@ -298,7 +319,8 @@ class Recommender:
 
     def similar(self, item_id: str, k: int, user_id: str | None = None) -> Answer:
         """Items that shoppers acted on together with ``item_id``, popularity-normalised."""
-        return self._answer(user_id or None, lambda snap: self._similar(snap, item_id, k))
+        key = ("similar", item_id, k, user_id or None)
+        return self._answer(user_id or None, lambda snap: self._similar(snap, item_id, k), key)
 
     def _similar(self, snap: Snapshot, item_id: str, k: int) -> Answer:
         neighbours = snap.neighbours([item_id])[item_id]

@@ -179,6 +179,16 @@ class Settings(BaseSettings):
         ge=0,
         description="How stale an API process's normalised neighbour lists and the counts they divide by may be, in ms: other shoppers' co-occurrence (the user's own history, which picks the seeds, is read on every answer); 0 keeps none.",
     )
+    api_cache_answers_ttl_ms: int = Field(
+        240_000,
+        ge=0,
+        description="How long an API process may serve an answer (personal, or similar items) again, in ms, while the user's state (their version, if there is a user), the catalog (its generation) and the active model are as they were: counted from when the oldest neighbour list it was ranked from was read, so what other shoppers did shows in it within this bound; 0 keeps none.",
+    )
+    api_cache_answers: int = Field(
+        20_000,
+        ge=0,
+        description="Most answers (personal, or similar items) cached in an API process, one per request; the one computed longest ago is evicted.",
+    )
     api_cache_items: int = Field(
         20_000,
         ge=0,

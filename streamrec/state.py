@@ -1,8 +1,8 @@
 """Reading recommendation state from Redis for ranking (the writers are in ``streamrec.fold``).
 
-Each ``StateReader`` method is one pipelined round trip. A user's state is read in one ``MULTI`` (every key
-of a user is in one hash slot), so the history, preferences, purchases and searches of one answer are one
-consistent snapshot; its ``version`` (events folded) lets a caller notice an event folded between two reads.
+Each ``StateReader`` method is one pipelined round trip. A user's state is read in one read-only script,
+``user_read.lua`` (every key of a user is in one hash slot), so the history, preferences, purchases and
+searches of one answer are one consistent snapshot; its ``version`` (events folded) lets a caller notice an event folded between two reads.
 Decayed totals are stored in log space (``scoring``) and turned into values at the caller's ``now_ms``.
 
 A ``Snapshot`` is one answer's view of the state (docs/STATE.md, "One consistent read"): the user's group
@@ -17,6 +17,7 @@ import heapq
 import math
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any, Protocol
 
 from redis.cluster import RedisCluster
@@ -35,6 +36,49 @@ class UserState:
     bought: set[str]
     searches: list[tuple[int, list[str]]]
     version: int = 0
+
+
+@dataclass(frozen=True)
+class UserReply:
+    """Trip 1 of an answer as Redis sent it: the user's history, preferences (member, log score), purchases
+    and searches, unparsed (``state(now_ms, …)`` parses them: an answer served from the cache never does;
+    an ``unchanged`` reply, sent when the stamp equals the one the caller held, has none),
+    with the version ``n`` and when that count started ``since`` (wall ms, 0: never); with a ``stamp``
+    read, also the catalog generation and the active model version (None when not read)."""
+
+    history: list[Any]
+    prefs: list[Any]
+    bought: list[Any]
+    searches: list[Any]
+    version: int
+    since: int
+    generation: int | None = None
+    model: str | None = None
+    unchanged: bool = False  # the stamp equalled the one the caller held: no state was sent
+
+    @property
+    def stamp(self) -> tuple[int, int, int, str | None] | None:
+        """What a cached answer of this user is valid for: (version, since, catalog generation, active
+        model), or None when the generation was not read."""
+        if self.generation is None:
+            return None
+        return (self.version, self.since, self.generation, self.model)
+
+    def state(self, now_ms: int, preference_halflife_ms: float) -> UserState:
+        """The parsed state, preferences decayed to ``now_ms`` (``scoring.decayed_value``). Raises
+        ``ValueError`` for an ``unchanged`` reply, which carries none."""
+        if self.unchanged:
+            raise ValueError("an unchanged reply carries no state: serve the answer held for its stamp")
+        return UserState(
+            history=parse_history(self.history),
+            preferences={
+                _text(m) or "": decayed_value(score, now_ms, preference_halflife_ms)
+                for m, score in self.prefs
+            },
+            bought={_text(m) or "" for m in self.bought},
+            searches=parse_searches(self.searches),
+            version=self.version,
+        )
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -75,6 +119,10 @@ def _answer_fields(values: Sequence[bytes | str | None]) -> dict[str, str] | Non
     """An ``HMGET`` of ``ANSWER_FIELDS`` as a record holding the fields present (None: no record)."""
     record = {f: _text(v) or "" for f, v in zip(ANSWER_FIELDS, values, strict=True) if v is not None}
     return record or None
+
+
+def _user_read_script() -> str:
+    return resources.files("streamrec").joinpath("user_read.lua").read_text(encoding="utf-8")
 
 
 STATS_PARTITIONS = 256  # stats shards are read for partitions 0..255 of each topic
@@ -120,6 +168,7 @@ class Cache(Protocol):
     """
 
     enabled: bool
+    answers: bool  # whether it keeps whole answers (kind "answers"; see ``recommend.Recommender``)
 
     def get(self, kind: str, key: Hashable) -> Any:
         """The value held for ``(kind, key)``, or ``MISSING``."""
@@ -138,14 +187,27 @@ class Cache(Protocol):
 
 
 # What a Cache is asked to keep: the active model version and its rows (immutable per version), catalog
-# records, items' decayed counts, normalised neighbour lists, the tops of the popularity lists, trending.
-CACHED_KINDS = ("model_active", "model_rows", "catalog", "counts", "neighbours", "popular", "trending")
+# records (each as (catalog generation it was read under, record)), items' decayed counts, normalised
+# neighbour lists, the tops of the popularity lists, trending, the newest catalog generation seen, and
+# whole personal answers (each as (stamp, answer)).
+CACHED_KINDS = (
+    "model_active",
+    "model_rows",
+    "catalog",
+    "counts",
+    "neighbours",
+    "popular",
+    "trending",
+    "catalog_generation",
+    "answers",
+)
 
 
 class NoCache:
     """A cache that holds nothing: every answer reads all it needs (offline evaluation, tests)."""
 
     enabled = False
+    answers = False
 
     def get(self, kind: str, key: Hashable) -> Any:
         """Always ``MISSING``."""
@@ -169,6 +231,7 @@ class FrozenCache:
     (at most one entry per kind and item, list or model row). Not thread-safe: one per process."""
 
     enabled = True
+    answers = False  # each held-out user is answered once
 
     def __init__(self) -> None:
         self._entries: dict[tuple[str, Hashable], Any] = {}
@@ -234,6 +297,7 @@ class StateReader:
         self.keys = keys
         self.scoring = scoring
         self._cluster = isinstance(client, RedisCluster)
+        self._user_read = client.register_script(_user_read_script())
 
     def read(self, reads: Reads, version_of: str | None = None) -> ReadResult:
         """Everything in ``reads`` in one pipelined round trip, then ``version_of``'s version (events folded).
@@ -282,23 +346,50 @@ class StateReader:
     def user(self, user_id: str, now_ms: int) -> UserState:
         """One user's state in one transaction: history, preferences decayed to ``now_ms``, purchases,
         searches and the version (events folded). An unknown user has empty state and version 0."""
-        k, s = self.keys, self.scoring
-        pipe = self.client.pipeline(transaction=True)
-        pipe.lrange(k.history(user_id), 0, -1)
-        pipe.zrange(k.prefs(user_id), 0, -1, withscores=True)
-        pipe.zrange(k.bought(user_id), 0, -1)
-        pipe.lrange(k.searches(user_id), 0, -1)
-        pipe.hget(k.version(user_id), "n")
-        history, prefs, bought, searches, version = pipe.execute()
-        return UserState(
-            history=parse_history(history),
-            preferences={
-                _text(m) or "": decayed_value(score, now_ms, s.preference_halflife_ms) for m, score in prefs
-            },
-            bought={_text(m) or "" for m in bought},
-            searches=parse_searches(searches),
-            version=int(version or 0),
-        )
+        return self.user_reply(user_id).state(now_ms, self.scoring.preference_halflife_ms)
+
+    def user_reply(self, user_id: str, stamp: bool = False, held: tuple[Any, ...] | None = None) -> UserReply:
+        """The user's group in one round trip, atomically (``user_read.lua``, read-only, on the user's one
+        slot), unparsed. With ``stamp``, also the catalog generation and the active model version, which a
+        cached answer is compared by: on one Redis in the same script; on a cluster (other slots) in a
+        pipeline of their own just before it. Either way they are read before anything the answer reads
+        next. ``held``, the stamp of an answer the caller holds: if the stamp read equals it, the reply is
+        ``unchanged`` and carries no state (nothing else was sent)."""
+        k = self.keys
+        keys = [
+            k.history(user_id),
+            k.prefs(user_id),
+            k.bought(user_id),
+            k.searches(user_id),
+            k.version(user_id),
+        ]
+        generation: int | None = None
+        model: str | None = None
+        if stamp and self._cluster:
+            generation, model = self.catalog_and_model()
+            if held is not None and (generation, model) != tuple(held[2:]):
+                held = None  # the catalog or the model moved: the state is needed whatever the user did
+        elif stamp:
+            keys += [k.catalog_generation(), k.model_active()]
+        args = [] if held is None else [str(x) if x else "" for x in held[: len(keys) - 3]]
+        reply = self._user_read(keys=keys, args=args)
+        n, since = int(reply[0] or 0), int(reply[1] or 0)
+        if stamp and not self._cluster:
+            generation, model = int(reply[2] or 0), _text(reply[3]) or None
+        if len(reply) == 4:
+            return UserReply([], [], [], [], n, since, generation, model, unchanged=True)
+        flat = reply[5]
+        prefs = list(zip(flat[0::2], map(float, flat[1::2]), strict=True))
+        return UserReply(reply[4], prefs, reply[6], reply[7], n, since, generation, model)
+
+    def catalog_and_model(self) -> tuple[int, str | None]:
+        """The catalog generation (0: no catalog record folded yet) and the active model version (None:
+        none), in one pipelined trip (two slots on a cluster)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.keys.catalog_generation())
+        pipe.get(self.keys.model_active())
+        generation, model = pipe.execute()
+        return int(generation or 0), _text(model)
 
     def version(self, user_id: str) -> int:
         """The number of events folded into the user's state (0 for an unknown user)."""
@@ -458,7 +549,7 @@ DERIVE_WITHIN = 0.5
 
 
 class Snapshot:
-    """One answer's reads: the user's group in one ``MULTI`` (trip 1, at construction, when a user is given),
+    """One answer's reads: the user's group in one script (trip 1, at construction, when a user is given),
     then everything else from the per-process ``cache`` or, when the cache misses, from this answer's own
     reads.
 
@@ -468,6 +559,13 @@ class Snapshot:
     when the version moved (unless ``strict`` is False): an event of the user was folded after trip 1, and
     the answer must be computed from a new snapshot. What a trip read that the cache may keep goes into it;
     search terms' items and raw neighbour lists stay with this snapshot. Raises ``redis.RedisError``.
+
+    With ``stamp``, trip 1 also reads the catalog generation and the active model version (``UserReply``;
+    without a user, trip 1 reads only those), and ``held`` is the stamp of an answer the caller holds
+    (``unchanged`` says whether it stands): the answer then uses that model version, and only catalog records read under that generation or a
+    later one, so that it is valid for as long as its ``stamp`` holds (a cached answer is compared by it).
+    ``read_at`` is when the oldest neighbour list the answer used was read, or the counts it was derived
+    from (the cache's clock; None: nothing older than this answer).
     """
 
     def __init__(
@@ -477,15 +575,53 @@ class Snapshot:
         now_ms: int,
         user_id: str | None = None,
         strict: bool = True,
+        stamp: bool = False,
+        held: tuple[Any, ...] | None = None,
     ) -> None:
         self.reader, self.cache, self.now, self.strict = reader, cache, now_ms, strict
         self.user_id = user_id
-        self.user = reader.user(user_id, now_ms) if user_id is not None else None
-        self.trips = 1 if user_id is not None else 0
+        self.reply = reader.user_reply(user_id, stamp, held) if user_id is not None else None
+        self._user: UserState | None = None
+        self.trips = 1 if user_id is not None or stamp else 0
         self._local: dict[tuple[str, Hashable], Any] = {}
         self._read_counts: dict[str, float | None] = {}  # what this snapshot's own trips read
         self._held_counts: dict[Hashable, tuple[float, Any]] = {}  # what the cache gave it, with when read
         self._pending = Reads()
+        self.read_at: float | None = None
+        # what a cached answer of this snapshot is valid for: with a user, (version, since, catalog
+        # generation, model); without one, (catalog generation, model); None when not read
+        self.stamp: tuple[Any, ...] | None = None
+        if self.reply is not None:
+            self.stamp = self.reply.stamp
+        elif stamp:
+            self.stamp = reader.catalog_and_model()
+        known = cache.get("catalog_generation", None)
+        if self.stamp is not None:
+            # catalog records this answer may use: read under this generation or a later one
+            self._generation, model = self.stamp[-2], self.stamp[-1]
+            if known is MISSING or known < self._generation:
+                cache.put("catalog_generation", None, self._generation)
+            self._local[("model_active", None)] = model
+        else:
+            # records read by this snapshot are at least as new as the newest generation seen so far
+            self._generation = -1 if known is MISSING else known
+        self._strict_catalog = self.stamp is not None
+        self._held = held
+
+    @property
+    def unchanged(self) -> bool:
+        """Whether the stamp read equals ``held``, the stamp of the answer the caller holds (which then
+        stands as it is; a snapshot with a user then has no state to compute another from)."""
+        return self.stamp is not None and (
+            (self.reply is not None and self.reply.unchanged) or self.stamp == self._held
+        )
+
+    @property
+    def user(self) -> UserState | None:
+        """The user's state from trip 1, decayed to ``now`` (parsed on first use; None: no user)."""
+        if self._user is None and self.reply is not None:
+            self._user = self.reply.state(self.now, self.reader.scoring.preference_halflife_ms)
+        return self._user
 
     @property
     def complete(self) -> bool:
@@ -532,16 +668,22 @@ class Snapshot:
         that arrived since it was read. A list is kept in the cache as read when its oldest count was, so
         it is never staler than the neighbours' bound (``STREAMREC_API_CACHE_NEIGHBOURS_TTL_MS``); the
         counts it is derived from were read within ``DERIVE_WITHIN`` of that bound (older ones are read
-        again), so it stays in the cache for at least the rest of it.
+        again), so it stays in the cache for at least the rest of it. ``read_at`` becomes the time the
+        oldest list used was read.
         """
         s = self.reader.scoring
         n = s.neighbours_max + s.neighbours_slack
+        local = self._local
+        held = self.cache.held("neighbours", [a for a in anchors if ("neighbours", a) not in local])
         out: dict[str, dict[str, float]] = {}
         for anchor in anchors:
             out[anchor] = {}
-            normalised = self.get("neighbours", anchor)
+            normalised = local.get(("neighbours", anchor), MISSING)
+            if normalised is MISSING and (entry := held.get(anchor)) is not None:
+                normalised = entry[1]
+                self._read(entry[0])
             if normalised is MISSING:
-                raw = self._local.get(("raw", anchor), MISSING)
+                raw = local.get(("raw", anchor), MISSING)
                 if raw is MISSING:
                     self._pending.neighbours[anchor] = n
                     self._counts([anchor])  # read with the list: the anchor's own count
@@ -560,8 +702,15 @@ class Snapshot:
                 )
                 # as stale as its oldest count (some may have come from the cache): kept from then on
                 self.put("neighbours", anchor, normalised, oldest)
+                if oldest is not None:
+                    self._read(oldest)
             out[anchor] = normalised
         return out
+
+    def _read(self, at: float) -> None:
+        """Note that this answer uses a value read at ``at`` (the cache's clock)."""
+        if self.read_at is None or at < self.read_at:
+            self.read_at = at
 
     def _counts(self, items: Sequence[str]) -> tuple[dict[str, float | None] | None, float | None]:
         """The log-space counts of ``items`` (None: no activity) and when the oldest that came from the
@@ -586,14 +735,16 @@ class Snapshot:
         return (counts, oldest) if complete else (None, None)
 
     def catalog(self, items: Iterable[str]) -> dict[str, dict[str, str]]:
-        """The ``ANSWER_FIELDS`` of each item's catalog record; items without a record are left out."""
+        """The ``ANSWER_FIELDS`` of each item's catalog record; items without a record are left out. A
+        stamped snapshot uses only records read under its catalog generation or a later one."""
         out = {}
+        floor = self._generation if self._strict_catalog else None
         for item in items:
-            record = self.get("catalog", item)
-            if record is MISSING:
+            entry = self.get("catalog", item)
+            if entry is MISSING or (floor is not None and entry[0] < floor):
                 self._pending.catalog[item] = None
-            elif record is not None:
-                out[item] = record
+            elif entry[1] is not None:
+                out[item] = entry[1]
         return out
 
     def popular(self, n: int, category: str | None = None, offset: int = 0) -> list[tuple[str, float]]:
@@ -610,7 +761,7 @@ class Snapshot:
     def fetch(self) -> None:
         """Read everything pending in one pipelined trip (plus the user's version)."""
         reads, self._pending = self._pending, Reads()
-        got = self.reader.read(reads, self.user_id if self.user is not None else None)
+        got = self.reader.read(reads, self.user_id if self.reply is not None else None)
         self.trips += 1
         for term, items in got.terms.items():
             self._local[("terms", term)] = items
@@ -620,8 +771,8 @@ class Snapshot:
             self._read_counts[item] = count
             self.cache.put("counts", item, count)
         for item, record in got.catalog.items():
-            self.put("catalog", item, record)
+            self.put("catalog", item, (self._generation, record))
         for key, rows in got.popular.items():
             self.put("popular", key, rows)
-        if self.strict and self.user is not None and got.version != self.user.version:
-            raise SnapshotMoved(f"user {self.user_id!r}: version {self.user.version} -> {got.version}")
+        if self.strict and self.reply is not None and got.version != self.reply.version:
+            raise SnapshotMoved(f"user {self.user_id!r}: version {self.reply.version} -> {got.version}")
