@@ -534,7 +534,7 @@ FAMILIES = {
     "term": ("term",),
     "event": ("claims",),
     "shards": ("popular_cat", "popular", "trending_cat", "trending"),
-    "bookkeeping": ("stats", "watermark", "slot_watermark"),
+    "bookkeeping": ("stats", "watermark", "slot_watermark", "catalog_generation"),
 }
 EXACT = ("shards", "bookkeeping")
 
@@ -1386,16 +1386,23 @@ def profile_worker(pid: int, seconds: float, out: Path) -> list[tuple[str, float
     return [(f, inclusive[f] / max(total, 1), leaf.get(f, 0) / max(total, 1)) for f in top]
 
 
-ANSWER_RATE = 175.0  # answers a second one API process gives in the wrk run (about 350/s over 2 workers)
+ANSWER_RATE = (
+    175.0  # answers a second per API process when each is computed (about 350/s over 2 workers under wrk)
+)
 
 
 def cache_warm_up_s() -> float:
     """How long a serving measurement warms the API's caches first, in seconds: the longest staleness
-    bound of the defaults (``STREAMREC_API_CACHE_NEIGHBOURS_TTL_MS``). By then every neighbour list read
-    has been read once and the first ones expire, as they do all day in a running shop, so the figures
-    are its steady state rather than a cold start (which is over after one bound)."""
+    bound of the defaults (``STREAMREC_API_CACHE_ANSWERS_TTL_MS``). By then every answer and neighbour
+    list read has been read once and the first ones leave, as they do all day in a running shop, so the
+    figures are its steady state rather than a cold start (which is over after one bound)."""
     settings = Settings()
-    return max(settings.api_cache_neighbours_ttl_ms, settings.api_cache_ttl_ms) / 1000.0
+    bounds = (
+        settings.api_cache_answers_ttl_ms,
+        settings.api_cache_neighbours_ttl_ms,
+        settings.api_cache_ttl_ms,
+    )
+    return max(bounds) / 1000.0
 
 
 def answer_cost(
@@ -1405,18 +1412,21 @@ def answer_cost(
     seconds: float = 10.0,
     seed: int = 1,
     warm_up_s: float | None = None,
+    cached_answers: bool = True,
 ) -> dict[str, Any]:
     """What one personal answer costs in one process, without HTTP: the API's ``Recommender`` with the
-    API's cache (``STREAMREC_API_CACHE_*`` defaults) on a clock that moves ``1 / rate`` s per answer, so
-    the cache ages as it does under ``rate`` answers a second; random ``users``, ``warm_up_s`` of
-    warm-up on that clock (default ``cache_warm_up_s()``), then ``seconds`` measured. Returns the median,
-    mean and p99 (ms) of one answer's wall time, its CPU time (ms, the mean), Redis commands per answer
-    (``INFO commandstats``, which it resets) and the cache's hit rate per kind."""
+    API's cache (``STREAMREC_API_CACHE_*`` defaults; without whole answers unless ``cached_answers``, so
+    that every answer is computed) on a clock that moves ``1 / rate`` s per answer, so the cache ages as
+    it does under ``rate`` answers a second; random ``users``, ``warm_up_s`` of warm-up on that clock
+    (default ``cache_warm_up_s()``), then ``seconds`` measured. Returns the median, mean and p99 (ms) of
+    one answer's wall time, its CPU time (ms, the mean), Redis commands per answer (``INFO
+    commandstats``, which it resets) and the cache's hit rate per kind."""
     from streamrec.api.cache import ProcessCache
     from streamrec.recommend import Recommender
 
     now = [0.0]
-    cache = ProcessCache.from_settings(Settings(), clock=lambda: now[0])
+    settings = Settings() if cached_answers else Settings(api_cache_answers_ttl_ms=0)
+    cache = ProcessCache.from_settings(settings, clock=lambda: now[0])
     rec = Recommender(StateReader(client, Keys(PREFIX), ScoringSettings()), ScoringSettings(), cache=cache)
     rng = random.Random(seed)
     warm_up_s = cache_warm_up_s() if warm_up_s is None else warm_up_s
@@ -1442,6 +1452,7 @@ def answer_cost(
         + (m := after[kind]["misses"] - before[kind]["misses"])
     }
     return {
+        "cached_answers": cached_answers,
         "rate_per_s": rate,
         "warm_up_s": warm_up_s,
         "answers": len(took),
@@ -1495,11 +1506,17 @@ def serving(
         _wait(lambda: stack.applied() >= len(events), 600, f"{len(events):,} events to be folded", 0.1)
         say(f"folded {len(events):,} events")
         paths = api_paths(stack, events)
-        cost = answer_cost(stack.client, list(dict.fromkeys(e.user_id for e in events)), warm_up_s=warm_up_s)
-        say(
-            f"one answer in process at {cost['rate_per_s']:.0f}/s: median {cost['median_ms']:.2f} ms, "
-            f"p99 {cost['p99_ms']:.2f} ms, {cost['redis_commands_per_answer']:.1f} Redis commands"
-        )
+        user_ids = list(dict.fromkeys(e.user_id for e in events))
+        costs = [
+            answer_cost(stack.client, user_ids, warm_up_s=warm_up_s, cached_answers=c) for c in (True, False)
+        ]
+        for cost in costs:
+            say(
+                f"one answer in process at {cost['rate_per_s']:.0f}/s"
+                f"{'' if cost['cached_answers'] else ', every answer computed'}: median "
+                f"{cost['median_ms']:.2f} ms, CPU {cost['cpu_ms']:.2f} ms, p99 {cost['p99_ms']:.2f} ms, "
+                f"{cost['redis_commands_per_answer']:.1f} Redis commands"
+            )
         for server in servers:
             api = start_api(stack, tag, **server.env())
             say(f"{server.label}: warm-up on recommendations ({warm_up_s:.0f} s, not counted)")
@@ -1529,7 +1546,8 @@ def serving(
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "load_average_before_after": [load_before, list(os.getloadavg())],
         "seconds": round(time.monotonic() - started, 1),
-        "answer_cost": cost,
+        "answer_cost": costs[0],
+        "answer_cost_computed": costs[1],
         "results": results,
     }
     (out_dir / "serving.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -1564,11 +1582,11 @@ def serving_markdown(report: dict[str, Any]) -> str:
                 f"| {r['label']} | {name} | {a['requests_per_s']:,.0f} | {a['p50_ms']:.1f} ms | "
                 f"{a['p99_ms']:.1f} ms | {a['errors']:.0f} | {share:.2f} | {target} |"
             )
-    cost = report.get("answer_cost")
-    if cost:
+    for cost in filter(None, (report.get("answer_cost"), report.get("answer_cost_computed"))):
+        how = "and cache" if cost.get("cached_answers", True) else "and cache, without cached answers"
         lines += [
             "",
-            f"One personal answer in one process, without HTTP (the API's Recommender and cache, the cache "
+            f"One personal answer in one process, without HTTP (the API's Recommender {how}, the cache "
             f"ageing as under {cost['rate_per_s']:.0f} answers/s, {cost['answers']:,} random shoppers): "
             f"median {cost['median_ms']:.2f} ms, mean {cost['mean_ms']:.2f} ms, p99 {cost['p99_ms']:.2f} ms, "
             f"CPU {cost.get('cpu_ms', float('nan')):.2f} ms, "
