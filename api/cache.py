@@ -13,7 +13,7 @@ second on 3,000 Beauty shoppers: without it, the 10 s after each minute had 8–
 answer against 0.1–0.4 in between, and cost 3.4–3.7 ms of CPU per answer against 1.7–2.0; with it (and
 ``state.DERIVE_WITHIN``) every 10 s cost 1.9–2.6 ms, about the same on average, without the waves.
 
-Whole personal answers are kept too (``STREAMREC_API_CACHE_ANSWERS_TTL_MS``, ``…_ANSWERS`` entries), each
+Whole answers (personal, and similar items) are kept too (``STREAMREC_API_CACHE_ANSWERS_TTL_MS``, ``…_ANSWERS`` entries), each
 under its stamp (the user's version, the catalog generation, the active model) and served only while the
 stamp read in the answer's first trip is the same (``recommend.Recommender``); their age counts from the
 oldest neighbour list they were ranked from.
@@ -42,7 +42,7 @@ IMMUTABLE = frozenset({"model_rows"})  # kept until evicted: a published version
 # which picks the seeds, is read on every answer)
 NEIGHBOURS = frozenset({"neighbours", "counts"})
 LISTS = frozenset({"model_active", "popular", "trending", "catalog_generation"})  # few keys: api_cache_lists
-ANSWERS = "answers"  # whole personal answers: STREAMREC_API_CACHE_ANSWERS_TTL_MS, STREAMREC_API_CACHE_ANSWERS
+ANSWERS = "answers"  # whole answers: STREAMREC_API_CACHE_ANSWERS_TTL_MS, STREAMREC_API_CACHE_ANSWERS
 JITTER = 0.25  # an entry stays for between 75 % and 100 % of its kind's staleness bound (uniformly)
 # answers are computed in a burst when a process starts (every shopper's first request): they leave over
 # the second half of their bound, so that the burst of answers computed again a bound later is spread
@@ -68,7 +68,7 @@ class ProcessCache:
     ``ttl_ms``) bounds the normalised neighbour lists and the counts they are computed from; ``items``
     bounds each per-item kind (catalog records, counts, neighbour lists, model rows), ``lists`` the list
     kinds (active model version, popularity tops, trending, the newest catalog generation seen);
-    ``answers_ttl_ms`` and ``answers`` (default 0: none) bound the whole personal answers kept (compared
+    ``answers_ttl_ms`` and ``answers`` (default 0: none) bound the whole answers kept (compared
     by their stamp before they are served; ``recommend.Recommender``). ``clock`` (seconds, monotonic) and
     ``seed`` (of when entries leave, ``JITTER``) are for tests. Raises ``ValueError`` for a negative bound.
     """
@@ -111,7 +111,8 @@ class ProcessCache:
     @classmethod
     def from_settings(cls, settings: Settings, clock: Callable[[], float] = time.monotonic) -> ProcessCache:
         """The cache ``STREAMREC_API_CACHE_TTL_MS``, ``…_NEIGHBOURS_TTL_MS``, ``…_ANSWERS_TTL_MS``,
-        ``…_ANSWERS``, ``…_ITEMS`` and ``…_LISTS`` describe (``clock``: seconds, monotonic; benchmarks and tests pass their own)."""
+        ``…_ANSWERS``, ``…_ITEMS`` and ``…_LISTS`` describe (``clock``: seconds, monotonic; benchmarks and
+        tests pass their own)."""
         return cls(
             settings.api_cache_ttl_ms,
             settings.api_cache_items,

@@ -2,16 +2,16 @@
 
 The API and offline evaluation both call this; neither ranks on its own. The maths is in ``scoring``.
 
-Each answer is computed from one ``state.Snapshot`` (docs/STATE.md, "One consistent read"): the user's
-group in one read-only script (trip 1), everything else from the per-process cache the recommender was given, and
-what the cache misses in one pipelined trip per pass that re-reads the user's version (trip 2). If an event
-of the user was folded in between, the answer is computed again from a new snapshot, so that it is entirely
+Each answer is computed from one ``state.Snapshot`` (docs/STATE.md, "One consistent read"): the user's group
+in one read-only script (trip 1), everything else from the per-process cache the recommender was given, and
+what the cache misses in one pipelined trip per pass that re-reads the user's version (trip 2). If an event of
+the user was folded in between, the answer is computed again from a new snapshot, so that it is entirely
 before or entirely after that event. With every cache warm, a personal answer is 1 round trip, or 2 when the
 user searched (the search terms' items are always read fresh).
 
-A cache that keeps answers (the API's) also keeps each personal answer under its stamp: the user's version,
-the catalog generation and the active model, read in trip 1. While they are unchanged the same request is
-answered from it in that one trip (docs/STATE.md, "Cached answers").
+A cache that keeps answers (the API's) also keeps each personal and similar-items answer under its stamp: the
+user's version, the catalog generation and the active model, read in trip 1. While they are unchanged the same
+request is answered from it in that one trip (docs/STATE.md, "Cached answers").
 """
 
 from __future__ import annotations
@@ -119,9 +119,9 @@ class Recommender:
 
         With a ``key`` (a personal or similar-items request) and a cache that keeps answers, trip 1 also
         reads the snapshot's ``stamp`` (the user's version, if any, the catalog generation, the active
-        model): an answer
-        cached under the same key and stamp is served as it is, and a checked answer is cached under its
-        stamp, its age counted from when the oldest neighbour list it was ranked from was read.
+        model): an answer cached under the same key and stamp is served as it is, and a checked answer is
+        cached under its stamp, its age counted from when the oldest neighbour list it was ranked from
+        was read.
         """
         stamped = key is not None and self.cache.answers
         for attempt in range(SNAPSHOT_ATTEMPTS):

@@ -562,8 +562,9 @@ class Snapshot:
 
     With ``stamp``, trip 1 also reads the catalog generation and the active model version (``UserReply``;
     without a user, trip 1 reads only those), and ``held`` is the stamp of an answer the caller holds
-    (``unchanged`` says whether it stands): the answer then uses that model version, and only catalog records read under that generation or a
-    later one, so that it is valid for as long as its ``stamp`` holds (a cached answer is compared by it).
+    (``unchanged`` says whether it stands). The answer then uses that model version, and only catalog
+    records read under that generation or a later one, so that it is valid for as long as its ``stamp``
+    holds (a cached answer is compared by it).
     ``read_at`` is when the oldest neighbour list the answer used was read, or the counts it was derived
     from (the cache's clock; None: nothing older than this answer).
     """
