@@ -54,15 +54,20 @@ def state_only(snap: dict[bytes, Any], keys: Keys) -> dict[bytes, Any]:
     """A snapshot without the fold's bookkeeping, which legitimately differs between two runs that
     folded the same events: offset watermarks (where each run's consumer got to), and the times in the
     event-id claims (wall clock when first seen; the claimed ids themselves are kept). On a cluster the
-    stats shards also keep their partition's watermark (``wm:<partition>``): left out too."""
+    stats shards also keep their partition's watermark (``wm:<partition>``): left out too. So are the
+    stamps cached answers are compared by: when each user's event count started (the version's ``s``, wall
+    clock) and the catalog generation (a batch of records delivered again moves it again)."""
     claims = keys.claims("\0").split("\0")[1].encode()  # the claims keys' suffix, e.g. b"}:e"
+    version = keys.version("\0").split("\0")[1].encode()  # b"}:v"
     stats = keys.stats_pattern().encode()[:-1]  # the stats shards' common head, e.g. b"sr:{st:"
     out: dict[bytes, Any] = {}
     for key, value in snap.items():
-        if key == keys.watermark().encode() or key.endswith(b"}:wm"):
+        if key in (keys.watermark().encode(), keys.catalog_generation().encode()) or key.endswith(b"}:wm"):
             continue
         if key.endswith(claims):
             value = sorted(member for member, _ in value)
+        if key.endswith(version) and isinstance(value, dict):
+            value = {f: v for f, v in value.items() if f != b"s"}
         if key.startswith(stats) and isinstance(value, dict):
             value = {f: v for f, v in value.items() if not f.startswith(b"wm:")}
         out[key] = value
