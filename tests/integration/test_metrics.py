@@ -201,7 +201,7 @@ def test_api_metrics_combine_gunicorn_workers_and_label_by_url_rule(
         == n
     )
     assert value(samples, "streamrec_api_empty_answers_total", endpoint="recommendations") == n
-    assert value(samples, "streamrec_api_redis_duration_seconds_count", operation="user") == n
+    assert value(samples, "streamrec_api_redis_duration_seconds_count", operation="user_reply") == n
     assert value(samples, "streamrec_producer_records_sent_total", topic="events") == 1
     assert value(samples, "streamrec_producer_records_failed_total", topic="events") == 0
     # the request id comes back, and a caller's own id is kept
