@@ -13,10 +13,10 @@ second on 3,000 Beauty shoppers: without it, the 10 s after each minute had 8–
 answer against 0.1–0.4 in between, and cost 3.4–3.7 ms of CPU per answer against 1.7–2.0; with it (and
 ``state.DERIVE_WITHIN``) every 10 s cost 1.9–2.6 ms, about the same on average, without the waves.
 
-Whole answers (personal, and similar items) are kept too (``STREAMREC_API_CACHE_ANSWERS_TTL_MS``, ``…_ANSWERS`` entries), each
-under its stamp (the user's version, the catalog generation, the active model) and served only while the
-stamp read in the answer's first trip is the same (``recommend.Recommender``); their age counts from the
-oldest neighbour list they were ranked from.
+Whole answers (personal, and similar items) are kept too (``STREAMREC_API_CACHE_ANSWERS_TTL_MS``,
+``…_ANSWERS`` entries), each under its stamp (the user's version, the catalog generation, the active
+model) and served only while the stamp read in the answer's first trip is the same
+(``recommend.Recommender``); their age counts from the oldest neighbour list they were ranked from.
 
 A full table evicts the entry read longest ago: every entry of a kind with a staleness bound leaves by its
 age anyway, so a hit does not reorder the table (the cache's own bookkeeping was about a tenth of an

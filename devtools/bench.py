@@ -1386,9 +1386,8 @@ def profile_worker(pid: int, seconds: float, out: Path) -> list[tuple[str, float
     return [(f, inclusive[f] / max(total, 1), leaf.get(f, 0) / max(total, 1)) for f in top]
 
 
-ANSWER_RATE = (
-    175.0  # answers a second per API process when each is computed (about 350/s over 2 workers under wrk)
-)
+# answers a second per API process when each is computed (about 350/s over 2 workers under wrk)
+ANSWER_RATE = 175.0
 
 
 def cache_warm_up_s() -> float:

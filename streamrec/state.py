@@ -606,16 +606,13 @@ class Snapshot:
         else:
             # records read by this snapshot are at least as new as the newest generation seen so far
             self._generation = -1 if known is MISSING else known
-        self._strict_catalog = self.stamp is not None
         self._held = held
 
     @property
     def unchanged(self) -> bool:
         """Whether the stamp read equals ``held``, the stamp of the answer the caller holds (which then
         stands as it is; a snapshot with a user then has no state to compute another from)."""
-        return self.stamp is not None and (
-            (self.reply is not None and self.reply.unchanged) or self.stamp == self._held
-        )
+        return self.stamp is not None and self.stamp == self._held
 
     @property
     def user(self) -> UserState | None:
@@ -739,7 +736,7 @@ class Snapshot:
         """The ``ANSWER_FIELDS`` of each item's catalog record; items without a record are left out. A
         stamped snapshot uses only records read under its catalog generation or a later one."""
         out = {}
-        floor = self._generation if self._strict_catalog else None
+        floor = None if self.stamp is None else self._generation
         for item in items:
             entry = self.get("catalog", item)
             if entry is MISSING or (floor is not None and entry[0] < floor):

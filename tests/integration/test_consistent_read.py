@@ -290,17 +290,17 @@ def test_a_neighbour_list_is_derived_from_counts_young_enough_to_keep_it(shop: S
 # --- cached answers (STREAMREC_API_CACHE_ANSWERS_TTL_MS) ----------------------------------------------------
 
 
-def answers_cache(now: list[float]) -> ProcessCache:
-    """The API's cache with whole answers kept, on a clock the test moves."""
+def answers_cache(now: list[float], neighbours_ttl_ms: int = 10_000, seed: int = 1) -> ProcessCache:
+    """The API's cache with whole answers kept (30 s), on a clock the test moves."""
     return ProcessCache(
         60_000,
         1000,
         100,
         clock=lambda: now[0],
-        neighbours_ttl_ms=10_000,
+        neighbours_ttl_ms=neighbours_ttl_ms,
         answers_ttl_ms=30_000,
         answers=100,
-        seed=1,
+        seed=seed,
     )
 
 
@@ -339,17 +339,8 @@ def test_a_cached_answer_ages_from_the_oldest_neighbour_list_it_was_ranked_from(
     """An answer's staleness bound (30 s here) counts from when the oldest neighbour list it was ranked from
     was read, not from when it was computed: no cached answer serves co-occurrence older than it."""
     now = [0.0]
-    cache = ProcessCache(
-        60_000,
-        1000,
-        100,
-        clock=lambda: now[0],
-        neighbours_ttl_ms=60_000,
-        answers_ttl_ms=30_000,
-        answers=100,
-        seed=3,  # when entries leave within the last half of the answers' bound: here after 20 s
-    )
-    rec = shop.recommender(cache)
+    # seed 3: when entries leave within the last half of the answers' bound (here after 20 s)
+    rec = shop.recommender(answers_cache(now, neighbours_ttl_ms=60_000, seed=3))
     rec.similar("lens", 10)
     rec.similar("hat", 10)  # t = 0: the lists of s3's two seeds
     now[0] = 15.0
