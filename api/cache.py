@@ -17,6 +17,10 @@ Whole answers (personal, and similar items) are kept too (``STREAMREC_API_CACHE_
 ``…_ANSWERS`` entries), each under its stamp (the user's version, the catalog generation, the active
 model) and served only while the stamp read in the answer's first trip is the same
 (``recommend.Recommender``); their age counts from the oldest neighbour list they were ranked from.
+A catalog record cannot change while the catalog generation stays as it is, so catalog records are then
+kept as long as answers: an answer computed again (its bound passed) finds those it shows here, under the
+generation it checks, instead of reading them in one more trip. Measured under wrk on 3,000 Beauty
+shoppers (sync, 2 workers), that took the median answer computed again from 5.4 to 3.5 ms.
 
 A full table evicts the entry read longest ago: every entry of a kind with a staleness bound leaves by its
 age anyway, so a hit does not reorder the table (the cache's own bookkeeping was about a tenth of an
@@ -43,6 +47,9 @@ IMMUTABLE = frozenset({"model_rows"})  # kept until evicted: a published version
 NEIGHBOURS = frozenset({"neighbours", "counts"})
 LISTS = frozenset({"model_active", "popular", "trending", "catalog_generation"})  # few keys: api_cache_lists
 ANSWERS = "answers"  # whole answers: STREAMREC_API_CACHE_ANSWERS_TTL_MS, STREAMREC_API_CACHE_ANSWERS
+# catalog records, each under the catalog generation it was read under: with answers kept, kept as long
+# as they are (``ProcessCache.catalog_within``)
+CATALOG = "catalog"
 JITTER = 0.25  # an entry stays for between 75 % and 100 % of its kind's staleness bound (uniformly)
 # answers are computed in a burst when a process starts (every shopper's first request): they leave over
 # the second half of their bound, so that the burst of answers computed again a bound later is spread
@@ -69,7 +76,10 @@ class ProcessCache:
     bounds each per-item kind (catalog records, counts, neighbour lists, model rows), ``lists`` the list
     kinds (active model version, popularity tops, trending, the newest catalog generation seen);
     ``answers_ttl_ms`` and ``answers`` (default 0: none) bound the whole answers kept (compared
-    by their stamp before they are served; ``recommend.Recommender``). ``clock`` (seconds, monotonic) and
+    by their stamp before they are served; ``recommend.Recommender``). With answers kept, catalog records
+    are kept as long as answers (each under the catalog generation it was read under, which a stamped
+    answer checks), and ``catalog_within`` is the share of that bound within which a reader without a
+    stamp takes one (``ttl_ms`` over it). ``clock`` (seconds, monotonic) and
     ``seed`` (of when entries leave, ``JITTER``) are for tests. Raises ``ValueError`` for a negative bound.
     """
 
@@ -93,11 +103,19 @@ class ProcessCache:
         self._lock = threading.Lock()
         self._random = random.Random(seed)  # when each entry leaves (``JITTER``)
 
+        # a catalog record does not change within a catalog generation: a stamped answer takes one read
+        # under its generation or a later one whatever its age, so records are kept as long as answers
+        # are; a reader without a stamp takes only those read within the general bound
+        catalog_ttl_ms = max(ttl_ms, answers_ttl_ms) if self.answers else ttl_ms
+        self.catalog_within = ttl_ms / catalog_ttl_ms if catalog_ttl_ms else 1.0
+
         def ttl_s(kind: str) -> float | None:
             if kind in IMMUTABLE:
                 return None
             if kind == ANSWERS:
                 return answers_ttl_ms / 1000.0
+            if kind == CATALOG:
+                return catalog_ttl_ms / 1000.0
             return (neighbours_ttl_ms if kind in NEIGHBOURS else ttl_ms) / 1000.0
 
         def size(kind: str) -> int:

@@ -172,7 +172,7 @@ class Settings(BaseSettings):
     api_cache_ttl_ms: int = Field(
         1000,
         ge=0,
-        description="How stale an API process's cached state may be, in ms (active model version, catalog fields, popularity tops, trending; never a user's own state); 0 disables the whole cache.",
+        description="How stale an API process's cached state may be, in ms (active model version, catalog fields, popularity tops, trending; never a user's own state; a cached answer's catalog fields are checked by the catalog generation instead); 0 disables the whole cache.",
     )
     api_cache_neighbours_ttl_ms: int = Field(
         60_000,

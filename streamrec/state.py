@@ -169,6 +169,9 @@ class Cache(Protocol):
 
     enabled: bool
     answers: bool  # whether it keeps whole answers (kind "answers"; see ``recommend.Recommender``)
+    # share of the catalog kind's bound within which a reader without a stamp (which checks no catalog
+    # generation) takes a record: ``held("catalog", items, catalog_within)``
+    catalog_within: float
 
     def get(self, kind: str, key: Hashable) -> Any:
         """The value held for ``(kind, key)``, or ``MISSING``."""
@@ -208,6 +211,7 @@ class NoCache:
 
     enabled = False
     answers = False
+    catalog_within = 1.0
 
     def get(self, kind: str, key: Hashable) -> Any:
         """Always ``MISSING``."""
@@ -232,6 +236,7 @@ class FrozenCache:
 
     enabled = True
     answers = False  # each held-out user is answered once
+    catalog_within = 1.0
 
     def __init__(self) -> None:
         self._entries: dict[tuple[str, Hashable], Any] = {}
@@ -734,12 +739,24 @@ class Snapshot:
 
     def catalog(self, items: Iterable[str]) -> dict[str, dict[str, str]]:
         """The ``ANSWER_FIELDS`` of each item's catalog record; items without a record are left out. A
-        stamped snapshot uses only records read under its catalog generation or a later one."""
+        stamped snapshot uses only records read under its catalog generation or a later one (of any age
+        the cache keeps: a record does not change within a generation); one without a stamp only records
+        it read itself or the cache read within its general bound (``Cache.catalog_within``)."""
+        items = list(items)
+        if self.stamp is None:
+            # no generation to check: a record this snapshot read, or one read within the general bound
+            floor = -1
+            unread = [i for i in items if ("catalog", i) not in self._local]
+            held = self.cache.held("catalog", unread, self.cache.catalog_within) if unread else {}
+            entries = {
+                i: self._local.get(("catalog", i), held[i][1] if i in held else MISSING) for i in items
+            }
+        else:
+            floor = self._generation  # records read under this snapshot's generation or a later one
+            entries = {i: self.get("catalog", i) for i in items}
         out = {}
-        floor = None if self.stamp is None else self._generation
-        for item in items:
-            entry = self.get("catalog", item)
-            if entry is MISSING or (floor is not None and entry[0] < floor):
+        for item, entry in entries.items():
+            if entry is MISSING or entry[0] < floor:
                 self._pending.catalog[item] = None
             elif entry[1] is not None:
                 out[item] = entry[1]

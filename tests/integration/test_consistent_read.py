@@ -408,3 +408,28 @@ def test_cached_similar_items_follow_the_catalog_and_the_model(shop: Shop) -> No
     bought = ids(for_me)[-1]
     shop.writer.apply([shop.event("purchase", SHOPPER, bought)])
     assert bought not in ids(rec.similar("cam1", 5, user_id=SHOPPER))  # bought: left out at once
+
+
+def test_catalog_records_outlive_the_general_bound_only_under_a_generation(shop: Shop) -> None:
+    """With answers kept, a catalog record is kept as long as they are: an answer computed again under the
+    same catalog generation reads no record again, however old. A reader without a stamp (popular) checks
+    no generation, so it takes only records read within the general bound (1 s here): a title changed after
+    that shows once it passed."""
+    now = [0.0]
+    cache = ProcessCache(
+        1_000, 1000, 100, clock=lambda: now[0], neighbours_ttl_ms=60_000, answers_ttl_ms=30_000, answers=100
+    )
+    rec = shop.recommender(cache)
+    first = rec.for_user(SHOPPER, 5)
+    misses = cache.stats()["catalog"]["misses"]
+    now[0] = 5.0  # past the general bound, within the answers'
+    again = rec.for_user(SHOPPER, 4)  # another request shape: computed again
+    assert ids(again) == ids(first)[:4]
+    assert cache.stats()["catalog"]["misses"] == misses  # every record it shows was kept
+    shown = rec.popular(3)
+    top = shown.items[0].item_id
+    shop.writer.upsert_items([CatalogItem(item_id=top, title="Renamed", category="photo", ts=T_NOW)])
+    assert rec.popular(3).catalog[top]["title"] == shown.catalog[top]["title"]  # within its 1 s
+    now[0] = 6.5
+    assert rec.popular(3).catalog[top]["title"] == "Renamed"
+    assert rec.for_user(SHOPPER, 4).catalog.get(top, {}).get("title", "Renamed") == "Renamed"
