@@ -411,7 +411,7 @@ def test_cached_similar_items_follow_the_catalog_and_the_model(shop: Shop) -> No
 
 
 def test_catalog_records_outlive_the_general_bound_only_under_a_generation(shop: Shop) -> None:
-    """With answers kept, a catalog record is kept as long as they are: an answer computed again under the
+    """With answers kept, a catalog record is kept for twice their bound: an answer computed again under the
     same catalog generation reads no record again, however old. A reader without a stamp (popular) checks
     no generation, so it takes only records read within the general bound (1 s here): a title changed after
     that shows once it passed."""
