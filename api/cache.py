@@ -200,6 +200,15 @@ class ProcessCache:
                 out[key] = entry[:2]
         return out
 
+    def last_known(self, kind: str, keys: Iterable[Hashable]) -> dict[Hashable, Any]:
+        """Of ``keys``, the values still in ``kind``'s table however old (left, not evicted yet): hints of
+        what to read next, never served. Counts no hit or miss."""
+        if not self.enabled:
+            return {}
+        with self._lock:
+            entries = self._tables[kind].entries
+            return {key: entry[1] for key in keys if (entry := entries.get(key)) is not None}
+
     def clear(self) -> None:
         """Forget everything (tests; an operator's switch takes effect here at once)."""
         with self._lock:

@@ -188,6 +188,10 @@ class Cache(Protocol):
         <= 1), each as (when it was read on the cache's clock, value): many lookups at once, for a value
         derived from them (the rest count as misses)."""
 
+    def last_known(self, kind: str, keys: Iterable[Hashable]) -> dict[Hashable, Any]:
+        """Of ``keys``, the values the cache still has for ``kind`` however old: hints of what to read
+        next (never served)."""
+
 
 # What a Cache is asked to keep: the active model version and its rows (immutable per version), catalog
 # records (each as (catalog generation it was read under, record)), items' decayed counts, normalised
@@ -227,6 +231,10 @@ class NoCache:
         """Always empty."""
         return {}
 
+    def last_known(self, kind: str, keys: Iterable[Hashable]) -> dict[Hashable, Any]:
+        """Always empty."""
+        return {}
+
 
 class FrozenCache:
     """A cache for a state that does not change while it is used: offline evaluation answers every held-out
@@ -255,6 +263,10 @@ class FrozenCache:
         """The kept ones of ``keys``, each as (0.0, value) (nothing ages, whatever ``within``)."""
         entries = self._entries
         return {k: (0.0, v) for k in keys if (v := entries.get((kind, k), MISSING)) is not MISSING}
+
+    def last_known(self, kind: str, keys: Iterable[Hashable]) -> dict[Hashable, Any]:
+        """The kept ones of ``keys`` (nothing ages)."""
+        return {k: v for k, (_, v) in self.held(kind, keys).items()}
 
 
 # The catalog fields an answer uses: what it shows, and what decides whether an item may be shown.
@@ -673,11 +685,17 @@ class Snapshot:
         counts it is derived from were read within ``DERIVE_WITHIN`` of that bound (older ones are read
         again), so it stays in the cache for at least the rest of it. ``read_at`` becomes the time the
         oldest list used was read.
+
+        An anchor whose list is read again (it left the cache) has its last list's neighbours' counts read
+        in the same trip as the list: they are the ones normalising the new list needs, but for neighbours
+        that came since (read in one more trip).
         """
         s = self.reader.scoring
         n = s.neighbours_max + s.neighbours_slack
         local = self._local
         held = self.cache.held("neighbours", [a for a in anchors if ("neighbours", a) not in local])
+        unread = [a for a in anchors if a not in held and ("neighbours", a) not in local]
+        last = self.cache.last_known("neighbours", unread) if unread else {}
         out: dict[str, dict[str, float]] = {}
         for anchor in anchors:
             out[anchor] = {}
@@ -689,7 +707,8 @@ class Snapshot:
                 raw = local.get(("raw", anchor), MISSING)
                 if raw is MISSING:
                     self._pending.neighbours[anchor] = n
-                    self._counts([anchor])  # read with the list: the anchor's own count
+                    # read with the list: the anchor's own count and its last list's neighbours'
+                    self._counts([anchor, *last.get(anchor, ())])
                     continue
                 counts, oldest = self._counts([anchor, *raw])
                 if counts is None:

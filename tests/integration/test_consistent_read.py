@@ -433,3 +433,20 @@ def test_catalog_records_outlive_the_general_bound_only_under_a_generation(shop:
     now[0] = 6.5
     assert rec.popular(3).catalog[top]["title"] == "Renamed"
     assert rec.for_user(SHOPPER, 4).catalog.get(top, {}).get("title", "Renamed") == "Renamed"
+
+
+def test_a_list_read_again_comes_with_its_last_neighbours_counts(shop: Shop) -> None:
+    """A neighbour list that left the cache is read again together with the counts of the neighbours it
+    had (what normalising it needs), so an answer computed again takes the stamp's trip and one more,
+    not a third for the counts. A neighbour that came since is read in one more trip, and counted."""
+    now = [0.0]
+    rec = shop.recommender(answers_cache(now))  # neighbour lists and counts: 10 s
+    first = rec.similar("cam1", 5)
+    now[0] = 12.0  # the list and the counts left; the catalog records did not
+    again, trips = shop.counting.count(lambda: rec.similar("cam1", 4))
+    assert ids(again) == ids(first)[:4] and trips == 2
+    shop.writer.apply([shop.event("view", "s9", "cam1"), shop.event("view", "s9", "new")])
+    shop.writer.upsert_items([CatalogItem(item_id="new", title="New", category="photo", ts=T_NOW)])
+    now[0] = 24.0
+    fresh, trips = shop.counting.count(lambda: rec.similar("cam1", 4))
+    assert "new" in ids(fresh) and trips == 4  # the stamp; the list; the new neighbour's count; its record

@@ -71,3 +71,17 @@ def test_model_rows_have_no_bound_and_leave_least_recently_used_first() -> None:
         ("v1", "a"): (0.0, {"x": 1.0}),
         ("v1", "c"): (1e6, {"z": 1.0}),
     }
+
+
+def test_a_value_that_left_is_still_a_hint_until_it_is_evicted() -> None:
+    now = [0.0]
+    cache = _cache(now, items=2)
+    cache.put("neighbours", "a", {"x": 1.0})
+    now[0] = 2.0  # past the bound: left
+    assert cache.get("neighbours", "a") is MISSING
+    before = cache.stats()["neighbours"]
+    assert cache.last_known("neighbours", ["a", "b"]) == {"a": {"x": 1.0}}
+    assert cache.stats()["neighbours"] == before  # a hint is neither a hit nor a miss
+    cache.put("neighbours", "b", {})
+    cache.put("neighbours", "c", {})  # a full table evicts the one read longest ago
+    assert cache.last_known("neighbours", ["a", "b", "c"]) == {"b": {}, "c": {}}
