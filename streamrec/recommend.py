@@ -121,7 +121,8 @@ class Recommender:
         reads the snapshot's ``stamp`` (the user's version, if any, the catalog generation, the active
         model): an answer cached under the same key and stamp is served as it is, and a checked answer is
         cached under its stamp, its age counted from when the oldest neighbour list it was ranked from
-        was read.
+        was read. An answer computed again reads the catalog records of the one it replaces (they are
+        likely shown again) with its first reads.
         """
         stamped = key is not None and self.cache.answers
         for attempt in range(SNAPSHOT_ATTEMPTS):
@@ -131,6 +132,8 @@ class Recommender:
             snap = Snapshot(self.reader, self.cache, self.now(), user_id, strict, stamped, stamp)
             if held is not MISSING and snap.unchanged:
                 return held[1]  # type: ignore[no-any-return]
+            if stamped and (last := self.cache.last_known("answers", [key]).get(key)) is not None:
+                snap.expect_catalog(r.item_id for r in last[1].items)
             try:
                 for _ in range(PASSES_MAX):
                     result = compute(snap)

@@ -781,6 +781,12 @@ class Snapshot:
                 out[item] = entry[1]
         return out
 
+    def expect_catalog(self, items: Iterable[str]) -> None:
+        """Items whose catalog records the answer will likely show (the last answer's): those this
+        snapshot may not use yet are read with its next trip, with the lists it ranks from, instead of in
+        one more trip after ranking."""
+        self.catalog(items)
+
     def popular(self, n: int, category: str | None = None, offset: int = 0) -> list[tuple[str, float]]:
         """Rows ``offset .. offset + n - 1`` of the popularity list (overall or of ``category``), decayed to
         now, as ``StateReader.popular``; read as the list's top power-of-two rows, shared by every page in it."""

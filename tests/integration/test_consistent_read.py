@@ -450,3 +450,16 @@ def test_a_list_read_again_comes_with_its_last_neighbours_counts(shop: Shop) -> 
     now[0] = 24.0
     fresh, trips = shop.counting.count(lambda: rec.similar("cam1", 4))
     assert "new" in ids(fresh) and trips == 4  # the stamp; the list; the new neighbour's count; its record
+
+
+def test_an_answer_computed_again_reads_its_last_items_records_with_its_lists(shop: Shop) -> None:
+    """An answer computed again (here: the catalog moved, and its list left the cache) reads the catalog
+    records of the answer it replaces in the same trip as the list, not in one more after ranking."""
+    now = [0.0]
+    rec = shop.recommender(answers_cache(now))  # neighbour lists and counts: 10 s
+    first = rec.similar("cam1", 3)  # neighbours only: no fallback reads the anchor's category
+    assert [r.source for r in first.items] == ["item_to_item"] * 3
+    now[0] = 12.0
+    shop.writer.upsert_items([CatalogItem(item_id="other", title="Other", category="hats", ts=T_NOW)])
+    again, trips = shop.counting.count(lambda: rec.similar("cam1", 3))
+    assert again is not first and again == first and trips == 2
