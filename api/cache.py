@@ -46,8 +46,8 @@ IMMUTABLE = frozenset({"model_rows"})  # kept until evicted: a published version
 NEIGHBOURS = frozenset({"neighbours", "counts"})
 LISTS = frozenset({"model_active", "popular", "trending", "catalog_generation"})  # few keys: api_cache_lists
 ANSWERS = "answers"  # whole answers: STREAMREC_API_CACHE_ANSWERS_TTL_MS, STREAMREC_API_CACHE_ANSWERS
-# catalog records, each under the catalog generation it was read under: with answers kept, kept as long
-# as they are (``ProcessCache.catalog_within``)
+# catalog records, each under the catalog generation it was read under: with answers kept, kept for twice
+# the answers' bound (``ProcessCache.catalog_within``)
 CATALOG = "catalog"
 JITTER = 0.25  # an entry stays for between 75 % and 100 % of its kind's staleness bound (uniformly)
 # answers are computed in a burst when a process starts (every shopper's first request): they leave over

@@ -53,7 +53,7 @@ def _freeze_startup_objects(_worker: Any) -> None:
     the garbage collector's reach (``gc.freeze``, Python docs), so a full collection walks only what
     serving made since (the caches), not the objects of the imports as well. Measured in a sync worker
     under wrk on 3,000 Beauty shoppers: full collections walked 68,000–75,000 objects instead of
-    124,000–142,000 and paused it for 80–120 ms instead of 110–190 ms, somewhat more often (every
+    124,000–142,000 and paused it for 80–120 ms instead of 140–190 ms, somewhat more often (every
     40–100 s instead of about 2 minutes: Python starts one when the objects kept grew by a quarter)."""
     gc.freeze()
 
