@@ -23,7 +23,8 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             "bind": f"{settings.api_host}:{settings.api_port}",
             "workers": settings.api_workers,
             "worker_class": settings.api_worker_class,
-            "threads": settings.api_threads,
+            # gunicorn makes a sync worker with threads a gthread one: threads only for gthread
+            "threads": settings.api_threads if settings.api_worker_class == "gthread" else 1,
             "timeout": 30,
             "graceful_timeout": 10,
             "keepalive": 5,

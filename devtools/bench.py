@@ -1289,11 +1289,12 @@ SERVING_ORDER = ("recommendations", "trivial (/healthz)", "similar", "popular", 
 
 @dataclass(frozen=True)
 class Server:
-    """One way of serving the API: gunicorn's worker class, workers, threads, and the cache's staleness."""
+    """One way of serving the API: gunicorn's worker class, workers, threads, and the cache's staleness
+    (by default the API's own default: sync, 2 workers)."""
 
-    worker_class: str = "gthread"
+    worker_class: str = "sync"
     workers: int = 2
-    threads: int = 4
+    threads: int = 1
     cache_ttl_ms: int = 1000
 
     def env(self) -> dict[str, str]:

@@ -165,9 +165,10 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="Address the API binds to.")
     api_port: int = Field(8000, description="Port the API listens on.")
     api_workers: int = Field(2, ge=1, description="Gunicorn worker processes.")
-    api_threads: int = Field(4, ge=1, description="Threads per gunicorn worker (gthread workers).")
+    api_threads: int = Field(4, ge=1, description="Threads per gunicorn worker (gthread workers only).")
     api_worker_class: Literal["gthread", "sync"] = Field(
-        "gthread", description="Gunicorn worker class (sync: one request at a time, no keep-alive)."
+        "sync",
+        description="Gunicorn worker class (sync: one request at a time per worker, no keep-alive; gthread: STREAMREC_API_THREADS each, for an API that takes many writes, each of which waits for Kafka's acknowledgement).",
     )
     api_cache_ttl_ms: int = Field(
         1000,
