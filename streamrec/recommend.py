@@ -57,12 +57,18 @@ class Ranked:
 
 @dataclass(frozen=True)
 class Answer:
-    """A ranked list, the strategy that produced its first item, and the catalog records read on the way."""
+    """A ranked list, the strategy that produced its first item, and the catalog records read on the way.
+
+    An answer never changes once made, so what is derived from it alone never does either: ``rendered``
+    keeps that for whoever shows it (the API keeps each answer's items as encoded JSON there, one per way
+    of showing them), so an answer served again from a cache is not shaped again. It is not compared.
+    """
 
     strategy: str
     items: list[Ranked]
     catalog: dict[str, dict[str, str]] = field(default_factory=dict)
     model_version: str | None = None
+    rendered: dict[Hashable, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 INCOMPLETE = Answer("empty", [])  # what a pass that still lacks reads computes (never served)

@@ -258,6 +258,26 @@ def test_explain_false_and_absent_leave_the_reason_out(api: Api, redis_client: r
         assert items and all("reason" not in i for i in items)
 
 
+def test_an_answer_served_again_shows_its_items_as_each_request_asks(
+    api: Api, redis_client: redis.Redis
+) -> None:
+    # the second and third requests are served the first one's cached answer, whose items are encoded
+    # once per way of showing them (with and without reasons)
+    seed_shop(api, redis_client)
+    url = "/v1/users/me/recommendations?k=2"
+    explained = body(api.client.get(url + "&explain=true"))["data"]
+    plain = body(api.client.get(url))["data"]
+    again = body(api.client.get(url + "&explain=true"))["data"]
+    assert [(i["reason"], i["source"]) for i in again["items"]] == [
+        ("viewed together with a", "item_to_item")
+    ] * 2
+    assert again["items"] == explained["items"]
+    assert plain["items"] == [
+        {f: v for f, v in i.items() if f not in ("reason", "source")} for i in explained["items"]
+    ]
+    assert len({explained["recommendation_id"], plain["recommendation_id"], again["recommendation_id"]}) == 3
+
+
 # --- errors in general ------------------------------------------------------------------------------
 
 
