@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamrec.devtools.bench import SERVING_ORDER, Server, serving_markdown
+from streamrec.devtools.bench import SERVING_ORDER, WARMED, Server, serving_markdown
 
 
 def test_server_shapes_parse_and_bad_ones_say_the_form() -> None:
@@ -48,6 +48,13 @@ def test_the_serving_table_checks_every_target_on_recommendations(
     assert [r.split(" | ")[1] for r in rows] == list(SERVING_ORDER)
     assert rows[0].endswith(f"p99 ≤ 20 ms, ≥ 50 %, 0 non-2xx: {verdict} |")
     assert "load average before/after 0.5 / 1.5 on 2 cores" in table
+
+
+def test_the_serving_table_says_what_was_warmed_up_and_for_how_long() -> None:
+    report = _report(600, 19.0, 0)
+    assert "after 2 s of warm-up on recommendations;" in serving_markdown(report)  # reports before Dec 1
+    report["wrk"].update(warm_up_s=240.0, warm_up_on=list(WARMED))
+    assert "after 240 s of warm-up on recommendations and similar;" in serving_markdown(report)
 
 
 def test_the_in_process_answer_cost_is_printed_under_the_table() -> None:
