@@ -17,7 +17,7 @@ from streamrec.contract import TimePolicy
 from streamrec.fold import AsyncStateWriter, async_redis_client
 from streamrec.settings import Settings, keys_of
 from streamrec.stream_processor.fold import RawMessage
-from streamrec.stream_processor.handler import BatchHandler, WorkerCounters
+from streamrec.stream_processor.handler import BatchHandler
 from streamrec.topics import Topics
 
 log = logging.getLogger("streamrec.worker")
@@ -31,8 +31,9 @@ def raw_messages(events: Sequence[Any]) -> list[RawMessage]:
     ]
 
 
-def register(app: faust.App, settings: Settings) -> WorkerCounters:
-    """Attach the events and catalog agents to ``app``; returns the counters they keep."""
+def register(app: faust.App, settings: Settings) -> BatchHandler:
+    """Attach the events and catalog agents to ``app``; returns the handler they share (its counters,
+    and the condition it waits out)."""
     topics = Topics(settings.topic_prefix)
     keys = keys_of(settings)
     client = async_redis_client(
@@ -70,4 +71,4 @@ def register(app: faust.App, settings: Settings) -> WorkerCounters:
     async def report() -> None:
         log.info("worker totals: %s", handler.counters)
 
-    return handler.counters
+    return handler

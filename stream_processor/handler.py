@@ -102,6 +102,7 @@ class BatchHandler:
         self._send_dead = send_dead
         self.m = worker_metrics or metrics.worker()
         self.counters = counters or WorkerCounters()
+        self.waiting: str | None = None  # the condition being waited out now, for /readyz
 
     # --- waiting out conditions
     def _blocked(self, operation: str) -> Callable[[str, BaseException, float], None]:
@@ -109,10 +110,12 @@ class BatchHandler:
             self.counters.retries += 1
             self.m.retries.labels(operation).inc()
             self.m.blocked.labels(metrics.bounded(name, metrics.CONDITIONS)).set(1)
+            self.waiting = name
 
         return on_wait
 
     def _unblocked(self) -> None:
+        self.waiting = None
         for name in (*metrics.CONDITIONS, metrics.OTHER):
             self.m.blocked.labels(name).set(0)
 

@@ -35,6 +35,8 @@ EVENT_TYPES = EVENT_TYPE_NAMES
 TOPIC_KINDS = ("events", "items", OTHER)
 RECOMMENDATION_ENDPOINTS = ("recommendations", "similar", "popular", "trending")
 RETRY_OPERATIONS = ("apply_events", "upsert_items", "dead_letter")
+# why a partition waits at a record batch the worker cannot decode (``stream_processor.batches``)
+DECODE_CONDITIONS = ("codec_unavailable", "undecodable_batch")
 RECOMMENDATION_ID = re.compile(r"^([a-z_]{1,32})\.[0-9a-f]{8,64}$")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -212,8 +214,10 @@ def worker() -> WorkerMetrics:
         ),
         blocked=Gauge(
             "streamrec_worker_blocked",
-            "1 while the worker waits out a condition (Redis full, read-only, loading, down, resharding; the "
-            "dead-letter topic unavailable) instead of folding, by condition; 0 otherwise.",
+            "While the worker waits out a condition instead of folding, by condition: 1 for a Redis "
+            "condition (full, read-only, loading, down, resharding) or the dead-letter topic unavailable; "
+            "for a record batch it cannot decode (codec_unavailable, undecodable_batch), the number of "
+            "partitions waiting at one. 0 otherwise.",
             ["condition"],
             multiprocess_mode="max",
         ),
@@ -236,7 +240,7 @@ def worker() -> WorkerMetrics:
             m.dead_letters.labels(topic, cause)
     for operation in RETRY_OPERATIONS:
         m.retries.labels(operation)
-    for name in (*CONDITIONS, OTHER):
+    for name in (*CONDITIONS, *DECODE_CONDITIONS, OTHER):
         m.blocked.labels(name).set(0)
     for strategy in (*STRATEGIES, OTHER):
         for event_type in ATTRIBUTED_TYPES:

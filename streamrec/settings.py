@@ -215,6 +215,12 @@ class Settings(BaseSettings):
     worker_fetch_wait_ms: int = Field(
         20, description="Longest a fetch waits for new events (latency vs. idle polling)."
     )
+    worker_blocked_retry_s: float = Field(
+        1.0,
+        gt=0,
+        description="First delay (s) before a partition blocked at a record batch the worker cannot decode "
+        "(a missing compression library, a corrupt batch) is fetched again; each next one doubles, up to 16x.",
+    )
     worker_session_timeout_s: float = Field(6.0, description="Consumer session timeout (short suits Tansu).")
     worker_data_dir: str = Field(".streamrec/worker", description="Faust's data directory.")
     worker_metrics_port: int = Field(
