@@ -31,6 +31,7 @@ from kafka import KafkaProducer
 from streamrec.devtools.localstack import ManagedProcess, free_port
 from streamrec.state import applied_events
 from streamrec.topics import Topics, ensure_topics
+from streamrec.trainer.eventlog import read_actions
 from tests.conftest import Namespace, wait_until
 from tests.e2e.test_faults import dlq_raw
 
@@ -176,6 +177,10 @@ def test_every_codec_of_confluent_kafka_and_aiokafka_and_transactions_are_folded
     assert set(r.blocked().values()) == {0.0}
     ready = requests.get(f"{r.status}/readyz", timeout=2)
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    # the trainer reads the same log with kafka-python: every codec decodes there too
+    users, rejected = read_actions(r.bootstrap, r.topics.events, idle_s=1.0)
+    assert rejected == 0
+    assert sum(len(actions) for actions in users.values()) == len(sent)
 
 
 def test_a_batch_whose_codec_library_is_missing_blocks_only_its_partition_and_goes_on_once_installed(
