@@ -11,10 +11,8 @@ use them.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
-import unicodedata
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -23,17 +21,13 @@ import redis
 from streamrec.keys import Keys
 from streamrec.recommend import Recommender
 from streamrec.scoring import search_terms
+from streamrec.search_text import fold, tokens
 
-_WORDS = re.compile(r"\W+")
 _FIELDS = ("title", "category", "price", "in_stock", "image_url", "description")
 
 
 def _text(value: bytes | None) -> str:
     return value.decode("utf-8", "replace") if value else ""
-
-
-def _fold(text: str) -> str:
-    return unicodedata.normalize("NFKC", text).casefold()
 
 
 def local_image(item_id: str, image_url: str) -> str:
@@ -129,8 +123,8 @@ class CatalogSearch:
                 record = {f: _text(v) for f, v in zip((*_FIELDS, "deleted"), values, strict=True)}
                 if record["deleted"] != "1":  # a discontinued product's tombstone is no product
                     products[item] = Product.from_record(item, record)
-        ordered = dict(sorted(products.items(), key=lambda kv: (_fold(kv[1].title), kv[0])))
-        return ordered, [(i, _fold(f"{p.title} {p.category} {i}")) for i, p in ordered.items()]
+        ordered = dict(sorted(products.items(), key=lambda kv: (fold(kv[1].title), kv[0])))
+        return ordered, [(i, " ".join(tokens(f"{p.title} {p.category} {i}"))) for i, p in ordered.items()]
 
     def _popularity(self, ids: list[str]) -> dict[str, float]:
         if not ids:
@@ -149,8 +143,11 @@ class CatalogSearch:
 
     def search(self, query: str, limit: int) -> list[Product]:
         """Items whose title or category holds every word of ``query`` (most popular first), then items
-        shoppers acted on after the same search."""
-        words = [w for w in _WORDS.split(_fold(query)) if w]
+        shoppers acted on after the same search.
+
+        Query and titles are read by the same ``search_text.tokens`` (accents and case folded, ``c++`` and
+        ``c#`` kept apart) that the worker files search terms under."""
+        words = tokens(query)
         if not words:
             return []
         products, haystacks = self._index()

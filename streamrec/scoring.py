@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import heapq
 import math
-import re
-import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from streamrec import event_types
+from streamrec import event_types, search_text
 
 LN2 = math.log(2.0)
 
@@ -60,17 +58,15 @@ def trending_score(
     return (fast_rate - slow_rate) / math.sqrt(slow_rate + 1.0)
 
 
-_NON_WORD = re.compile(r"[^\w]+", re.UNICODE)
-
-
 def search_terms(query: str, max_terms: int = 6, max_len: int = 64) -> list[str]:
     """Normalise a search query into the terms its follow-up actions are credited to.
 
-    The whole normalised query comes first (it is the most specific), then its words of two or more
-    characters, without repeats.
+    The query is read as ``search_text.tokens`` reads it (accent- and case-folded; ``c++`` and ``c#``
+    stay apart), the one normalisation the API's reads share. The whole normalised query (its tokens
+    joined by one space) comes first, as it is the most specific, then its tokens of two or more
+    characters, without repeats; at most ``max_terms`` terms of at most ``max_len`` characters.
     """
-    text = unicodedata.normalize("NFKC", query).casefold()
-    words = [w for w in _NON_WORD.split(text) if w]
+    words = search_text.tokens(query)
     terms: list[str] = []
     whole = " ".join(words)[:max_len]
     for term in [whole, *(w[:max_len] for w in words if len(w) >= 2)]:
