@@ -115,40 +115,129 @@ end
 -- within the dedupe window), 2 erased (the user was erased after this event), or a string: refused.
 local APPLIED, DUPLICATE, ERASED = 0, 1, 2
 
-local function user_effects(e, w, tse, ops)
-  -- the item-side effects of one event on an item, in the order they are applied
-  local u, item, ts = e.user, e.item, e.ts
-  ops[#ops + 1] = {'occ', item, e.s, num(mlog(w) + tse * C.pop_rate), num(mlog(w) + tse * C.trend_rate),
-                   num(tse * C.cooc_rate), tse}
-  local hk = fmt(T.history, u)
-  local prev = call('LRANGE', hk, 0, C.window - 1)
-  local first = prev[1] and split_entry(prev[1])
-  if first ~= item then
-    local paired = {}
-    for pos, entry in ipairs(prev) do
-      local pitem, pts = split_entry(entry)
-      -- history is in arrival order, so a late event may be older than entries before it
-      if pitem and pts and math.abs(ts - pts) <= C.max_gap then
-        if pitem ~= item and not paired[pitem] then
-          paired[pitem] = true
-          local c = C.pos_decay ^ (pos - 1)
-          ops[#ops + 1] = {'nb', pitem, item, num(mlog(c) + tse * C.cooc_rate), tse}
-          ops[#ops + 1] = {'nb', item, pitem, num(mlog(c * C.backward) + tse * C.cooc_rate), tse}
-        end
-      end
-    end
+-- A user's history and searches are kept in event-time order, newest first, whatever order events
+-- arrive in: a late or replayed event takes its event-time place, and a bounded list keeps the newest
+-- entries by ts (an event older than a full list's oldest entry is not kept).
+
+local function place(list, ts, ts_of)
+  -- the 0-based index an entry of time ts takes in a newest-first list: before the first entry not newer
+  -- than it (an equal ts goes first, as the later arrival); entries whose ts cannot be read are passed
+  for i, entry in ipairs(list) do
+    local t = ts_of(entry)
+    if t and t <= ts then return i - 1 end
   end
-  -- search-term credit: actions within the window after one of the user's recent searches
-  local recent = call('LRANGE', fmt(T.searches, u), 0, 2)
-  local credited = {}
-  for _, entry in ipairs(recent) do
-    local qts, terms = string.match(entry, '^(%d+)|(.*)$')
-    qts = tonumber(qts)
-    if qts and ts >= qts and ts - qts <= C.search_window then
+  return #list
+end
+
+local function history_ts(entry)
+  local _, ts = split_entry(entry)
+  return ts
+end
+
+local function search_entry(entry)
+  -- "ts|term\tterm..." -> ts, terms text
+  local qts, terms = string.match(entry, '^(%d+)|(.*)$')
+  return tonumber(qts), terms
+end
+
+local function search_ts(entry)
+  return (search_entry(entry))
+end
+
+local function insert_at(key, list, at, entry, max)
+  -- put entry at 0-based index at of key (whose content is list), keeping the first max entries
+  if at >= max then return end
+  if at == 0 then
+    call('LPUSH', key, entry)
+  elseif at >= #list then
+    call('RPUSH', key, entry)
+  else
+    -- the pivot is the first entry holding that text: equal texts have equal ts, so they stand together
+    call('LINSERT', key, 'BEFORE', list[at + 1], entry)
+  end
+  call('LTRIM', key, 0, max - 1)
+end
+
+local function pair(ops, older, newer, c, pair_ts)
+  -- co-occurrence of two actions in event-time order: forward (older -> newer) weighs c, backward c * backward
+  local tse = math.min(pair_ts, WALL)
+  ops[#ops + 1] = {'nb', older, newer, num(mlog(c) + tse * C.cooc_rate), tse}
+  ops[#ops + 1] = {'nb', newer, older, num(mlog(c * C.backward) + tse * C.cooc_rate), tse}
+end
+
+local function credit_searches(searches, item, item_ts, w, ops)
+  -- credit item (acted on at item_ts with weight w) to the terms of up to three of the searches (newest
+  -- first by ts) made at most search_window before it, each term once. ops nil: only return the terms.
+  local credited, seen = {}, 0
+  for _, entry in ipairs(searches) do
+    local qts, terms = search_entry(entry)
+    if qts and qts <= item_ts and item_ts - qts <= C.search_window then
+      seen = seen + 1
       for term in string.gmatch(terms, '[^\t]+') do
         if not credited[term] then
           credited[term] = true
-          ops[#ops + 1] = {'term', term, item, num(w * C.w_search)}
+          if ops then ops[#ops + 1] = {'term', term, item, num(w * C.w_search)} end
+        end
+      end
+      if seen >= 3 then break end
+    end
+  end
+  return credited
+end
+
+local function user_effects(e, w, tse, ops, hist, at)
+  -- the item-side effects of one event on an item, in the order they are applied. hist: the user's
+  -- history (newest first, by ts) before this event; at: the index this event takes in it.
+  local u, item, ts = e.user, e.item, e.ts
+  ops[#ops + 1] = {'occ', item, e.s, num(mlog(w) + tse * C.pop_rate), num(mlog(w) + tse * C.trend_rate),
+                   num(tse * C.cooc_rate), tse}
+  -- pairs with the actions next to it in event time: up to `window` older ones (the event follows them)
+  -- and, for a late event, up to `window` newer ones (they follow it), weighed by their distance in
+  -- event-time order. A repeat of an adjacent action adds no pairs (its neighbours are paired already).
+  local older, newer = hist[at + 1], hist[at]
+  if not (older and split_entry(older) == item) and not (newer and split_entry(newer) == item) then
+    local paired = {}
+    for d = 1, C.window do
+      local entry = hist[at + d]
+      if not entry then break end
+      local pitem, pts = split_entry(entry)
+      if pitem and pts and math.abs(ts - pts) <= C.max_gap and pitem ~= item and not paired[pitem] then
+        paired[pitem] = true
+        pair(ops, pitem, item, C.pos_decay ^ (d - 1), ts)
+      end
+    end
+    for d = 1, math.min(C.window, at) do
+      local nitem, nts = split_entry(hist[at + 1 - d])
+      if nitem and nts and math.abs(nts - ts) <= C.max_gap and nitem ~= item and not paired[nitem] then
+        paired[nitem] = true
+        pair(ops, item, nitem, C.pos_decay ^ (d - 1), nts)
+      end
+    end
+  end
+  -- search-term credit: the action follows, within the window, one of the user's searches (by event time)
+  credit_searches(call('LRANGE', fmt(T.searches, u), 0, -1), item, ts, w, ops)
+end
+
+local function fold_search(e, ops)
+  -- a search at its event-time place; a late search is credited with the actions already folded that
+  -- followed it within the window (an action folded after it credits it itself), except terms such an
+  -- action credited to another of the user's searches
+  local qk = fmt(T.searches, e.user)
+  local searches = call('LRANGE', qk, 0, -1)
+  local entry = fmt('%d|%s', e.ts, table.concat(e.terms, '\t'))
+  insert_at(qk, searches, place(searches, e.ts, search_ts), entry, C.searches_max)
+  touch(qk, C.user_ttl)
+  local hist = call('LRANGE', fmt(T.history, e.user), 0, -1)
+  for _, h in ipairs(hist) do
+    local hitem, hts, htype = split_entry(h)
+    local w = C.w[htype] or 0
+    if hitem and hts and w > 0 and hts >= e.ts and hts - e.ts <= C.search_window then
+      local had = credit_searches(searches, hitem, hts, w, nil)
+      local credited = {}
+      for _, term in ipairs(e.terms) do
+        if not had[term] and not credited[term] then
+          credited[term] = true
+          ops[#ops + 1] = {'term', term, hitem, num(w * C.w_search)}
         end
       end
     end
@@ -166,10 +255,7 @@ local function fold_event(e, ops)
     return
   end
   if e.type == 'search' then
-    local qk = fmt(T.searches, u)
-    call('LPUSH', qk, fmt('%d|%s', e.ts, table.concat(e.terms, '\t')))
-    call('LTRIM', qk, 0, C.searches_max - 1)
-    touch(qk, C.user_ttl)
+    fold_search(e, ops)
     return
   end
   local w = C.w[e.type] or 0
@@ -190,10 +276,11 @@ local function fold_event(e, ops)
     cap_lowest(bk, C.bought_max, 0)
     touch(bk, C.user_ttl)
   end
-  user_effects(e, w, tse, ops)
   local hk = fmt(T.history, u)
-  call('LPUSH', hk, fmt('%s|%d|%s', item, e.ts, e.type))
-  call('LTRIM', hk, 0, C.history_max - 1)
+  local hist = call('LRANGE', hk, 0, -1)
+  local at = place(hist, e.ts, history_ts)
+  user_effects(e, w, tse, ops, hist, at)
+  insert_at(hk, hist, at, fmt('%s|%d|%s', item, e.ts, e.type), C.history_max)
   touch(hk, C.user_ttl)
 end
 

@@ -299,7 +299,15 @@ class Recommender:
         s = self.scoring
         user = snap.user
         assert user is not None
-        seeds = history_seeds(user.history, s.history_used, s.history_position_decay, self._type_weights())
+        # seeds by event time: position in event-time order and age, at the preferences' half-life
+        seeds = history_seeds(
+            user.history,
+            s.history_used,
+            s.history_position_decay,
+            self._type_weights(),
+            snap.now,
+            s.preference_halflife_ms,
+        )
         seed_types: dict[str, str] = {}
         for entry in user.history:
             best = seed_types.get(entry.item_id, "remove_from_cart")

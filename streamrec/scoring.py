@@ -161,18 +161,33 @@ class Candidate:
 
 
 def history_seeds(
-    history: Iterable[HistoryEntry], used: int, position_decay: float, type_weights: Mapping[str, float]
+    history: Iterable[HistoryEntry],
+    used: int,
+    position_decay: float,
+    type_weights: Mapping[str, float],
+    now_ms: int | None = None,
+    halflife_ms: float | None = None,
 ) -> dict[str, float]:
     """Weight each distinct recent item as a seed: newer and stronger actions count more.
 
-    A purchase seeds "bought together" candidates harder than a view; a removal from the cart seeds none.
+    Recency follows event time, never the order entries arrived or are listed in: the ``used`` newest
+    entries by ``ts`` (epoch ms; ties keep their given order) are taken, the newest weighs
+    ``type_weight``, each step back in event time ``position_decay`` times less, and with ``now_ms`` and
+    ``halflife_ms`` (ms) each entry also halves per ``halflife_ms`` of age (``now_ms - ts``, a future
+    ``ts`` counting as age 0), so a late event stamped hours ago neither outranks a recent one nor weighs
+    as if it were recent. A purchase seeds "bought together" candidates harder than a view; a removal
+    from the cart seeds none. Returns item -> weight (unitless), items in order of their newest entry.
     """
+    newest_first = sorted(history, key=lambda entry: -entry.ts)  # stable: equal ts keep their order
+    rate = decay_rate(halflife_ms) if now_ms is not None and halflife_ms else 0.0
     seeds: dict[str, float] = {}
-    for position, entry in enumerate(list(history)[:used]):
+    for position, entry in enumerate(newest_first[:used]):
         weight = type_weights.get(entry.type, 1.0)
         if weight <= 0:
             continue
-        seeds[entry.item_id] = seeds.get(entry.item_id, 0.0) + weight * position_decay**position
+        age = max(0, now_ms - entry.ts) if rate and now_ms is not None else 0
+        amount = weight * position_decay**position * math.exp(-age * rate)
+        seeds[entry.item_id] = seeds.get(entry.item_id, 0.0) + amount
     return seeds
 
 

@@ -88,23 +88,30 @@ def _text(value: bytes | str | None) -> str | None:
 
 
 def parse_history(raw: Iterable[bytes | str]) -> list[HistoryEntry]:
-    """History entries ``item|ts|type`` (item ids may hold ``|``: split from the right), newest first."""
+    """History entries ``item|ts|type`` (item ids may hold ``|``: split from the right), newest first by
+    event time (``ts``; equal times keep the stored order, the later arrival first).
+
+    The fold keeps the list in event-time order; sorting here too keeps a list written before it did
+    (in arrival order) from ranking a late event as recent."""
     out = []
     for entry in raw:
         item, _, rest = (_text(entry) or "").rpartition("|")
         item, _, ts = item.rpartition("|")
         if item and ts.isdigit():
             out.append(HistoryEntry(item, int(ts), rest))
+    out.sort(key=lambda e: -e.ts)
     return out
 
 
 def parse_searches(raw: Iterable[bytes | str]) -> list[tuple[int, list[str]]]:
-    r"""Search entries ``ts|term\tterm…`` as (ts ms, terms), newest first."""
+    r"""Search entries ``ts|term\tterm…`` as (ts ms, terms), newest first by event time (as
+    ``parse_history``)."""
     out = []
     for entry in raw:
         ts, _, terms = (_text(entry) or "").partition("|")
         if ts.isdigit():
             out.append((int(ts), [t for t in terms.split("\t") if t]))
+    out.sort(key=lambda e: -e[0])
     return out
 
 

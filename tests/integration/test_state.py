@@ -382,8 +382,11 @@ def test_personal_recommendations_rank_neighbours_and_exclude_seen(world: World)
     assert {r.source for r in answer.items} == {"item_to_item"}
     assert answer.items[0].reason == "viewed together with a"
     n_a = world.counts("a")["a"]
-    assert answer.items[0].score == pytest.approx(1.0 / math.sqrt(n_a))
-    assert answer.items[3].score == pytest.approx(1.0 / math.sqrt(n_a * 4.0))
+    # the seed's weight: one view, halved per preference half-life of its age (a month here)
+    age = time.time() * 1000 - (T0 + 300_000)
+    seed = 0.5 ** (age / world.scoring.preference_halflife_ms)
+    assert answer.items[0].score == pytest.approx(seed / math.sqrt(n_a))
+    assert answer.items[3].score == pytest.approx(seed / math.sqrt(n_a * 4.0))
     assert answer.catalog["c"]["title"] == "Item c"
 
 

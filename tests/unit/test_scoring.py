@@ -233,6 +233,25 @@ def test_history_seeds_use_only_the_newest_entries() -> None:
     }
 
 
+def test_history_seeds_follow_event_time_not_list_order() -> None:
+    # issue 26: x1 viewed a minute ago, then a view of x0 stamped 20 h ago arrived (listed first)
+    now = 100 * DAY_MS
+    late_first = [HistoryEntry("x0", now - 20 * HOUR_MS, "view"), HistoryEntry("x1", now - 60_000, "view")]
+    seeds = history_seeds(late_first, 10, 0.7, {"view": 1.0})
+    assert list(seeds) == ["x1", "x0"] and seeds == {"x1": pytest.approx(1.0), "x0": pytest.approx(0.7)}
+    aged = history_seeds(late_first, 10, 0.7, {"view": 1.0}, now, 20 * HOUR_MS)
+    assert aged["x1"] == pytest.approx(0.5 ** (60_000 / (20 * HOUR_MS)))
+    assert aged["x0"] == pytest.approx(0.7 * 0.5)  # one step back in event time, one half-life old
+    # only the newest by event time are used, whatever the order they are listed in
+    many = [HistoryEntry(f"old{n}", now - DAY_MS - n, "view") for n in range(10)]
+    assert set(history_seeds([*many, HistoryEntry("new", now, "view")], 2, 0.5, {})) == {"new", "old0"}
+
+
+def test_history_seeds_count_a_future_ts_as_now() -> None:
+    seeds = history_seeds([HistoryEntry("x", 2 * DAY_MS, "view")], 10, 0.5, {}, DAY_MS, HOUR_MS)
+    assert seeds == {"x": pytest.approx(1.0)}
+
+
 def test_history_seeds_unknown_type_weighs_one() -> None:
     assert history_seeds([HistoryEntry("x", 1, "wishlist")], 10, 0.5, {}) == {"x": pytest.approx(1.0)}
 
