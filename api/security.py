@@ -22,6 +22,7 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -236,20 +237,92 @@ def _check() -> Response | None:
     return None
 
 
+# A header name is an RFC 9110 token; anything else in Access-Control-Request-Headers is not reflected.
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
+ALWAYS_ALLOWED = ("Content-Type", "Authorization", "X-API-Key")
+# Names a page's script can never set (the Fetch standard's forbidden request-header names), so a
+# preflight that asks for one is not a browser's: they are left out.
+FORBIDDEN_HEADERS = frozenset(
+    {
+        "accept-charset",
+        "accept-encoding",
+        "access-control-request-headers",
+        "access-control-request-method",
+        "connection",
+        "content-length",
+        "cookie",
+        "cookie2",
+        "date",
+        "dnt",
+        "expect",
+        "host",
+        "keep-alive",
+        "origin",
+        "referer",
+        "set-cookie",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "via",
+    }
+)
+FORBIDDEN_PREFIXES = ("proxy-", "sec-")
+MAX_REFLECTED = 32
+EXPOSED = "Retry-After, X-Request-ID, ETag, Accept-Encoding"
+PREFLIGHT_MAX_AGE_S = 600
+
+
+def allowed_request_headers(requested: str) -> str:
+    """The ``Access-Control-Allow-Headers`` for a preflight that asked for ``requested``: the API's own
+    (content type and keys) and every other requested name that is a header name a page may set.
+
+    A storefront's tracing (OpenTelemetry's ``traceparent``, ``tracestate``, ``baggage``; Sentry's
+    ``sentry-trace``; Zipkin's ``b3``; Datadog's ``x-datadog-*``; request ids) adds headers the API does
+    not read; refusing any of them makes the browser block the call. Allowing a header lets a page from an
+    allowed origin send it, nothing more: keys are still checked on every write.
+    """
+    names: list[str] = list(ALWAYS_ALLOWED)
+    seen = {n.lower() for n in names}
+    for raw in requested.split(","):
+        name = raw.strip().lower()
+        if (
+            name in seen
+            or not HEADER_NAME.fullmatch(name)
+            or name in FORBIDDEN_HEADERS
+            or name.startswith(FORBIDDEN_PREFIXES)
+        ):
+            continue
+        if len(names) >= len(ALWAYS_ALLOWED) + MAX_REFLECTED:
+            break
+        seen.add(name)
+        names.append(name)
+    return ", ".join(names)
+
+
 def _cors(resp: Response) -> Response:
-    """Let the configured origins read answers and send writes (with a key) from their pages."""
+    """Let the configured origins (each compared exactly: scheme, host and port) read answers and send
+    writes (with a key) from their pages; any other origin gets no CORS header at all."""
     guard: Guard = current_app.extensions["streamrec.security"]
-    origin = request.headers.get("Origin")
-    if not origin or not guard.origins:
+    if not guard.origins:
         return resp
-    if "*" in guard.origins or origin in guard.origins:
-        resp.headers["Access-Control-Allow-Origin"] = "*" if "*" in guard.origins else origin
-        resp.headers.add("Vary", "Origin")
-        resp.headers["Access-Control-Expose-Headers"] = "Retry-After"
-        if request.method == "OPTIONS":
-            resp.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS"
-            resp.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization, X-API-Key"
-            resp.headers["Access-Control-Max-Age"] = "600"
+    preflight = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+    # the answer depends on these request headers whenever origins are configured: a shared cache must
+    # not hand one origin's answer (with or without the grant) to another
+    resp.vary.add("Origin")
+    if preflight:
+        resp.vary.update(("Access-Control-Request-Method", "Access-Control-Request-Headers"))
+    origin = request.headers.get("Origin")
+    if not origin or not ("*" in guard.origins or origin in guard.origins):
+        return resp
+    resp.headers["Access-Control-Allow-Origin"] = "*" if "*" in guard.origins else origin
+    resp.headers["Access-Control-Expose-Headers"] = EXPOSED
+    if preflight:
+        resp.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS"
+        resp.headers["Access-Control-Allow-Headers"] = allowed_request_headers(
+            request.headers.get("Access-Control-Request-Headers", "")
+        )
+        resp.headers["Access-Control-Max-Age"] = str(PREFLIGHT_MAX_AGE_S)
     return resp
 
 
@@ -265,7 +338,8 @@ def init_app(app: Flask, settings: Settings) -> None:
             "no API keys configured (STREAMREC_API_KEYS): event and catalog writes are open to anyone who "
             "reaches this port, admin actions are closed; fine on loopback, not in front of a network"
         )
-    origins = {o.strip().rstrip("/") for o in settings.cors_origins.split(",") if o.strip()}
+    # an Origin header is a serialised origin: lowercase scheme and host, no path, no trailing slash
+    origins = {o.strip().rstrip("/").lower() for o in settings.cors_origins.split(",") if o.strip()}
     app.extensions["streamrec.security"] = Guard(
         ring, TokenBucket(settings.write_rate_per_s, settings.write_burst), origins
     )
