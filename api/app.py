@@ -10,8 +10,19 @@ import redis
 from flask import Flask, Response
 from flask.json.provider import DefaultJSONProvider
 
-from streamrec.api import admin, errors, observability, openapi, paths, security, storefront, views
+from streamrec.api import (
+    admin,
+    errors,
+    http_cache,
+    observability,
+    openapi,
+    paths,
+    security,
+    storefront,
+    views,
+)
 from streamrec.api.cache import ProcessCache
+from streamrec.api.content_coding import DecodingRequest
 from streamrec.api.extensions import EXTENSION, Publisher, Services, kafka_publisher
 from streamrec.fold import redis_client as redis_client_for
 from streamrec.modelstore import ModelStore
@@ -55,6 +66,7 @@ def create_app(
     settings = settings or Settings()
     app = Flask(__name__, static_folder=None)
     app.json = OrjsonProvider(app)
+    app.request_class = DecodingRequest  # bodies are decoded from their Content-Encoding, bounded
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
     if test_config:
         app.config.update(test_config)
@@ -85,4 +97,5 @@ def create_app(
     security.init_app(app, settings)
     app.register_blueprint(admin.bp)
     openapi.init_app(app, settings)
+    http_cache.init_app(app)  # last: its hook runs first, so the others see the final status (a 304)
     return app

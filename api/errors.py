@@ -16,6 +16,7 @@ INVALID_EVENT = 1002
 BATCH_TOO_LARGE = 1003
 INVALID_PARAMETER = 1004
 INVALID_ITEM = 1005
+INVALID_BODY_ENCODING = 1006
 NOT_FOUND = 1404
 METHOD_NOT_ALLOWED = 1405
 UNAUTHORIZED = 1401
@@ -33,9 +34,12 @@ _HTTP_CODES = {404: NOT_FOUND, 405: METHOD_NOT_ALLOWED, 413: BODY_TOO_LARGE, 415
 class ApiError(Exception):
     """An error meant for the caller."""
 
-    def __init__(self, status: int, code: int, msg: str, details: Any = None) -> None:
+    def __init__(
+        self, status: int, code: int, msg: str, details: Any = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(msg)
         self.status, self.code, self.msg, self.details = status, code, msg, details
+        self.headers = headers or {}
 
 
 def error_body(code: int, msg: str, details: Any = None) -> dict[str, Any]:
@@ -48,7 +52,7 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):  # type: ignore[no-untyped-def]
-        return jsonify(error_body(exc.code, exc.msg, exc.details)), exc.status
+        return jsonify(error_body(exc.code, exc.msg, exc.details)), exc.status, exc.headers
 
     @app.errorhandler(MethodNotAllowed)
     def _method_not_allowed(exc: MethodNotAllowed):  # type: ignore[no-untyped-def]
@@ -62,7 +66,7 @@ def init_app(app: Flask) -> None:
         status = exc.code or 500
         msg = {
             404: "no such endpoint; see README.md for the API",
-            413: "request body too large",
+            413: "request body too large: at most 4 MiB, as sent and once decoded from its Content-Encoding",
         }.get(status, exc.description or exc.name)
         return jsonify(error_body(_HTTP_CODES.get(status, 1000 + status), msg)), status
 
