@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
+from streamrec.api.params import MAX_LIST_ITEMS
 from streamrec.contract import HAS_TEXT_PATTERN, ID_PATTERN, CatalogItem, Event
 from streamrec.event_types import TYPES, EventType
 from streamrec.settings import Settings
@@ -25,6 +26,23 @@ REF = "#/components/schemas/{model}"
 
 
 ID_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": ID_PATTERN}
+# at most MAX_LIST_ITEMS comma-separated parts, as ``params.list_param`` counts them
+EXCLUDE_PATTERN = rf"^[^,]*(?:,[^,]*){{0,{MAX_LIST_ITEMS - 1}}}$"
+
+
+# What the HTTP API does with ts (``views.receive_time_for_future_ts``): every value from 1995 to 2100 is
+# accepted, so the schema's static bounds are exactly the server's, and none moves with the clock.
+HTTP_TS = (
+    "event time, epoch milliseconds UTC, from 1995 to 2100; the receive time when left out. A ts more "
+    "than STREAMREC_MAX_FUTURE_SKEW_MS (default 5 minutes) ahead of the server's clock (a wrong device "
+    "clock) is replaced by the receive time, and the answer lists those rows in ts_set_to_receive_time; "
+    "a value that looks like epoch seconds, microseconds or nanoseconds is outside the bounds and refused."
+)
+
+
+def _http_ts(properties: dict[str, Any]) -> dict[str, Any]:
+    """``properties`` with the HTTP API's description of ``ts`` (the bounds are the contract's)."""
+    return {**properties, "ts": {**properties["ts"], "description": HTTP_TS}}
 
 
 def _variant_name(kind: EventType) -> str:
@@ -40,7 +58,7 @@ def _event_schemas() -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind in EventType:
         needs = "item_id" if TYPES[kind].needs_item else "query"
-        properties = dict(base["properties"])
+        properties = _http_ts(base["properties"])
         properties["type"] = {"const": kind.value, "type": "string"}
         properties[needs] = next(s for s in properties[needs]["anyOf"] if s.get("type") != "null")
         out[_variant_name(kind)] = {
@@ -64,6 +82,7 @@ def _event_schemas() -> dict[str, Any]:
 def _schemas() -> dict[str, Any]:
     out: dict[str, Any] = _event_schemas()
     item = CatalogItem.model_json_schema(by_alias=True, ref_template=REF)
+    item["properties"] = _http_ts(item["properties"])
     out["CatalogItem"] = item
     out["CatalogItemUpdate"] = {
         **item,
@@ -119,6 +138,12 @@ def _schemas() -> dict[str, Any]:
                 "properties": {
                     "accepted": {"type": "integer", "minimum": 1},
                     "event_ids": {"type": "array", "items": {"type": "string"}},
+                    "ts_set_to_receive_time": {
+                        "type": "array",
+                        "items": {"type": "integer", "minimum": 0},
+                        "description": "indexes (in the batch; 0 for one record) of the rows whose ts "
+                        "was further ahead of the server's clock than allowed and became the receive time",
+                    },
                 },
             },
             "Deletion": {
@@ -159,14 +184,15 @@ def _ok(schema: str, status: str = "200", what: str = "OK") -> dict[str, Any]:
 
 
 ERRORS = {
-    "400": "bad JSON, wrong types, unknown fields, a batch over the limit, a bad id in the path or a bad "
-    "query parameter",
+    "400": "bad JSON, wrong types, unknown fields, a batch over the limit, a bad id in the path, a bad "
+    "query parameter, or a body that is not valid in its Content-Encoding (code 1006)",
     "401": "no API key, or not a valid one (when keys are configured)",
     "403": "the key's role may not do this",
     "404": "no such path, or no such item",
     "409": "the request conflicts with the current state (nothing to roll back to)",
-    "413": "the body is larger than 4 MiB",
-    "415": "the body is not application/json",
+    "413": "the body is larger than 4 MiB, as sent or once decoded from its Content-Encoding",
+    "415": "the body is not application/json, or its Content-Encoding is not one of gzip, deflate, zstd "
+    "(or identity); the answer's Accept-Encoding lists them",
     "429": "too many writes for this key; see Retry-After",
     "503": "Redis or Kafka is unavailable; retry",
 }
@@ -192,6 +218,14 @@ def _errors(*statuses: str) -> dict[str, Any]:
             out[status]["headers"] = {
                 "Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}
             }
+        if status == "415":
+            out[status]["headers"] = {
+                "Accept-Encoding": {
+                    "description": "the content codings a body may be sent in (RFC 7694), when the "
+                    "coding was the problem",
+                    "schema": {"type": "string"},
+                }
+            }
     return out
 
 
@@ -211,7 +245,12 @@ def _path(name: str, what: str, schema: dict[str, Any] | None = None) -> dict[st
 
 
 def _body(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"required": True, "content": {"application/json": {"schema": schema}}}
+    return {
+        "required": True,
+        "description": "JSON, as it is or compressed: Content-Encoding gzip, deflate (zlib or raw) or "
+        "zstd, stacked up to 3, decoded size at most 4 MiB",
+        "content": {"application/json": {"schema": schema}},
+    }
 
 
 def _write_security() -> list[dict[str, list[str]]]:
@@ -238,6 +277,7 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
     items_body = {"type": "array", "items": item, "minItems": 1, "maxItems": settings.max_batch}
     write_errors = _errors("400", "401", "403", "413", "415", "429", "503")
     admin_errors = _errors("400", "401", "403", "503")
+    admin_body_errors = _errors("413", "415")
     version_body = {
         "type": "object",
         "required": ["version"],
@@ -252,7 +292,11 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
                 _path("user_id", "the shopper"),
                 k,
                 category,
-                _query("exclude", {"type": "string"}, "item ids to leave out, comma-separated"),
+                _query(
+                    "exclude",
+                    {"type": "string", "pattern": EXCLUDE_PATTERN},
+                    f"item ids to leave out, comma-separated, at most {MAX_LIST_ITEMS}",
+                ),
                 explain,
             ],
             "responses": {**_ok("Answer"), **reads, **_errors("404")},
@@ -357,7 +401,7 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
         ("admin.activate_model", "post"): {
             "requestBody": _body(version_body),
             "security": [{"bearer": []}, {"apiKey": []}],
-            "responses": {**_ok("Status"), **admin_errors, **_errors("404")},
+            "responses": {**_ok("Status"), **admin_errors, **admin_body_errors, **_errors("404")},
         },
         ("admin.rollback_model", "post"): {
             "security": [{"bearer": []}, {"apiKey": []}],

@@ -213,6 +213,39 @@ NOT_HERE = {
 }
 
 
+def receive_time_for_future_ts(row: dict[str, Any], policy: TimePolicy) -> bool:
+    """Set ``row["ts"]`` to the receive time when it is a valid event time (at most 2100) but further
+    ahead of this server's clock than ``policy`` allows; True when it did.
+
+    A browser's or a device's clock is often wrong, and an action sent now happened now: its receive time
+    is the best event time there is, while refusing it would lose a real shopper's action. The state's
+    clock still never runs ahead of the wall clock (DESIGN.md "Time"), and every ts the document allows
+    is accepted, so the document's bounds (1995 to 2100) are exactly the server's. A value past 2100, or
+    one that looks like seconds, microseconds or nanoseconds, is still refused by the contract, naming
+    the unit. The answer lists the rows whose ts was replaced (``ts_set_to_receive_time``).
+    """
+    ts = row.get("ts")
+    skew = policy.max_future_skew_ms
+    if skew is None or isinstance(ts, bool) or not isinstance(ts, int | float):
+        return False
+    if isinstance(ts, float) and not ts.is_integer():
+        return False  # the contract refuses a fraction
+    now = policy.clock()
+    if not now + skew < ts <= policy.max_ts_ms:
+        return False
+    row["ts"] = now
+    return True
+
+
+def _future_ts_to_receive_time(rows: list[Any], policy: TimePolicy) -> list[int]:
+    """``receive_time_for_future_ts`` on every object of a batch; the indexes of the rows it changed."""
+    return [
+        index
+        for index, row in enumerate(rows)
+        if isinstance(row, dict) and receive_time_for_future_ts(row, policy)
+    ]
+
+
 def _decoder(decode, policy: TimePolicy, refused: str):  # type: ignore[no-untyped-def]
     """``decode`` under the API's time policy, with rows holding the ``refused`` field turned down."""
 
@@ -225,6 +258,11 @@ def _decoder(decode, policy: TimePolicy, refused: str):  # type: ignore[no-untyp
         return result  # type: ignore[no-any-return]
 
     return only
+
+
+def _with_replaced(data: dict[str, Any], replaced: list[int]) -> dict[str, Any]:
+    """``data``, plus the indexes of the rows whose ts became the receive time, when there are any."""
+    return {**data, "ts_set_to_receive_time": replaced} if replaced else data
 
 
 Record = Event | CatalogItem | ItemDeletion | UserErasure
@@ -274,10 +312,15 @@ def _batch(code: int, what: str) -> list[Any]:
 @bp.post("/v1/events")
 def post_events():  # type: ignore[no-untyped-def]
     """Validate one event or a batch, publish them to Kafka, answer 202 once the broker acknowledged."""
-    decode = _decoder(decode_event, services().time_policy, "erase_user")
-    events: list[Event] = _decode_all(_batch(INVALID_EVENT, "events"), decode, INVALID_EVENT, "events")
+    policy = services().time_policy
+    rows = _batch(INVALID_EVENT, "events")
+    replaced = _future_ts_to_receive_time(rows, policy)
+    events: list[Event] = _decode_all(
+        rows, _decoder(decode_event, policy, "erase_user"), INVALID_EVENT, "events"
+    )
     _publish(events)
-    return ok({"accepted": len(events), "event_ids": [e.event_id for e in events]}, 202)
+    accepted = {"accepted": len(events), "event_ids": [e.event_id for e in events]}
+    return ok(_with_replaced(accepted, replaced), 202)
 
 
 @bp.get("/v1/items/<item_id>")
@@ -322,10 +365,13 @@ def put_item(item_id: str):  # type: ignore[no-untyped-def]
         raise ApiError(
             400, INVALID_ITEM, f"item_id in the body ({body['item_id']!r}) differs from the URL ({item_id!r})"
         )
-    decode = _decoder(decode_item, services().time_policy, "deleted")
-    items: list[CatalogItem] = _decode_all([body], decode, INVALID_ITEM, "items")
+    policy = services().time_policy
+    replaced = _future_ts_to_receive_time([body], policy)
+    items: list[CatalogItem] = _decode_all(
+        [body], _decoder(decode_item, policy, "deleted"), INVALID_ITEM, "items"
+    )
     _publish(items)
-    return ok({"accepted": 1}, 202)
+    return ok(_with_replaced({"accepted": 1}, replaced), 202)
 
 
 @bp.delete("/v1/items/<item_id>")
@@ -348,10 +394,14 @@ def delete_user(user_id: str):  # type: ignore[no-untyped-def]
 @bp.post("/v1/items")
 def post_items():  # type: ignore[no-untyped-def]
     """Create or replace catalog records in bulk."""
-    decode = _decoder(decode_item, services().time_policy, "deleted")
-    items: list[CatalogItem] = _decode_all(_batch(INVALID_ITEM, "items"), decode, INVALID_ITEM, "items")
+    policy = services().time_policy
+    rows = _batch(INVALID_ITEM, "items")
+    replaced = _future_ts_to_receive_time(rows, policy)
+    items: list[CatalogItem] = _decode_all(
+        rows, _decoder(decode_item, policy, "deleted"), INVALID_ITEM, "items"
+    )
     _publish(items)
-    return ok({"accepted": len(items)}, 202)
+    return ok(_with_replaced({"accepted": len(items)}, replaced), 202)
 
 
 @bp.get("/healthz")
