@@ -31,7 +31,7 @@ from streamrec.state import FrozenCache, StateReader
 from streamrec.trainer import models, train
 from streamrec.trainer.models import Matrix
 from streamrec.trainer.ranking_metrics import TAIL_SUPPORT, Result, score_lists, tail_share
-from streamrec.trainer.splits import Split
+from streamrec.trainer.splits import Split, training_end
 
 MODELS = (
     "streamrec", "streamrec-live", "popularity", "bm25", "cosine", "als", "ease", "slist", "slist-catalog"
@@ -248,11 +248,6 @@ def served_lists(
     finally:
         _worker.clear()
     return out
-
-
-def training_end(split: Split) -> int:
-    """The newest training event's time in epoch ms (0 for no events): "now" for an offline run."""
-    return max((ts for actions in split.train.values() for _, _, ts in actions), default=0)
 
 
 def live_table(

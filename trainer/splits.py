@@ -202,3 +202,8 @@ def _load_multi(path: Path, label: str) -> Split:
 
 
 __all__ = ["FORMATS", "SYNTHETIC_STEP_MS", "Split", "load_split", "leave_last_out"]
+
+
+def training_end(split: Split) -> int:
+    """The newest training event's time in epoch ms (0 for no events): "now" for an offline run."""
+    return max((ts for actions in split.train.values() for _, _, ts in actions), default=0)

@@ -29,7 +29,7 @@ from streamrec.settings import ScoringSettings
 from streamrec.trainer import features, models
 from streamrec.trainer.models import Matrix
 from streamrec.trainer.ranking_metrics import Result, hit_and_gain, score_lists
-from streamrec.trainer.splits import Split
+from streamrec.trainer.splits import Split, training_end
 
 Progress = Callable[[str], None]
 GIB = 1 << 30
@@ -249,13 +249,23 @@ def fit_weights(
 
 
 def seed_matrix(m: Matrix, split: Split, scoring: ScoringSettings) -> sp.csr_matrix:
-    """Each user's seeds exactly as the recommender weights them (``scoring.history_seeds``)."""
+    """Each user's seeds exactly as the recommender weights them (``scoring.history_seeds``), as of the
+    end of the training data (a seed's age weighs in; a common shift of "now" scales every user's seeds
+    alike)."""
     weights = scoring.type_weights()
+    now = training_end(split) + 1
     rows, cols, vals = [], [], []
     for u, user in enumerate(m.users):
         recent = split.train[user][-scoring.history_len :][::-1]
         history = [HistoryEntry(item, ts, str(etype)) for etype, item, ts in recent]
-        seeds = history_seeds(history, scoring.history_used, scoring.history_position_decay, weights)
+        seeds = history_seeds(
+            history,
+            scoring.history_used,
+            scoring.history_position_decay,
+            weights,
+            now,
+            scoring.preference_halflife_ms,
+        )
         for item, w in seeds.items():
             rows.append(u)
             cols.append(m.item_index[item])
