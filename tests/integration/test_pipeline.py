@@ -7,7 +7,7 @@ import time
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamrec.state import StateReader
 from streamrec.topics import Topics, ensure_topics
@@ -54,16 +54,22 @@ def _applied(ns: Namespace) -> int:
 
 
 def _dlq_records(ns: Namespace, want: int, timeout: float) -> list[dict]:
+    """The dead-letter topic from its beginning until ``want`` records or ``timeout`` s. Partitions are
+    assigned, not joined as a group: a group join on Tansu can take half a session timeout, or stall."""
+    topic = Topics(ns.settings.topic_prefix).dlq
     consumer = KafkaConsumer(
-        Topics(ns.settings.topic_prefix).dlq,
-        bootstrap_servers=ns.settings.kafka_bootstrap,
-        group_id=f"dlq-reader-{ns.settings.topic_prefix}",
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=500,
+        bootstrap_servers=ns.settings.kafka_bootstrap, group_id=None, consumer_timeout_ms=500
     )
     found: list[dict] = []
     deadline = time.monotonic() + timeout
     try:
+        partitions: set[int] = set()
+        while not partitions and time.monotonic() < deadline:
+            partitions = consumer.partitions_for_topic(topic) or set()
+            if not partitions:
+                time.sleep(0.2)
+        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        consumer.seek_to_beginning()
         while len(found) < want and time.monotonic() < deadline:
             for msg in consumer:
                 found.append(orjson.loads(msg.value))
