@@ -10,6 +10,7 @@ import redis
 from flask import Flask, Response
 from flask.json.provider import DefaultJSONProvider
 
+from streamrec import metrics
 from streamrec.api import (
     admin,
     errors,
@@ -22,6 +23,7 @@ from streamrec.api import (
     views,
 )
 from streamrec.api.cache import ProcessCache
+from streamrec.api.changes import ChangeFeed, ChangeLog
 from streamrec.api.content_coding import DecodingRequest
 from streamrec.api.extensions import EXTENSION, Publisher, Services, kafka_publisher
 from streamrec.fold import redis_client as redis_client_for
@@ -55,6 +57,32 @@ class OrjsonProvider(DefaultJSONProvider):
         )
 
 
+def start_change_feed(settings: Settings, channel: str) -> ChangeLog:
+    """Follow the worker's change feed from this process (a daemon thread, its own Redis connection);
+    returns the change log it keeps. Called in each gunicorn worker, after the fork."""
+    m = metrics.api()
+    m.change_feed.set(0)
+    changes = ChangeLog()
+
+    def connect() -> Any:
+        return redis_client_for(
+            settings.redis_url,
+            settings.redis_cluster,
+            socket_timeout=10.0,
+            socket_connect_timeout=1.0,
+            health_check_interval=10,
+        )
+
+    ChangeFeed(
+        connect,
+        channel,
+        changes,
+        on_message=m.changed_items.inc,
+        on_state=lambda up: m.change_feed.set(1 if up else 0),
+    ).start()
+    return changes
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -77,15 +105,17 @@ def create_app(
         socket_connect_timeout=1.0,
         health_check_interval=10,
     )
-    reader = observability.TimedReader(StateReader(client, keys_of(settings), settings.scoring))
+    keys = keys_of(settings)
+    reader = observability.TimedReader(StateReader(client, keys, settings.scoring))
+    changes = start_change_feed(settings, keys.changes()) if settings.api_change_feed else None
     app.extensions[EXTENSION] = Services(
         settings,
         client,
         Recommender(
             reader,
             settings.scoring,
-            ModelStore(client, keys_of(settings)),
-            cache=ProcessCache.from_settings(settings),
+            ModelStore(client, keys),
+            cache=ProcessCache.from_settings(settings, changes=changes),
         ),
         publisher_factory or kafka_publisher,
     )

@@ -21,6 +21,22 @@ A catalog record cannot change while the catalog generation stays as it is, so c
 kept for twice the answers' bound: an answer computed again (its bound passed) finds most of those it
 shows here, under the generation it checks, instead of reading them in one more trip.
 
+**With a change feed** (``api/changes.py``; the API under gunicorn follows one), the values other
+shoppers change (counts, neighbour lists, catalog records, whole answers) are kept as long as none of
+the items they depend on changed: each entry carries the change log's number seen before it was read (its
+tag) and the items it depends on. A catalog record is checked on every lookup, so it is exact: a sale
+stop leaves the very next answer, and an answer never comes out short because a restock was not seen.
+Counts, neighbour lists (normalised by ~120 counts each) and whole answers are looked at again at most
+once per general bound (``STREAMREC_API_CACHE_TTL_MS``, 500 ms): found unchanged, it is served for another
+bound without a look; found changed, it goes. So co-occurrence reaches every answer within that bound
+(plus the feed's few milliseconds), an entry nothing changed stays however long, and one whose inputs
+change many times a second (a popular item's list under live traffic) is computed again at most twice a
+second. Answers are stamped by the catalog generation besides (``recommend.Recommender``). Their staleness bounds then only bound memory and what a lost feed may cost: while the
+feed cannot vouch for an entry (not subscribed, or subscribed again since the entry was read), the entry
+is served only within ``changes.FALLBACK_MS`` of its read. Parts of an answer that no item change
+announces (the popularity fill-ins and search terms' items it used) keep their own bound,
+``STREAMREC_API_CACHE_TTL_MS``, through the entry's ``fresh_until``.
+
 A full table evicts the entry read longest ago: every entry of a kind with a staleness bound leaves by its
 age anyway, so a hit does not reorder the table (the cache's own bookkeeping was about a tenth of an
 answer's time before). A model version's rows never change once published, so they are kept until
@@ -37,6 +53,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
+from streamrec.api.changes import FALLBACK_MS, ChangeLog
 from streamrec.settings import Settings
 from streamrec.state import CACHED_KINDS, MISSING
 
@@ -55,15 +72,26 @@ JITTER = 0.25  # an entry stays for between 75 % and 100 % of its kind's stalene
 # out twice as much each time (in process at 500 answers/s on 3,000 shoppers, with 25 % the misses came
 # back as waves of 20 % of the answers every 90 s)
 ANSWERS_JITTER = 0.5
+# what the change feed vouches for: values that change only when an item they depend on changes
+FED = frozenset({"counts", "neighbours", "catalog", "answers"})
+# of those, the ones looked at again once per general bound (catalog records: on every lookup, exactly)
+WINDOWED = frozenset({"counts", "neighbours", "answers"})
+
+
+# an entry: [read at, value, leaves at, tag, depends on, fresh until, checked until]: times on the cache's
+# clock; tag and depends on (item ids) for the change log (None: no tag); fresh until bounds parts no
+# change announces; checked until: the entry was found unchanged, and is served without looking again
+# until then (``ProcessCache._valid``)
+Entry = list[Any]
 
 
 class _Table:
-    """One kind's entries: key -> (read at, value, leaves at), the one to evict first (read longest ago;
-    for a kind without a staleness bound, used longest ago) first. Times are on the cache's clock."""
+    """One kind's entries (``Entry``), the one to evict first (read longest ago; for a kind without a
+    staleness bound, used longest ago) first."""
 
     def __init__(self, size: int, ttl_s: float | None, jitter: float = JITTER) -> None:
         self.size, self.ttl_s, self.jitter = size, ttl_s, jitter
-        self.entries: OrderedDict[Hashable, tuple[float, Any, float]] = OrderedDict()
+        self.entries: OrderedDict[Hashable, Entry] = OrderedDict()
         self.hits = self.misses = 0
 
 
@@ -79,7 +107,9 @@ class ProcessCache:
     are kept for twice the answers' bound (each under the catalog generation it was read under, which a
     stamped answer checks), and ``catalog_within`` is the share of that bound within which a reader
     without a stamp takes one (``ttl_ms`` over it). ``clock`` (seconds, monotonic) and
-    ``seed`` (of when entries leave, ``JITTER``) are for tests. Raises ``ValueError`` for a negative bound.
+    ``seed`` (of when entries leave, ``JITTER``) are for tests. ``changes``: the change log a change feed
+    keeps (``FED`` kinds are then kept while their items are unchanged, see the module). Raises
+    ``ValueError`` for a negative bound.
     """
 
     def __init__(
@@ -92,7 +122,10 @@ class ProcessCache:
         seed: int | None = None,
         answers_ttl_ms: int = 0,
         answers: int = 0,
+        changes: ChangeLog | None = None,
     ) -> None:
+        self.changes = changes
+        self._fallback_s = FALLBACK_MS / 1000.0
         neighbours_ttl_ms = ttl_ms if neighbours_ttl_ms is None else neighbours_ttl_ms
         if min(ttl_ms, items, lists, neighbours_ttl_ms, answers_ttl_ms, answers) < 0:
             raise ValueError("cache staleness and sizes must be >= 0")
@@ -107,6 +140,7 @@ class ProcessCache:
         # answers' bound (a record read for an answer is still there when the answer is computed again);
         # a reader without a stamp takes only those read within the general bound
         catalog_ttl_ms = max(ttl_ms, 2 * answers_ttl_ms) if self.answers else ttl_ms
+        self._ttl_s = ttl_ms / 1000.0
         self.catalog_within = ttl_ms / catalog_ttl_ms if catalog_ttl_ms else 1.0
 
         def ttl_s(kind: str) -> float | None:
@@ -127,10 +161,15 @@ class ProcessCache:
         }
 
     @classmethod
-    def from_settings(cls, settings: Settings, clock: Callable[[], float] = time.monotonic) -> ProcessCache:
+    def from_settings(
+        cls,
+        settings: Settings,
+        clock: Callable[[], float] = time.monotonic,
+        changes: ChangeLog | None = None,
+    ) -> ProcessCache:
         """The cache ``STREAMREC_API_CACHE_TTL_MS``, ``…_NEIGHBOURS_TTL_MS``, ``…_ANSWERS_TTL_MS``,
         ``…_ANSWERS``, ``…_ITEMS`` and ``…_LISTS`` describe (``clock``: seconds, monotonic; benchmarks and
-        tests pass their own)."""
+        tests pass their own), following ``changes`` when given."""
         return cls(
             settings.api_cache_ttl_ms,
             settings.api_cache_items,
@@ -139,7 +178,46 @@ class ProcessCache:
             neighbours_ttl_ms=settings.api_cache_neighbours_ttl_ms,
             answers_ttl_ms=settings.api_cache_answers_ttl_ms,
             answers=settings.api_cache_answers,
+            changes=changes,
         )
+
+    @property
+    def fresh_within_s(self) -> float:
+        """The general staleness bound (``STREAMREC_API_CACHE_TTL_MS``) in seconds: how long parts of an
+        answer that no item change announces may be kept (``put``'s ``fresh_until``)."""
+        return self._ttl_s
+
+    def now(self) -> float:
+        """The cache's clock (seconds, monotonic)."""
+        return self.clock()
+
+    def tag(self) -> int | None:
+        """The change log's number now, to tag values about to be read (None: no change log, or it vouches
+        for nothing now)."""
+        changes = self.changes
+        if changes is None or not changes.subscribed:
+            return None
+        return changes.seq
+
+    def _valid(self, kind: str, entry: Entry, now: float) -> bool:
+        """Whether ``entry`` of ``kind`` may be served at ``now``: not left, and for a ``FED`` kind with a
+        change log, unchanged since its tag (or, if the log cannot tell, read within the fallback bound)."""
+        if now > entry[2]:
+            return False
+        changes = self.changes
+        if changes is None or kind not in FED:
+            return True
+        tag = entry[3]
+        if tag is None or not changes.trusted(tag):
+            return now - entry[0] <= self._fallback_s
+        if entry[5] is not None and now > entry[5]:
+            return False
+        if now <= entry[6] and kind in WINDOWED:
+            return True  # found unchanged less than one bound ago: a change since is at most that old
+        if not changes.unchanged(tag, entry[4]):
+            return False
+        entry[6] = now + self._ttl_s
+        return True
 
     def get(self, kind: str, key: Hashable) -> Any:
         """The value kept for ``(kind, key)``, or ``MISSING`` (never kept, evicted or left)."""
@@ -148,7 +226,7 @@ class ProcessCache:
         table = self._tables[kind]
         with self._lock:
             entry = table.entries.get(key)
-            if entry is None or self.clock() > entry[2]:
+            if entry is None or not self._valid(kind, entry, self.clock()):
                 table.misses += 1
                 return MISSING
             if table.ttl_s is None:
@@ -156,11 +234,23 @@ class ProcessCache:
             table.hits += 1
             return entry[1]
 
-    def put(self, kind: str, key: Hashable, value: Any, read_at: float | None = None) -> None:
+    def put(
+        self,
+        kind: str,
+        key: Hashable,
+        value: Any,
+        read_at: float | None = None,
+        tag: int | None = None,
+        deps: tuple[str, ...] = (),
+        fresh_until: float | None = None,
+    ) -> None:
         """Keep ``value`` (shared, never mutated) for ``(kind, key)``, evicting as ``_Table`` orders; its
         age counts from ``read_at`` (this cache's clock, seconds; default now), the time its oldest input
         was read when it is derived from other values, and it leaves between ``1 - JITTER`` (answers:
-        ``1 - ANSWERS_JITTER``) and all of the kind's bound after that."""
+        ``1 - ANSWERS_JITTER``) and all of the kind's bound after that. ``tag`` (the change log's number
+        before the value or its inputs were read, ``tag()``) and ``deps`` (the item ids it depends on) let
+        a change feed keep it exactly while they are unchanged; ``fresh_until`` (this cache's clock) ends
+        it sooner for parts no change announces."""
         if not self.enabled:
             return
         table = self._tables[kind]
@@ -171,7 +261,17 @@ class ProcessCache:
                 if table.ttl_s is None
                 else table.ttl_s * (1.0 - table.jitter * self._random.random())
             )
-            table.entries[key] = (read_at, value, read_at + life)
+            # checked now: its inputs were read after the tag, and whatever changes from here is looked
+            # for once the general bound has passed
+            table.entries[key] = [
+                read_at,
+                value,
+                read_at + life,
+                tag,
+                deps,
+                fresh_until,
+                self.clock() + self._ttl_s,
+            ]
             table.entries.move_to_end(key)
             while len(table.entries) > table.size:
                 table.entries.popitem(last=False)
@@ -189,15 +289,21 @@ class ProcessCache:
             entries, ttl_s = table.entries, table.ttl_s
             now = self.clock()
             oldest = None if ttl_s is None else now - ttl_s * within
+            fed = self.changes is not None and kind in FED
             for key in keys:
                 entry = entries.get(key)
-                if entry is None or now > entry[2] or (oldest is not None and entry[0] < oldest):
+                if (
+                    entry is None
+                    or now > entry[2]
+                    or (oldest is not None and entry[0] < oldest)
+                    or (fed and not self._valid(kind, entry, now))
+                ):
                     table.misses += 1
                     continue
                 if oldest is None:  # no staleness bound: least recently used leaves first
                     entries.move_to_end(key)
                 table.hits += 1
-                out[key] = entry[:2]
+                out[key] = (entry[0], entry[1])
         return out
 
     def last_known(self, kind: str, keys: Iterable[Hashable]) -> dict[Hashable, Any]:

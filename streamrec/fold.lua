@@ -109,6 +109,23 @@ local function guard(key)
   call('HSET', key, 'guard', '1')
 end
 
+-- Items whose {i:<item>} keys this call changed (activity, neighbour list, catalog record): published on
+-- the changes channel at the end of the call, so that API processes drop what they cached of them
+-- (docs/STATE.md, "Fresh caches"). Ids hold no control characters (the contract), so '\n' separates them.
+local CHANGED, CHANGED_N = {}, 0
+local function changed(item)
+  if not CHANGED[item] then
+    CHANGED[item] = true
+    CHANGED_N = CHANGED_N + 1
+  end
+end
+local function publish_changes()
+  if CHANGED_N == 0 then return end
+  local ids = {}
+  for item in pairs(CHANGED) do ids[#ids + 1] = item end
+  call('PUBLISH', T.changes, table.concat(ids, '\n'))
+end
+
 -- ------------------------------------------------------------------------------- the user stage
 
 -- Outcomes per event: 0 applied, 1 duplicate (offset at or below the watermark, or event id claimed
@@ -441,6 +458,7 @@ local function apply_op(op, copies, overfull)
     local last = math.max(tonumber(cur[4]) or tse, tse)  -- the latest occurrence, whatever the fold order
     call('HSET', sk, 'n', n, 'pop', pop, 'trend', trend, 'last', fmt('%d', last), 'cat', cat)
     call('HINCRBY', sk, 'c', 1)  -- plain occurrences, for audits (exactly-once checks) and capacity figures
+    changed(item)
     touch(sk, C.item_ttl)
     touch(fmt(T.neighbours, item), C.item_ttl)
     copies[#copies + 1] = {item, shard, num(pop), num(trend), cat, tse}
@@ -449,6 +467,7 @@ local function apply_op(op, copies, overfull)
     if is_deleted(anchor) then return end
     local nk = fmt(T.neighbours, anchor)
     local added = zlog_add(nk, member, x)
+    changed(anchor)
     touch(nk, C.item_ttl)
     if card_memo[nk] == nil then card_memo[nk] = call('ZCARD', nk) else card_memo[nk] = card_memo[nk] + added end
     if card_memo[nk] > C.nbr_max + C.nbr_slack then
@@ -521,6 +540,7 @@ end
 -- the copy moves that follow a changed category or a deletion. A record older than the stored one (by
 -- ts) loses; a stored ts from the future (another unit) never wins.
 local function fold_record(r, moves)
+  changed(r.id)
   local ck = fmt(T.catalog, r.id)
   local cur = call('HMGET', ck, 'ts', 'deleted', 'category')
   local cts = tonumber(cur[1])
@@ -596,6 +616,7 @@ if MODE == 'all' then
     end
   end
   add_stats(fmt(T.stats, 'ev:' .. math.max(IN.p, 0)), counts)
+  publish_changes()
   return cjson.encode(outcomes)
 
 elseif MODE == 'catalog' then
@@ -612,6 +633,7 @@ elseif MODE == 'catalog' then
   add_stats(fmt(T.stats, 'it:' .. math.max(IN.p, 0)), {items = delta})
   -- after the records: a reader that saw this generation reads them as written (cached answers compare it)
   if written > 0 then call('INCR', T.catalog_generation) end
+  publish_changes()
   return written
 
 elseif MODE == 'user' then
@@ -649,6 +671,7 @@ elseif MODE == 'item' then
   local full = {}
   for key, anchor in pairs(overfull) do full[#full + 1] = {anchor, call('ZRANGE', key, 0, -1)} end
   table.sort(full, function(a, b) return a[1] < b[1] end)
+  publish_changes()
   return cjson.encode({copies, full})
 
 elseif MODE == 'copies' then
@@ -660,8 +683,12 @@ elseif MODE == 'trim' then
   -- IN: {now, lists = [[anchor, {member = log count}]]}
   local trimmed = 0
   for _, l in ipairs(IN.lists) do
-    if trim_neighbours(fmt(T.neighbours, l[1]), l[2], IN.now) then trimmed = trimmed + 1 end
+    if trim_neighbours(fmt(T.neighbours, l[1]), l[2], IN.now) then
+      trimmed = trimmed + 1
+      changed(l[1])
+    end
   end
+  publish_changes()
   return trimmed
 
 elseif MODE == 'ack' then
@@ -720,6 +747,7 @@ elseif MODE == 'citem' then
     end
   end
   if newest > mark then call('HSET', IN.wm, 'c:' .. IN.p, newest) end
+  publish_changes()
   return cjson.encode({moves, counted})
 
 elseif MODE == 'cack' then

@@ -40,6 +40,8 @@ def _templates(p: str) -> dict[str, str]:
         "catalog": f"{p}:{{i:%s}}:c",  # HASH of the catalog record, or a deletion tombstone
         # one per deployment, one slot: {cg}
         "catalog_generation": f"{p}:{{cg}}",  # STRING: batches of catalog records folded (cached answers compare)
+        # a Pub/Sub channel, not a key: the ids of items whose {i:<item>} keys a fold call changed
+        "changes": f"{p}:changes",
         "activity": f"{p}:{{i:%s}}:s",  # HASH n, pop, trend (log decayed totals), c (occurrences), last (ms), cat
         "neighbours": f"{p}:{{i:%s}}:n",  # ZSET neighbour -> log of decayed, order-weighted co-occurrence
         # per search term, one slot: {t:<term>}
@@ -165,6 +167,12 @@ class Keys:
     def catalog(self, item_id: str) -> str:
         """HASH of the item's catalog record (or its deletion tombstone)."""
         return self._k("catalog", item_id)
+
+    def changes(self) -> str:
+        """The Pub/Sub channel (not a key: it has no slot) on which every fold call that changed items
+        publishes their ids, newline-separated: an item's activity (its count), its neighbour list, or its
+        catalog record. API processes drop what they cached of those items at once (``api/changes.py``)."""
+        return self._k("changes")
 
     def catalog_generation(self) -> str:
         """STRING: how many batches of catalog records were folded (INCR after each, once its records are

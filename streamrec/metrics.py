@@ -91,6 +91,8 @@ class ApiMetrics:
     recommended_items: Counter
     empty_answers: Counter
     redis_duration: Histogram
+    change_feed: Gauge
+    changed_items: Counter
 
 
 @cache
@@ -128,6 +130,17 @@ def api() -> ApiMetrics:
             "Time of one state read (one pipelined Redis round trip), by reader operation.",
             ["operation"],
             buckets=REDIS_BUCKETS,
+        ),
+        change_feed=Gauge(
+            "streamrec_api_change_feed_subscribed",
+            "1 while an API process follows the worker's change feed (its caches are then exact); 0 while "
+            "it does not (cached values are then kept 500 ms at most). The minimum over processes.",
+            multiprocess_mode="min",
+        ),
+        changed_items=Counter(
+            "streamrec_api_changed_items_total",
+            "Item changes the API's processes heard of on the change feed (each drops what was cached of "
+            "the item).",
         ),
     )
     for endpoint in RECOMMENDATION_ENDPOINTS:

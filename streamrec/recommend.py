@@ -149,7 +149,15 @@ class Recommender:
             except SnapshotMoved:
                 continue
             if stamped and strict:
-                self.cache.put("answers", key, (snap.stamp, result), snap.read_at)
+                self.cache.put(
+                    "answers",
+                    key,
+                    (snap.stamp, result),
+                    snap.read_at,
+                    tag=snap.tag,
+                    deps=tuple(snap.deps),
+                    fresh_until=snap.fresh_until,
+                )
             return result
         raise AssertionError("unreachable: the last snapshot is not checked")
 

@@ -171,7 +171,7 @@ class Settings(BaseSettings):
         description="Gunicorn worker class (sync: one request at a time per worker, no keep-alive; gthread: STREAMREC_API_THREADS each, for an API that takes many writes, each of which waits for Kafka's acknowledgement).",
     )
     api_cache_ttl_ms: int = Field(
-        1000,
+        500,
         ge=0,
         description="How stale an API process's cached state may be, in ms (active model version, catalog fields, popularity tops, trending; never a user's own state; a cached answer's catalog fields are checked by the catalog generation instead); 0 disables the whole cache.",
     )
@@ -184,6 +184,10 @@ class Settings(BaseSettings):
         240_000,
         ge=0,
         description="How long an API process may serve an answer (personal, or similar items) again, in ms, while the user's state (their version, if there is a user), the catalog (its generation) and the active model are as they were: counted from when the oldest neighbour list it was ranked from was read, so what other shoppers did shows in it within this bound; 0 keeps none.",
+    )
+    api_change_feed: bool = Field(
+        True,
+        description="Follow the worker's change feed (a Redis Pub/Sub channel) in each API process, so that cached neighbour lists, counts, catalog records and answers are dropped the moment an item they depend on changes (the freshness contract); off, or while the feed is lost, cached values are kept 500 ms at most.",
     )
     api_cache_answers: int = Field(
         20_000,

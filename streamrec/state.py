@@ -176,6 +176,9 @@ class Cache(Protocol):
 
     enabled: bool
     answers: bool  # whether it keeps whole answers (kind "answers"; see ``recommend.Recommender``)
+    # how long parts of an answer that no item change announces (popularity fill-ins, search terms'
+    # items) may be kept, in seconds
+    fresh_within_s: float
     # share of the catalog kind's bound within which a reader without a stamp (which checks no catalog
     # generation) takes a record: ``held("catalog", items, catalog_within)``
     catalog_within: float
@@ -183,10 +186,28 @@ class Cache(Protocol):
     def get(self, kind: str, key: Hashable) -> Any:
         """The value held for ``(kind, key)``, or ``MISSING``."""
 
-    def put(self, kind: str, key: Hashable, value: Any, read_at: float | None = None) -> None:
+    def put(
+        self,
+        kind: str,
+        key: Hashable,
+        value: Any,
+        read_at: float | None = None,
+        tag: int | None = None,
+        deps: tuple[str, ...] = (),
+        fresh_until: float | None = None,
+    ) -> None:
         """Hold ``value`` for ``(kind, key)`` (the cache bounds how many and for how long). A value derived
         from others gives ``read_at``, when the oldest of them was read (``read_at`` of theirs): its
-        staleness counts from there, not from now, so deriving never stretches the bound."""
+        staleness counts from there, not from now, so deriving never stretches the bound. ``tag`` (from
+        ``tag()`` before the value's inputs were read) and ``deps`` (the item ids it depends on) let a cache
+        that follows the change feed keep it exactly while those are unchanged; ``fresh_until`` (the
+        cache's clock) ends it sooner, for parts no item change announces."""
+
+    def tag(self) -> int | None:
+        """The change log's number now, to tag values about to be read (None: no change feed to vouch)."""
+
+    def now(self) -> float:
+        """The cache's clock (seconds), for ``fresh_until``."""
 
     def held(
         self, kind: str, keys: Iterable[Hashable], within: float = 1.0
@@ -223,14 +244,23 @@ class NoCache:
     enabled = False
     answers = False
     catalog_within = 1.0
+    fresh_within_s = 0.0
 
     def get(self, kind: str, key: Hashable) -> Any:
         """Always ``MISSING``."""
         return MISSING
 
-    def put(self, kind: str, key: Hashable, value: Any, read_at: float | None = None) -> None:
+    def put(self, kind: str, key: Hashable, value: Any, read_at: float | None = None, **_: Any) -> None:
         """Keep nothing."""
         return None
+
+    def tag(self) -> int | None:
+        """No change feed."""
+        return None
+
+    def now(self) -> float:
+        """No clock: nothing is kept."""
+        return 0.0
 
     def held(
         self, kind: str, keys: Iterable[Hashable], within: float = 1.0
@@ -252,6 +282,7 @@ class FrozenCache:
     enabled = True
     answers = False  # each held-out user is answered once
     catalog_within = 1.0
+    fresh_within_s = float("inf")
 
     def __init__(self) -> None:
         self._entries: dict[tuple[str, Hashable], Any] = {}
@@ -260,9 +291,17 @@ class FrozenCache:
         """The value kept for ``(kind, key)``, or ``MISSING``."""
         return self._entries.get((kind, key), MISSING)
 
-    def put(self, kind: str, key: Hashable, value: Any, read_at: float | None = None) -> None:
-        """Keep ``value`` for good (``read_at`` does not matter: nothing ages)."""
+    def put(self, kind: str, key: Hashable, value: Any, read_at: float | None = None, **_: Any) -> None:
+        """Keep ``value`` for good (``read_at`` and the rest do not matter: nothing ages or changes)."""
         self._entries[(kind, key)] = value
+
+    def tag(self) -> int | None:
+        """No change feed: nothing changes."""
+        return None
+
+    def now(self) -> float:
+        """The clock stands still."""
+        return 0.0
 
     def held(
         self, kind: str, keys: Iterable[Hashable], within: float = 1.0
@@ -590,7 +629,11 @@ class Snapshot:
     records read under that generation or a later one, so that it is valid for as long as its ``stamp``
     holds (a cached answer is compared by it).
     ``read_at`` is when the oldest neighbour list the answer used was read, or the counts it was derived
-    from (the cache's clock; None: nothing older than this answer).
+    from (the cache's clock; None: nothing older than this answer). ``tag`` is the cache's change-log
+    number taken before trip 1, and ``deps`` the items the answer depends on (the anchors of the neighbour
+    lists it used with their members, the items whose catalog records it read): a cache that follows the
+    change feed keeps the answer while none of them changed. ``fresh_until`` (the cache's clock) bounds
+    what no item change announces: the popularity rows and search terms' items it used.
     """
 
     def __init__(
@@ -605,6 +648,11 @@ class Snapshot:
     ) -> None:
         self.reader, self.cache, self.now, self.strict = reader, cache, now_ms, strict
         self.user_id = user_id
+        # before anything is read: a change the log hears of after this number may postdate any read
+        self.tag = cache.tag()
+        self.deps: set[str] = set()
+        self.fresh_until: float | None = None
+        self._terms_read_at = self._fetched_at = 0.0  # when this snapshot's own trips read them
         self.reply = reader.user_reply(user_id, stamp, held) if user_id is not None else None
         self._user: UserState | None = None
         self.trips = 1 if user_id is not None or stamp else 0
@@ -655,11 +703,19 @@ class Snapshot:
         value = self._local.get((kind, key), MISSING)
         return self.cache.get(kind, key) if value is MISSING else value
 
-    def put(self, kind: str, key: Hashable, value: Any, read_at: float | None = None) -> None:
-        """Keep a value for this snapshot and, if the cache keeps ``kind``, for later answers (``read_at``:
-        see ``Cache.put``)."""
+    def put(
+        self, kind: str, key: Hashable, value: Any, read_at: float | None = None, deps: tuple[str, ...] = ()
+    ) -> None:
+        """Keep a value for this snapshot and, if the cache keeps ``kind``, for later answers (``read_at``,
+        ``deps``: see ``Cache.put``; tagged with this snapshot's ``tag``)."""
         self._local[(kind, key)] = value
-        self.cache.put(kind, key, value, read_at)
+        self.cache.put(kind, key, value, read_at, tag=self.tag, deps=deps)
+
+    def _fresh_for(self, read_at: float) -> None:
+        """The answer uses a value no item change announces, read at ``read_at`` (the cache's clock)."""
+        until = read_at + self.cache.fresh_within_s
+        if self.fresh_until is None or until < self.fresh_until:
+            self.fresh_until = until
 
     def memo(self, kind: str, key: Hashable, read: Callable[[], Any]) -> Any:
         """The cached value of ``(kind, key)``, or ``read()`` (its own round trips), kept for next time."""
@@ -678,6 +734,7 @@ class Snapshot:
                 self._pending.terms[term] = n
             elif items:
                 out[term] = items
+                self._fresh_for(self._terms_read_at)
         return out
 
     def neighbours(self, anchors: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -706,16 +763,21 @@ class Snapshot:
         out: dict[str, dict[str, float]] = {}
         for anchor in anchors:
             out[anchor] = {}
-            normalised = local.get(("neighbours", anchor), MISSING)
-            if normalised is MISSING and (entry := held.get(anchor)) is not None:
-                normalised = entry[1]
+            # kept as (normalised list, the items it depends on: the anchor and every stored neighbour)
+            kept = local.get(("neighbours", anchor), MISSING)
+            if kept is MISSING and (entry := held.get(anchor)) is not None:
+                kept = entry[1]
                 self._read(entry[0])
-            if normalised is MISSING:
+            if kept is not MISSING:
+                normalised, deps = kept
+                self.deps.update(deps)
+            else:
                 raw = local.get(("raw", anchor), MISSING)
                 if raw is MISSING:
                     self._pending.neighbours[anchor] = n
                     # read with the list: the anchor's own count and its last list's neighbours'
-                    self._counts([anchor, *last.get(anchor, ())])
+                    hint = last.get(anchor)
+                    self._counts([anchor, *(hint[1][1:] if hint else ())])
                     continue
                 counts, oldest = self._counts([anchor, *raw])
                 if counts is None:
@@ -730,7 +792,9 @@ class Snapshot:
                     s.neighbour_shrinkage,
                 )
                 # as stale as its oldest count (some may have come from the cache): kept from then on
-                self.put("neighbours", anchor, normalised, oldest)
+                deps = (anchor, *raw)
+                self.put("neighbours", anchor, (normalised, deps), oldest, deps)
+                self.deps.update(deps)
                 if oldest is not None:
                     self._read(oldest)
             out[anchor] = normalised
@@ -769,6 +833,7 @@ class Snapshot:
         the cache keeps: a record does not change within a generation); one without a stamp only records
         it read itself or the cache read within its general bound (``Cache.catalog_within``)."""
         items = list(items)
+        self.deps.update(items)
         if self.stamp is None:
             # no generation to check: a record this snapshot read, or one read within the general bound
             floor = -1
@@ -798,9 +863,15 @@ class Snapshot:
         """Rows ``offset .. offset + n - 1`` of the popularity list (overall or of ``category``), decayed to
         now, as ``StateReader.popular``; read as the list's top power-of-two rows, shared by every page in it."""
         top = max(POPULAR_TOP_MIN, 1 << max(offset + n - 1, 1).bit_length())
-        rows = self.get("popular", (category, top))
+        key = (category, top)
+        rows = self._local.get(("popular", key), MISSING)
+        if rows is MISSING and (entry := self.cache.held("popular", [key]).get(key)) is not None:
+            read_at, rows = entry
+            self._fresh_for(read_at)
+        elif rows is not MISSING:
+            self._fresh_for(self._fetched_at)
         if rows is MISSING:
-            self._pending.popular[(category, top)] = None
+            self._pending.popular[key] = None
             return []
         hl = self.reader.scoring.popularity_halflife_ms
         return [(item, decayed_value(w, self.now, hl)) for item, w in rows[offset : offset + n]]
@@ -808,17 +879,22 @@ class Snapshot:
     def fetch(self) -> None:
         """Read everything pending in one pipelined trip (plus the user's version)."""
         reads, self._pending = self._pending, Reads()
+        started = self.cache.now()
         got = self.reader.read(reads, self.user_id if self.reply is not None else None)
         self.trips += 1
+        if got.terms:
+            self._terms_read_at = started
+        if got.popular:
+            self._fetched_at = started
         for term, items in got.terms.items():
             self._local[("terms", term)] = items
         for item, raw in got.neighbours.items():
             self._local[("raw", item)] = raw
         for item, count in got.counts.items():
             self._read_counts[item] = count
-            self.cache.put("counts", item, count)
+            self.cache.put("counts", item, count, tag=self.tag, deps=(item,))
         for item, record in got.catalog.items():
-            self.put("catalog", item, (self._generation, record))
+            self.put("catalog", item, (self._generation, record), deps=(item,))
         for key, rows in got.popular.items():
             self.put("popular", key, rows)
         if self.strict and self.reply is not None and got.version != self.reply.version:

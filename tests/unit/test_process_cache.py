@@ -85,3 +85,35 @@ def test_a_value_that_left_is_still_a_hint_until_it_is_evicted() -> None:
     cache.put("neighbours", "b", {})
     cache.put("neighbours", "c", {})  # a full table evicts the one read longest ago
     assert cache.last_known("neighbours", ["a", "b", "c"]) == {"b": {}, "c": {}}
+
+
+def test_with_a_change_log_an_entry_stays_until_an_item_it_depends_on_changes() -> None:
+    from streamrec.api.changes import FALLBACK_MS, ChangeLog
+
+    now = [0.0]
+    changes = ChangeLog()
+    cache = ProcessCache(1000, 100, 100, clock=lambda: now[0], neighbours_ttl_ms=60_000, changes=changes)
+    assert cache.tag() is None  # not subscribed yet: nothing is vouched for
+    changes.set_subscribed(True)
+    tag = cache.tag()
+    assert tag is not None
+    # read right after subscribing, with no message since: vouched for, kept past the fallback bound
+    cache.put("neighbours", "a", ({"b": 1.0}, ("a", "b")), tag=tag, deps=("a", "b"))
+    cache.put("counts", "c", 2.0, tag=tag, deps=("c",))
+    now[0] = 10.0
+    assert cache.get("neighbours", "a") == ({"b": 1.0}, ("a", "b"))
+    changes.changed(["b"])  # a neighbour's count moved: the list goes once it is looked at again
+    assert cache.get("neighbours", "a") == ({"b": 1.0}, ("a", "b"))  # checked at 10.0, as it was read
+    cache.put("catalog", "g", (1, {"in_stock": "1"}), tag=cache.tag(), deps=("g",))
+    changes.changed(["g"])
+    assert cache.get("catalog", "g") is MISSING  # a catalog record is checked on every lookup
+    now[0] = 11.1  # one general bound (1 s here) after its last look
+    assert cache.get("neighbours", "a") is MISSING
+    cache.put("counts", "c", 2.0, tag=cache.tag(), deps=("c",))
+    # the feed lost: what was read before is not vouched for, and kept FALLBACK_MS from its read at most
+    cache.put("counts", "d", 3.0, tag=cache.tag(), deps=("d",))
+    changes.set_subscribed(False)
+    assert cache.get("counts", "d") == 3.0  # read at 11.1, now 11.1: within the fallback bound
+    now[0] = 11.1 + FALLBACK_MS / 1000 + 0.001
+    assert cache.get("counts", "d") is MISSING
+    assert cache.get("counts", "c") is MISSING

@@ -1,0 +1,181 @@
+"""What other shoppers changed, as it happens: the worker's change feed, followed by each API process.
+
+Every fold call that changes items publishes their ids on one Pub/Sub channel (``Keys.changes()``): an
+item's activity (its count, the normaliser of the lists it is in), its neighbour list, its catalog record.
+Each API process follows the channel on a thread of its own (``ChangeFeed``) and keeps a ``ChangeLog``:
+a sequence number that moves with every message, and for each changed item the number of the last
+message that named it. A value an answer read is tagged with the sequence number seen before it was read;
+it stays valid exactly as long as none of the items it depends on changed since (``ChangeLog.unchanged``).
+
+That is how the API's caches keep the freshness contract by construction (docs/GUARANTEES.md): what any
+shopper does reaches every cached value that depends on it as soon as the worker has folded it, not when
+a staleness bound runs out. The race of a read and a change crossing is safe: a value read before a
+change is tagged with a number below the change's, so the change's message invalidates it whenever it
+arrives, even after the value was cached.
+
+Pub/Sub keeps no messages for a subscriber that is away. Whenever the feed is not subscribed (before its
+first subscription, after a lost connection, while Redis is down), ``trusted`` is False for everything read
+before it subscribed again, and callers fall back to a short staleness bound (``FALLBACK_MS``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+log = logging.getLogger("streamrec.api")
+
+FALLBACK_MS = 500  # how stale a cached value may be while the feed cannot vouch for it (ms)
+# the most items the log remembers; past it, it forgets them all and trusts nothing read before (bounded
+# memory whatever the catalog's size: at worst the caches are emptied once per this many changed items)
+MAX_ITEMS = 200_000
+
+
+class ChangeLog:
+    """Which items changed, in the order the feed heard of it. Thread-safe for one writer (the feed's
+    thread) and many readers (request threads): readers only look values up.
+
+    ``seq`` is the number of the last message applied. ``floor`` is the first number the log vouches for:
+    a value tagged below it was read while the feed was away (or before the log forgot), so nothing says
+    whether it changed since.
+    """
+
+    def __init__(self, max_items: int = MAX_ITEMS) -> None:
+        self.seq = 0
+        self.floor = 1  # nothing is vouched for until the feed has subscribed once
+        self.subscribed = False
+        self.max_items = max_items
+        self._changed: dict[str, int] = {}
+
+    def trusted(self, tag: int) -> bool:
+        """Whether the log knows every change since a value tagged ``tag`` was read."""
+        return self.subscribed and tag >= self.floor
+
+    def unchanged(self, tag: int, items: Iterable[str]) -> bool:
+        """Whether none of ``items`` changed since a value tagged ``tag`` was read (and the log can tell)."""
+        if not self.trusted(tag):
+            return False
+        get = self._changed.get
+        return all(get(item, 0) <= tag for item in items)
+
+    def last(self, item: str) -> int:
+        """The number of the last message that named ``item`` (0: none the log remembers)."""
+        return self._changed.get(item, 0)
+
+    def changed(self, items: Iterable[str]) -> None:
+        """One message: ``items`` changed (the feed's thread)."""
+        seq = self.seq + 1
+        changed = self._changed
+        for item in items:
+            changed[item] = seq
+        self.seq = seq
+        if len(changed) > self.max_items:
+            self.forget()
+
+    def forget(self) -> None:
+        """Vouch for nothing read so far (the feed was away, or the log is full): the number moves on, and
+        only values tagged with it or a later one (read from now on) are vouched for."""
+        self.seq += 1
+        self.floor = self.seq
+        self._changed = {}
+
+    def set_subscribed(self, subscribed: bool) -> None:
+        """The feed (re)subscribed, or lost its subscription: either way, what was read before is not
+        vouched for (messages may have been missed in between)."""
+        self.forget()
+        self.subscribed = subscribed
+
+
+class ChangeFeed:
+    """Follows the change channel on a daemon thread and applies each message to ``changes``.
+
+    ``connect()`` returns a fresh ``redis.Redis`` (or cluster client) to subscribe with; ``on_message(n)``
+    is told how many items each message named (metrics). A lost connection is retried with backoff
+    (0.1 s doubling to 5 s); meanwhile ``changes.subscribed`` is False. ``start`` returns at once.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        channel: str,
+        changes: ChangeLog,
+        on_message: Callable[[int], None] = lambda n: None,
+        on_state: Callable[[bool], None] = lambda up: None,
+    ) -> None:
+        self._connect = connect
+        self.channel = channel
+        self.changes = changes
+        self._on_message = on_message
+        self._on_state = on_state
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> ChangeFeed:
+        """Start following the channel (once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="change-feed", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop following (tests); the thread ends within a second."""
+        self._stop.set()
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                self._follow()
+                backoff = 0.1
+            except (RedisError, OSError) as exc:
+                if self.changes.subscribed:
+                    log.warning("change feed lost (%s): caches fall back to %d ms", exc, FALLBACK_MS)
+            finally:
+                if self.changes.subscribed:
+                    self.changes.set_subscribed(False)
+                    self._on_state(False)
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def _follow(self) -> None:
+        client = self._connect()
+        pubsub = client.pubsub(ignore_subscribe_messages=False)
+        try:
+            pubsub.subscribe(self.channel)
+            while not self._stop.is_set():
+                message = pubsub.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                kind = message.get("type")
+                if kind == "subscribe":
+                    # from here on every change is heard: values read from now on are vouched for
+                    self.changes.set_subscribed(True)
+                    self._on_state(True)
+                    log.info("change feed subscribed to %s", self.channel)
+                elif kind == "message":
+                    data = message["data"]
+                    text = data.decode() if isinstance(data, bytes) else data
+                    items = text.split("\n")
+                    self.changes.changed(items)
+                    self._on_message(len(items))
+        finally:
+            try:
+                pubsub.close()
+                client.close()
+            except (RedisError, OSError):  # pragma: no cover - closing a broken connection
+                pass
+
+
+def wait_subscribed(changes: ChangeLog, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for the feed to subscribe (tests, benchmarks); whether it did."""
+    deadline = time.monotonic() + timeout
+    while not changes.subscribed:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
