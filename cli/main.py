@@ -602,7 +602,7 @@ def bench(
     server: Annotated[
         list[str] | None,
         typer.Option(
-            help="With --serving: a server to measure, worker-class:workers[xthreads][:cache ms] (e.g. gthread:2x4, sync:3, gthread:2x4:0); repeat to compare."
+            help="With --serving: a server to measure, worker-class:workers[xthreads][:cache ms] (e.g. gthread:2x4, sync:3, gthread:2x4:0); repeat to compare. Default: the API's default, sync:2."
         ),
     ] = None,
     seconds: Annotated[float, typer.Option(help="With --serving: wrk's duration per endpoint.")] = 10.0,
@@ -626,7 +626,7 @@ def bench(
         return
     if serving:
         try:
-            servers = [perf.Server.parse(s) for s in server or ["gthread:2x4"]]
+            servers = [perf.Server.parse(s) for s in server] if server else [perf.Server()]
         except ValueError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None

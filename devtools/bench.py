@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -1298,7 +1299,7 @@ class Server:
     worker_class: str = "sync"
     workers: int = 2
     threads: int = 1
-    cache_ttl_ms: int = 1000
+    cache_ttl_ms: int = 500
 
     def env(self) -> dict[str, str]:
         """The STREAMREC_API_* variables that start the API with this shape."""
@@ -1322,7 +1323,7 @@ class Server:
         try:
             kind, shape, *ttl = text.split(":")
             workers, _, threads = shape.partition("x")
-            return cls(kind, int(workers), int(threads or 1), int(ttl[0]) if ttl else 1000)
+            return cls(kind, int(workers), int(threads or 1), int(ttl[0]) if ttl else cls.cache_ttl_ms)
         except ValueError:
             raise ValueError(f"a server is worker-class:workers[xthreads][:cache ms], not {text!r}") from None
 
@@ -1395,10 +1396,9 @@ ANSWER_RATE = 175.0
 
 
 def cache_warm_up_s() -> float:
-    """How long a serving measurement warms the API's caches first, in seconds: the longest staleness
-    bound of the defaults (``STREAMREC_API_CACHE_ANSWERS_TTL_MS``). By then every answer and neighbour
-    list read has been read once and the first ones leave, as they do all day in a running shop, so the
-    figures are its steady state rather than a cold start (which is over after one bound)."""
+    """How long ``answer_cost`` warms its in-process cache first, in seconds: the longest staleness bound
+    of the defaults (``STREAMREC_API_CACHE_ANSWERS_TTL_MS``), after which the first entries leave, as they
+    do all day in a shop without a change feed (``answer_cost`` runs none)."""
     settings = Settings()
     bounds = (
         settings.api_cache_answers_ttl_ms,
@@ -1406,6 +1406,92 @@ def cache_warm_up_s() -> float:
         settings.api_cache_ttl_ms,
     )
     return max(bounds) / 1000.0
+
+
+# the serving bench's passes (issue 27): cold at once after the feed, warm after a warm-up, live while
+# events keep arriving for the same shoppers
+SERVING_WARM_UP_S = 60.0
+LIVE_RATE = 500.0
+LIVE_ENDPOINTS = ("recommendations", "trivial (/healthz)")
+FRESHNESS_TRIALS = 5
+
+
+class LiveLoad:
+    """Views by ``users`` of random ``items`` published at ``rate`` events/s with a plain kafka-python
+    producer from a thread of this process, until the block ends (``with LiveLoad(...) as load``);
+    ``sent`` and ``seconds`` give the rate reached."""
+
+    def __init__(
+        self, bootstrap: str, topic: str, users: Sequence[str], items: Sequence[str], rate: float
+    ) -> None:
+        from kafka import KafkaProducer
+
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5)
+        self.topic, self.users, self.items, self.rate = topic, list(users), list(items), rate
+        self.sent = 0
+        self.seconds = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="live-load", daemon=True)
+
+    def _run(self) -> None:
+        rng = random.Random(27)
+        started = time.monotonic()
+        while not self._stop.is_set():
+            due = int((time.monotonic() - started) * self.rate)
+            while self.sent < due:
+                user = rng.choice(self.users)
+                event = {
+                    "event_id": f"live-{uuid.uuid4().hex}",
+                    "type": "view",
+                    "user_id": user,
+                    "item_id": rng.choice(self.items),
+                }
+                self.producer.send(self.topic, key=user.encode(), value=json.dumps(event).encode())
+                self.sent += 1
+            time.sleep(0.002)
+        self.seconds = time.monotonic() - started
+
+    def __enter__(self) -> LiveLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.producer.flush()
+        self.producer.close()
+
+    @property
+    def events_per_s(self) -> float:
+        """The rate reached (events a second) once the block ended."""
+        return self.sent / self.seconds if self.seconds else 0.0
+
+
+def freshness_trials(stack: Stack, tag: str, own_item: str, trials: int) -> dict[str, Any]:
+    """``trials`` of each of the four probes of other shoppers' actions (``devtools.freshness_probes``),
+    and as many of a shopper's own view of ``own_item``: seconds from Kafka's acknowledgement until every
+    read shows the change, per kind (each trial, the median and the maximum)."""
+    from streamrec.devtools.freshness_probes import KINDS, Probe
+
+    probe = Probe(stack.api_url, stack.bootstrap, tag)
+    out: dict[str, Any] = {}
+    try:
+        for kind in KINDS:
+            seconds = [probe.run(kind, f"{kind}{n}-{uuid.uuid4().hex[:6]}") for n in range(trials)]
+            out[kind] = {
+                "seconds": [round(x, 3) for x in seconds],
+                "median_s": median(seconds),
+                "max_s": max(seconds),
+            }
+        seconds = [probe.own(f"own{n}-{uuid.uuid4().hex[:6]}", own_item) for n in range(trials)]
+        out["own"] = {
+            "seconds": [round(x, 3) for x in seconds],
+            "median_s": median(seconds),
+            "max_s": max(seconds),
+        }
+    finally:
+        probe.close()
+    return out
 
 
 def answer_cost(
@@ -1476,17 +1562,25 @@ def serving(
     profile: bool = False,
     warm_up_s: float | None = None,
 ) -> dict[str, Any]:
-    """Issue 15's measurement: ``users`` Amazon Beauty shoppers published with a plain kafka-python producer
-    and folded by a real worker; then, for each server, ``warm_up_s`` (default ``cache_warm_up_s()``) of
-    wrk on recommendations and similar items together (``WARMED``), not counted, so that both endpoints'
-    cached answers are in their steady state, then wrk (2 threads, 16 connections, ``seconds``) on the
-    recommendations of random shoppers, /healthz, similar items of random items, popular and trending, one
-    after the other on the same API. Writes serving.json and serving.md into ``out_dir``."""
+    """Issues 15 and 27's measurement of serving: speed cold, warm and live, and freshness.
+
+    ``users`` Amazon Beauty shoppers are published with a plain kafka-python producer and folded by a real
+    worker; then, for each server, three passes of wrk (2 threads, 16 connections, ``seconds`` per
+    endpoint), each on recommendations of random shoppers and on /healthz measured in the same conditions:
+
+    - cold: at once after the API started, nothing warmed;
+    - warm: after ``warm_up_s`` (default ``SERVING_WARM_UP_S``) of wrk on recommendations and similar items
+      together (``WARMED``), not counted; similar items, popular and trending are measured here too;
+    - live: while ``LIVE_RATE`` views a second arrive for the same shoppers (``LiveLoad``).
+
+    With the live load still on, ``FRESHNESS_TRIALS`` trials of each freshness probe: the four kinds of
+    other shoppers' actions and a shopper's own view (``freshness_trials``). Writes serving.json and
+    serving.md into ``out_dir``."""
     from kafka import KafkaProducer
 
     from streamrec.topics import Topics, ensure_topics
 
-    warm_up_s = cache_warm_up_s() if warm_up_s is None else warm_up_s
+    warm_up_s = SERVING_WARM_UP_S if warm_up_s is None else warm_up_s
 
     out_dir.mkdir(parents=True, exist_ok=True)
     load_before = list(os.getloadavg())
@@ -1511,9 +1605,7 @@ def serving(
         say(f"folded {len(events):,} events")
         paths = api_paths(stack, events)
         user_ids = list(dict.fromkeys(e.user_id for e in events))
-        costs = [
-            answer_cost(stack.client, user_ids, warm_up_s=warm_up_s, cached_answers=c) for c in (True, False)
-        ]
+        costs = [answer_cost(stack.client, user_ids, cached_answers=c) for c in (True, False)]
         for cost in costs:
             say(
                 f"one answer in process at {cost['rate_per_s']:.0f}/s"
@@ -1521,8 +1613,15 @@ def serving(
                 f"{cost['median_ms']:.2f} ms, CPU {cost['cpu_ms']:.2f} ms, p99 {cost['p99_ms']:.2f} ms, "
                 f"{cost['redis_commands_per_answer']:.1f} Redis commands"
             )
+        item_ids = [p.split("/")[3] for p in paths["similar"]]
+        own_item = item_ids[0]
         for server in servers:
             api = start_api(stack, tag, **server.env())
+            passes: dict[str, Any] = {}
+            say(f"{server.label}: cold, at once, nothing warmed")
+            passes["cold"] = {
+                name: wrk(paths[name], stack.api_url, seconds, stack.root) for name in LIVE_ENDPOINTS
+            }
             say(f"{server.label}: warm-up on {' and '.join(WARMED)} ({warm_up_s:.0f} s, not counted)")
             wrk([p for name in WARMED for p in paths[name]], stack.api_url, warm_up_s, stack.root)
             figures: dict[str, Any] = {}
@@ -1539,8 +1638,30 @@ def serving(
                 say(
                     f"  {name}: {f['requests_per_s']:,.0f} req/s, p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms"
                 )
+            passes["warm"] = {name: figures[name] for name in LIVE_ENDPOINTS}
+            say(f"{server.label}: live, while {LIVE_RATE:.0f} events/s arrive for the same shoppers")
+            with LiveLoad(stack.bootstrap, topics.events, user_ids, item_ids, LIVE_RATE) as load:
+                passes["live"] = {
+                    name: wrk(paths[name], stack.api_url, seconds, stack.root) for name in LIVE_ENDPOINTS
+                }
+                say(f"{server.label}: freshness, {FRESHNESS_TRIALS} trials of each kind, the live load on")
+                fresh = freshness_trials(stack, tag, own_item, FRESHNESS_TRIALS)
+            passes["live"]["events_per_s"] = load.events_per_s
+            for name, p in passes.items():
+                r = p["recommendations"]
+                say(f"  {name}: recommendations {r['requests_per_s']:,.0f} req/s, p99 {r['p99_ms']:.1f} ms")
+            for kind, f in fresh.items():
+                say(f"  freshness {kind}: median {f['median_s']:.3f} s, max {f['max_s']:.3f} s")
             stack.stop(api)
-            results.append({"server": server.__dict__, "label": server.label, "api": figures})
+            results.append(
+                {
+                    "server": server.__dict__,
+                    "label": server.label,
+                    "api": figures,
+                    "passes": passes,
+                    "freshness": fresh,
+                }
+            )
         stack.stop(worker)
     report = {
         "shoppers": shoppers,
@@ -1593,6 +1714,51 @@ def serving_markdown(report: dict[str, Any]) -> str:
                 f"| {r['label']} | {name} | {a['requests_per_s']:,.0f} | {a['p50_ms']:.1f} ms | "
                 f"{a['p99_ms']:.1f} ms | {a['errors']:.0f} | {share:.2f} | {target} |"
             )
+    lines += [
+        "",
+        "Recommendations in three passes (each against /healthz in the same pass; targets: p99 ≤ 20 ms, "
+        "≥ 0.5 of /healthz, 0 non-2xx):",
+        "",
+        "| server | pass | req/s | p50 | p99 | non-2xx + errors | share of /healthz | /healthz req/s | targets |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        for name, p in r.get("passes", {}).items():
+            a, h = p["recommendations"], p["trivial (/healthz)"]
+            share = a["requests_per_s"] / h["requests_per_s"] if h["requests_per_s"] else float("nan")
+            met = a["p99_ms"] <= TARGETS["recs_p99_ms"] and share >= TARGETS["recs_share_of_trivial"]
+            met = met and a["errors"] == 0
+            label = f"{name} ({p['events_per_s']:.0f} events/s)" if "events_per_s" in p else name
+            lines.append(
+                f"| {r['label']} | {label} | {a['requests_per_s']:,.0f} | {a['p50_ms']:.1f} ms | "
+                f"{a['p99_ms']:.1f} ms | {a['errors']:.0f} | {share:.2f} | {h['requests_per_s']:,.0f} | "
+                + ("met" if met else "**missed**")
+                + " |"
+            )
+    for r in report["results"]:
+        if r.get("freshness"):
+            lines += [
+                "",
+                f"Freshness ({r['label']}, during the live load): seconds from Kafka's acknowledgement until "
+                "every read shows the change, 4 reads in a row; each answer read once before the change.",
+                "",
+                "| what changed | trials (s) | median | max | contract |",
+                "|---|---|---|---|---|",
+            ]
+            names = {
+                "similar": "3 shoppers view D then E → E in similar items of D",
+                "personal": "3 shoppers view D then F → F for a shopper who viewed D",
+                "popular": "30 shoppers view H → H in popular and trending of its category",
+                "stock": "G sold out → gone from popular, trending, similar, personal",
+                "own": "a shopper's own view → their answer turns personal",
+            }
+            for kind, f in r["freshness"].items():
+                bound = 0.25 if kind == "own" else 1.0
+                ok = "met" if f["max_s"] <= bound else "**missed**"
+                lines.append(
+                    f"| {names.get(kind, kind)} | {', '.join(f'{x:.2f}' for x in f['seconds'])} | "
+                    f"{f['median_s']:.3f} | {f['max_s']:.3f} | ≤ {bound:g} s: {ok} |"
+                )
     for cost in filter(None, (report.get("answer_cost"), report.get("answer_cost_computed"))):
         how = "and cache" if cost.get("cached_answers", True) else "and cache, without cached answers"
         lines += [

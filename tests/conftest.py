@@ -208,11 +208,6 @@ def make_namespace(
         "STREAMREC_PARTITIONS": "2",
         "STREAMREC_API_PORT": str(free_port()),
         "STREAMREC_API_WORKERS": "1",
-        # other shoppers' co-occurrence shows in an API within 10 s here (60 s by default): the tests
-        # that change it and check an answer wait that bound out (test_messy_data's SETTLE_S)
-        "STREAMREC_API_CACHE_NEIGHBOURS_TTL_MS": "10000",
-        # and so do other shoppers' search-term items and popularity fill-ins in a cached personal answer
-        "STREAMREC_API_CACHE_ANSWERS_TTL_MS": "10000",
         **extra_env,
     }
     settings = Settings(
