@@ -1300,6 +1300,7 @@ class Server:
     workers: int = 2
     threads: int = 1
     cache_ttl_ms: int = 500
+    change_feed: bool = True
 
     def env(self) -> dict[str, str]:
         """The STREAMREC_API_* variables that start the API with this shape."""
@@ -1308,24 +1309,31 @@ class Server:
             "STREAMREC_API_WORKERS": str(self.workers),
             "STREAMREC_API_THREADS": str(self.threads),
             "STREAMREC_API_CACHE_TTL_MS": str(self.cache_ttl_ms),
+            "STREAMREC_API_CHANGE_FEED": "true" if self.change_feed else "false",
         }
 
     @property
     def label(self) -> str:
-        """The server shape as the tables print it, e.g. 'gthread, 2 workers × 4 threads, cache 1000 ms'."""
+        """The server shape as the tables print it, e.g. 'gthread, 2 workers × 4 threads, cache 500 ms'."""
         threads = f" × {self.threads} threads" if self.worker_class == "gthread" else ""
         cache = f"cache {self.cache_ttl_ms} ms" if self.cache_ttl_ms else "no cache"
-        return f"{self.worker_class}, {self.workers} workers{threads}, {cache}"
+        feed = "" if self.change_feed else ", no change feed"
+        return f"{self.worker_class}, {self.workers} workers{threads}, {cache}{feed}"
 
     @classmethod
     def parse(cls, text: str) -> Server:
-        """``gthread:2x4``, ``sync:3`` or ``gthread:2x4:0`` (the last field: cache staleness in ms)."""
+        """``gthread:2x4``, ``sync:3``, ``gthread:2x4:0`` (the third field: the cache's general bound in
+        ms) or ``sync:2:1000:nofeed`` (without the change feed: the caches as they were before issue 27)."""
         try:
-            kind, shape, *ttl = text.split(":")
+            kind, shape, *rest = text.split(":")
             workers, _, threads = shape.partition("x")
-            return cls(kind, int(workers), int(threads or 1), int(ttl[0]) if ttl else cls.cache_ttl_ms)
+            feed = "nofeed" not in rest
+            ttl = [r for r in rest if r != "nofeed"]
+            return cls(kind, int(workers), int(threads or 1), int(ttl[0]) if ttl else cls.cache_ttl_ms, feed)
         except ValueError:
-            raise ValueError(f"a server is worker-class:workers[xthreads][:cache ms], not {text!r}") from None
+            raise ValueError(
+                f"a server is worker-class:workers[xthreads][:cache ms][:nofeed], not {text!r}"
+            ) from None
 
 
 def beauty_shoppers(users: int) -> tuple[list[CatalogItem], list[Event]]:

@@ -8,8 +8,12 @@ from streamrec.devtools.bench import SERVING_ORDER, WARMED, Server, serving_mark
 
 
 def test_server_shapes_parse_and_bad_ones_say_the_form() -> None:
-    assert Server.parse("gthread:2x4") == Server("gthread", 2, 4, 1000)
-    assert Server.parse("sync:3") == Server("sync", 3, 1, 1000)
+    assert Server.parse("gthread:2x4") == Server("gthread", 2, 4, 500)
+    assert Server.parse("sync:3") == Server("sync", 3, 1, 500)
+    before = Server.parse("sync:2:1000:nofeed")
+    assert before == Server("sync", 2, 1, 1000, change_feed=False)
+    assert before.env()["STREAMREC_API_CHANGE_FEED"] == "false"
+    assert before.label == "sync, 2 workers, cache 1000 ms, no change feed"
     assert Server.parse("gthread:2x4:0").env()["STREAMREC_API_CACHE_TTL_MS"] == "0"
     assert Server.parse("gthread:2x4:0").label == "gthread, 2 workers × 4 threads, no cache"
     for bad in ("gthread", "gthread:twoxfour", "gthread:2x4:soon"):
@@ -72,3 +76,22 @@ def test_the_in_process_answer_cost_is_printed_under_the_table() -> None:
     assert "as under 70 answers/s, 700 random shoppers): median 6.71 ms, mean 7.59 ms, p99 18.13 ms" in table
     assert "43.8 Redis commands per answer; cache hit rates catalog 45%, neighbours 39%." in table
     assert "without HTTP" not in serving_markdown(_report(600, 19.0, 0))
+
+
+def test_the_passes_and_freshness_tables_check_their_targets() -> None:
+    report = _report(600, 19.0, 0)
+    row = {"requests_per_s": 1000.0, "p50_ms": 2.0, "p99_ms": 9.0, "errors": 0.0}
+    slow = {**row, "requests_per_s": 100.0, "p99_ms": 300.0}
+    report["results"][0]["passes"] = {
+        "cold": {"recommendations": dict(row, requests_per_s=600.0), "trivial (/healthz)": row},
+        "live": {"recommendations": slow, "trivial (/healthz)": row, "events_per_s": 499.6},
+    }
+    report["results"][0]["freshness"] = {
+        "similar": {"seconds": [0.03, 1.2], "median_s": 0.6, "max_s": 1.2},
+        "own": {"seconds": [0.02], "median_s": 0.02, "max_s": 0.02},
+    }
+    table = serving_markdown(report)
+    assert "| cold | 600 | 2.0 ms | 9.0 ms | 0 | 0.60 | 1,000 | met |" in table
+    assert "| live (500 events/s) | 100 | 2.0 ms | 300.0 ms | 0 | 0.10 | 1,000 | **missed** |" in table
+    assert "| 0.03, 1.20 | 0.600 | 1.200 | ≤ 1 s: **missed** |" in table
+    assert "| 0.02 | 0.020 | 0.020 | ≤ 0.25 s: met |" in table
