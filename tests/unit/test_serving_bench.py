@@ -88,10 +88,12 @@ def test_the_passes_and_freshness_tables_check_their_targets() -> None:
     }
     report["results"][0]["freshness"] = {
         "similar": {"seconds": [0.03, 1.2], "median_s": 0.6, "max_s": 1.2},
+        "personal": {"seconds": [0.05, None], "median_s": None, "max_s": None},
         "own": {"seconds": [0.02], "median_s": 0.02, "max_s": 0.02},
     }
     table = serving_markdown(report)
     assert "| cold | 600 | 2.0 ms | 9.0 ms | 0 | 0.60 | 1,000 | met |" in table
     assert "| live (500 events/s) | 100 | 2.0 ms | 300.0 ms | 0 | 0.10 | 1,000 | **missed** |" in table
-    assert "| 0.03, 1.20 | 0.600 | 1.200 | ≤ 1 s: **missed** |" in table
-    assert "| 0.02 | 0.020 | 0.020 | ≤ 0.25 s: met |" in table
+    assert "| 0.03, 1.20 | 0.600 s | 1.200 s | ≤ 1 s: **missed** |" in table
+    assert "| 0.05, > 10 | > 10 s | > 10 s | ≤ 1 s: **missed** |" in table
+    assert "| 0.02 | 0.020 s | 0.020 s | ≤ 0.25 s: met |" in table
