@@ -21,7 +21,7 @@ A catalog record cannot change while the catalog generation stays as it is, so c
 kept for twice the answers' bound: an answer computed again (its bound passed) finds most of those it
 shows here, under the generation it checks, instead of reading them in one more trip.
 
-**With a change feed** (``api/changes.py``; the API under gunicorn follows one), the values other
+**With a change feed** (``api/changes.py``; ``STREAMREC_API_CHANGE_FEED``), the values other
 shoppers change (counts, neighbour lists, catalog records, whole answers) are kept as long as none of
 the items they depend on changed: each entry carries the change log's number seen before it was read (its
 tag) and the items it depends on. A catalog record is checked on every lookup, so it is exact: a sale

@@ -70,6 +70,7 @@ def shop(redis_server: ManagedProcess, redis_client: redis.Redis) -> Iterator[Sh
         # the defaults' long bounds, whatever the environment says: the feed, not a bound, keeps them fresh
         api_cache_neighbours_ttl_ms=60_000,
         api_cache_answers_ttl_ms=240_000,
+        api_change_feed=True,
     )
     app = create_app(settings)
     changes = services(app).recommender.cache.changes  # type: ignore[attr-defined]

@@ -10,10 +10,11 @@ from streamrec.devtools.bench import SERVING_ORDER, WARMED, Server, serving_mark
 def test_server_shapes_parse_and_bad_ones_say_the_form() -> None:
     assert Server.parse("gthread:2x4") == Server("gthread", 2, 4, 500)
     assert Server.parse("sync:3") == Server("sync", 3, 1, 500)
-    before = Server.parse("sync:2:1000:nofeed")
-    assert before == Server("sync", 2, 1, 1000, change_feed=False)
-    assert before.env()["STREAMREC_API_CHANGE_FEED"] == "false"
-    assert before.label == "sync, 2 workers, cache 1000 ms, no change feed"
+    assert Server.parse("sync:2:1000:nofeed") == Server("sync", 2, 1, 1000, change_feed=False)
+    fed = Server.parse("sync:2:500:feed")
+    assert fed == Server("sync", 2, 1, 500, change_feed=True)
+    assert fed.env()["STREAMREC_API_CHANGE_FEED"] == "true"
+    assert fed.label == "sync, 2 workers, cache 500 ms, change feed"
     assert Server.parse("gthread:2x4:0").env()["STREAMREC_API_CACHE_TTL_MS"] == "0"
     assert Server.parse("gthread:2x4:0").label == "gthread, 2 workers × 4 threads, no cache"
     for bad in ("gthread", "gthread:twoxfour", "gthread:2x4:soon"):
