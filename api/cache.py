@@ -31,9 +31,10 @@ once per general bound (``STREAMREC_API_CACHE_TTL_MS``, 500 ms): found unchanged
 bound without a look; found changed, it goes. So co-occurrence reaches every answer within that bound
 (plus the feed's few milliseconds), an entry nothing changed stays however long, and one whose inputs
 change many times a second (a popular item's list under live traffic) is computed again at most twice a
-second. Answers are stamped by the catalog generation besides (``recommend.Recommender``). Their staleness bounds then only bound memory and what a lost feed may cost: while the
-feed cannot vouch for an entry (not subscribed, or subscribed again since the entry was read), the entry
-is served only within ``changes.FALLBACK_MS`` of its read. Parts of an answer that no item change
+second. Answers are stamped by the catalog generation besides (``recommend.Recommender``). The kinds'
+staleness bounds then only bound memory and what a lost feed may cost: while the feed cannot vouch for an
+entry (not subscribed, or subscribed again since the entry was read), the entry is served only within
+``changes.FALLBACK_MS`` of its read. Parts of an answer that no item change
 announces (the popularity fill-ins and search terms' items it used) keep their own bound,
 ``STREAMREC_API_CACHE_TTL_MS``, through the entry's ``fresh_until``.
 

@@ -5,7 +5,8 @@ item's activity (its count, the normaliser of the lists it is in), its neighbour
 Each API process follows the channel on a thread of its own (``ChangeFeed``) and keeps a ``ChangeLog``:
 a sequence number that moves with every message, and for each changed item the number of the last
 message that named it. A value an answer read is tagged with the sequence number seen before it was read;
-it stays valid exactly as long as none of the items it depends on changed since (``ChangeLog.unchanged``).
+it is valid as long as none of the items it depends on changed since (``ChangeLog.unchanged``; the cache
+looks again at most once per its general bound, ``api/cache.py``).
 
 That is how the API's caches keep the freshness contract by construction (docs/GUARANTEES.md): what any
 shopper does reaches every cached value that depends on it as soon as the worker has folded it, not when

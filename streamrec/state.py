@@ -711,6 +711,12 @@ class Snapshot:
         self._local[(kind, key)] = value
         self.cache.put(kind, key, value, read_at, tag=self.tag, deps=deps)
 
+    def _depends(self, items: Iterable[str]) -> None:
+        """The answer depends on ``items``; noted only when the cache follows a change feed (``tag``), the
+        one reader of ``deps``, so an answer without one does no bookkeeping."""
+        if self.tag is not None:
+            self.deps.update(items)
+
     def _fresh_for(self, read_at: float) -> None:
         """The answer uses a value no item change announces, read at ``read_at`` (the cache's clock)."""
         until = read_at + self.cache.fresh_within_s
@@ -770,7 +776,7 @@ class Snapshot:
                 self._read(entry[0])
             if kept is not MISSING:
                 normalised, deps = kept
-                self.deps.update(deps)
+                self._depends(deps)
             else:
                 raw = local.get(("raw", anchor), MISSING)
                 if raw is MISSING:
@@ -794,7 +800,7 @@ class Snapshot:
                 # as stale as its oldest count (some may have come from the cache): kept from then on
                 deps = (anchor, *raw)
                 self.put("neighbours", anchor, (normalised, deps), oldest, deps)
-                self.deps.update(deps)
+                self._depends(deps)
                 if oldest is not None:
                     self._read(oldest)
             out[anchor] = normalised
@@ -833,7 +839,7 @@ class Snapshot:
         the cache keeps: a record does not change within a generation); one without a stamp only records
         it read itself or the cache read within its general bound (``Cache.catalog_within``)."""
         items = list(items)
-        self.deps.update(items)
+        self._depends(items)
         if self.stamp is None:
             # no generation to check: a record this snapshot read, or one read within the general bound
             floor = -1
