@@ -64,6 +64,9 @@ def _templates(p: str) -> dict[str, str]:
         "model_log": f"{p}:{{m}}:log",  # LIST of activated versions, newest first (for rollback)
         "model_meta": f"{p}:{{m:%s}}:meta",  # HASH: family, params, figures, sizes
         "model_rows": f"{p}:{{m:%s:%s}}:nb",  # HASH item -> JSON [[neighbour ids], [weights]]; version, shard
+        # placements (see placement_store.py): one slot ({pl}), so a change and its version are one script
+        "placements": f"{p}:{{pl}}:docs",  # HASH name -> placement document (compact JSON), bounded
+        "placements_version": f"{p}:{{pl}}:v",  # STRING: INCR on every change (API processes compare it)
     }
 
 
@@ -255,6 +258,17 @@ class Keys:
     def model_row_keys(self, version: str) -> list[str]:
         """Every row shard of one model version."""
         return [self.model_rows(version, s) for s in range(self.shards)]
+
+    # --- placements (one slot)
+    def placements(self) -> str:
+        """HASH placement name -> its document as compact JSON (at most ``placement_store.MAX_PLACEMENTS``
+        fields of at most ``placement_store.MAX_DOCUMENT_BYTES`` each)."""
+        return self._k("placements")
+
+    def placements_version(self) -> str:
+        """STRING: how many changes the placements have had (INCR by the same script as each change), so
+        an API process knows whether what it compiled is current with one GET."""
+        return self._k("placements_version")
 
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this deployment."""
