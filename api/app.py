@@ -18,6 +18,7 @@ from streamrec.api import (
     observability,
     openapi,
     paths,
+    placements,
     security,
     storefront,
     views,
@@ -126,6 +127,7 @@ def create_app(
     storefront.init_app(app)
     security.init_app(app, settings)
     app.register_blueprint(admin.bp)
+    placements.init_app(app, keys)
     openapi.init_app(app, settings)
     http_cache.init_app(app)  # last: its hook runs first, so the others see the final status (a 304)
     return app

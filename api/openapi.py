@@ -16,6 +16,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 from streamrec.api.params import MAX_LIST_ITEMS
 from streamrec.contract import HAS_TEXT_PATTERN, ID_PATTERN, CatalogItem, Event
 from streamrec.event_types import TYPES, EventType
+from streamrec.placements import NAME_PATTERN, placement_json_schemas
 from streamrec.settings import Settings
 
 bp = Blueprint("docs", __name__)
@@ -165,8 +166,42 @@ def _schemas() -> dict[str, Any]:
                 "required": ["status"],
                 "properties": {"status": {"type": "string"}},
             },
+            "PlacementEntry": {
+                "type": "object",
+                "required": ["name", "placement"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "placement": {"$ref": REF.format(model="Placement")},
+                },
+            },
+            "PlacementSaved": {
+                "type": "object",
+                "required": ["name", "placement", "version"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "placement": {"$ref": REF.format(model="Placement")},
+                    "version": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "the placements' version after this change",
+                    },
+                },
+            },
+            "PlacementDeleted": {
+                "type": "object",
+                "required": ["name", "deleted"],
+                "properties": {"name": {"type": "string"}, "deleted": {"const": True}},
+            },
+            "Placements": {
+                "type": "object",
+                "required": ["placements"],
+                "properties": {
+                    "placements": {"type": "array", "items": {"$ref": REF.format(model="PlacementEntry")}}
+                },
+            },
         }
     )
+    out.update(placement_json_schemas(REF))
     return out
 
 
@@ -189,8 +224,10 @@ ERRORS = {
     "401": "no API key, or not a valid one (when keys are configured)",
     "403": "the key's role may not do this",
     "404": "no such path, or no such item",
-    "409": "the request conflicts with the current state (nothing to roll back to)",
-    "413": "the body is larger than 4 MiB, as sent or once decoded from its Content-Encoding",
+    "409": "the request conflicts with the current state (nothing to roll back to; the most placements "
+    "a deployment keeps, 1,000, exist already)",
+    "413": "the body is larger than 4 MiB, as sent or once decoded from its Content-Encoding (a placement "
+    "document: larger than 64 KiB as compact JSON)",
     "415": "the body is not application/json, or its Content-Encoding is not one of gzip, deflate, zstd "
     "(or identity); the answer's Accept-Encoding lists them",
     "429": "too many writes for this key; see Retry-After",
@@ -286,6 +323,11 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
         },
         "additionalProperties": False,
     }
+    placement_name = _path(
+        "name",
+        "the placement (a page slot's rule set): 1-64 of A-Z a-z 0-9 _ . : -, a letter or digit first",
+        {"type": "string", "pattern": NAME_PATTERN},
+    )
     ops: dict[tuple[str, str], dict[str, Any]] = {
         ("v1.recommendations", "get"): {
             "parameters": [
@@ -406,6 +448,32 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
         ("admin.rollback_model", "post"): {
             "security": [{"bearer": []}, {"apiKey": []}],
             "responses": {**_ok("Status"), **admin_errors, **_errors("404", "409")},
+        },
+        ("admin_placements.put_placement", "put"): {
+            "parameters": [placement_name],
+            "requestBody": _body({"$ref": REF.format(model="Placement")}),
+            "security": [{"bearer": []}, {"apiKey": []}],
+            "responses": {
+                **_ok("PlacementSaved", "200", "replaced"),
+                **_ok("PlacementSaved", "201", "created"),
+                **admin_errors,
+                **admin_body_errors,
+                **_errors("409"),
+            },
+        },
+        ("admin_placements.get_placement", "get"): {
+            "parameters": [placement_name],
+            "security": [{"bearer": []}, {"apiKey": []}],
+            "responses": {**_ok("PlacementEntry"), **admin_errors, **_errors("404")},
+        },
+        ("admin_placements.delete_placement", "delete"): {
+            "parameters": [placement_name],
+            "security": [{"bearer": []}, {"apiKey": []}],
+            "responses": {**_ok("PlacementDeleted"), **admin_errors, **_errors("404")},
+        },
+        ("admin_placements.list_placements", "get"): {
+            "security": [{"bearer": []}, {"apiKey": []}],
+            "responses": {**_ok("Placements"), **_errors("401", "403", "503")},
         },
     }
     return ops

@@ -5,7 +5,7 @@ secret), one entry per comma or line: ``name=secret[:role]``. A role says what a
 
 - ``events``: only ``POST /v1/events`` — a publishable key, safe to hand to a browser (the storefront);
 - ``write`` (the default): events, catalog upserts and deletions, and user erasures;
-- ``admin``: everything, including ``/v1/admin/...`` (model switch and rollback).
+- ``admin``: everything, including ``/v1/admin/...`` (model switch and rollback, placements).
 
 Callers send ``Authorization: Bearer <secret>`` or ``X-API-Key: <secret>``. A presented secret is
 compared with every configured one by ``hmac.compare_digest``; secrets are never logged or echoed.
@@ -47,7 +47,8 @@ NEEDS: dict[str, Role] = {
     "v1.delete_item": "write",
     "v1.delete_user": "write",
 }
-ADMIN_PREFIX = "admin."
+# Blueprints whose every endpoint needs an admin key (by Flask endpoint name prefix).
+ADMIN_PREFIXES = ("admin.", "admin_placements.")
 GRANTS: dict[Role, set[Role]] = {
     "events": {"events"},
     "write": {"events", "write"},
@@ -185,7 +186,7 @@ def _deny(status: int, code: int, msg: str, headers: dict[str, str] | None = Non
 
 def _needs() -> Role | None:
     endpoint = request.endpoint or ""
-    if endpoint.startswith(ADMIN_PREFIX):
+    if endpoint.startswith(ADMIN_PREFIXES):
         return "admin"
     return NEEDS.get(endpoint)
 
