@@ -7,7 +7,8 @@ secret), one entry per comma or line: ``name=secret[:role]``. A role says what a
 - ``write`` (the default): events, catalog upserts and deletions, and user erasures;
 - ``admin``: everything, including ``/v1/admin/...`` (model switch and rollback, placements).
 
-Callers send ``Authorization: Bearer <secret>`` or ``X-API-Key: <secret>``. A presented secret is
+Callers send ``Authorization: Bearer <secret>`` or ``X-API-Key: <secret>``; an ``Authorization`` header of
+another scheme is refused (401), never passed over for ``X-API-Key``. A presented secret is
 compared with every configured one by ``hmac.compare_digest``; secrets are never logged or echoed.
 With no keys configured the writes are open (the local stack) and a warning says so at start; admin
 actions then stay closed. Reads are never keyed.
@@ -171,9 +172,11 @@ class Guard:
 
 
 def _presented() -> str | None:
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
+    """The secret the request presents. An ``Authorization`` header is credentials: one that is not a
+    bearer token presents nothing (a 401), rather than being passed over for ``X-API-Key``."""
+    auth = request.headers.get("Authorization")
+    if auth is not None:
+        return auth[7:].strip() if auth[:7].lower() == "bearer " else ""
     return request.headers.get("X-API-Key")
 
 

@@ -84,6 +84,11 @@ def test_every_placement_endpoint_needs_an_admin_key(client: FlaskClient) -> Non
         writer = getattr(client, method)(path, json={}, headers={"Authorization": f"Bearer {WRITER}"})
         assert writer.status_code == 403 and "needs admin" in writer.json["msg"]
     assert client.get("/v1/admin/placements/shelf", headers=AS_ADMIN).status_code == 404  # nothing was made
+    # an Authorization header that is not a bearer token is refused, not passed over for X-API-Key
+    for other in ("Basic dXNlcjpwYXNz", "0", "Bearer"):
+        mixed = client.get("/v1/admin/placements", headers={**AS_ADMIN, "Authorization": other})
+        assert mixed.status_code == 401, other
+    assert client.get("/v1/admin/placements", headers={"Authorization": f"bearer {ADMIN}"}).status_code == 200
 
 
 def test_an_unknown_placement_is_404(client: FlaskClient) -> None:
