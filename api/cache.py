@@ -21,22 +21,25 @@ A catalog record cannot change while the catalog generation stays as it is, so c
 kept for twice the answers' bound: an answer computed again (its bound passed) finds most of those it
 shows here, under the generation it checks, instead of reading them in one more trip.
 
-**With a change feed** (``api/changes.py``; ``STREAMREC_API_CHANGE_FEED``), the values other
-shoppers change (counts, neighbour lists, catalog records, whole answers) are kept as long as none of
-the items they depend on changed: each entry carries the change log's number seen before it was read (its
-tag) and the items it depends on. A catalog record is checked on every lookup, so it is exact: a sale
-stop leaves the very next answer, and an answer never comes out short because a restock was not seen.
-Counts, neighbour lists (normalised by ~120 counts each) and whole answers are looked at again at most
-once per general bound (``STREAMREC_API_CACHE_TTL_MS``, 500 ms): found unchanged, it is served for another
-bound without a look; found changed, it goes. So co-occurrence reaches every answer within that bound
-(plus the feed's few milliseconds), an entry nothing changed stays however long, and one whose inputs
-change many times a second (a popular item's list under live traffic) is computed again at most twice a
-second. Answers are stamped by the catalog generation besides (``recommend.Recommender``). The kinds'
-staleness bounds then only bound memory and what a lost feed may cost: while the feed cannot vouch for an
-entry (not subscribed, or subscribed again since the entry was read), the entry is served only within
-``changes.FALLBACK_MS`` of its read. Parts of an answer that no item change
-announces (the popularity fill-ins and search terms' items it used) keep their own bound,
-``STREAMREC_API_CACHE_TTL_MS``, through the entry's ``fresh_until``.
+**With a change feed** (``api/changes.py``; ``STREAMREC_API_CHANGE_FEED``, the default), the values
+other shoppers change (counts, neighbour lists, catalog records, whole answers) are kept as long as none
+of the items they depend on changed: each entry carries the change log's number seen before it was read
+(its tag) and the items it depends on. Counts are kept current by the feed itself: each message carries
+the new counts (``heard``), so a count held is never read again while the feed vouches for it. A catalog
+record is checked on every lookup, so it is exact: a sale stop leaves the very next answer, and an answer
+never comes out short because a restock was not seen; a move of its item's count alone leaves it be.
+Neighbour lists (normalised by ~120 counts each) and whole answers are looked at again at most once per
+general bound (``STREAMREC_API_CACHE_TTL_MS``, 500 ms): found unchanged, it is served for another bound
+without a look; found changed, it goes (a list whose anchor's list is as it was is then normalised again
+from the weights it keeps, ``state.Snapshot.neighbours``). So co-occurrence reaches every answer within
+that bound (plus the feed's few milliseconds), an entry nothing changed stays however long, and one whose
+inputs change many times a second (a popular item's list under live traffic) is computed again at most
+twice a second. Answers are stamped by the catalog generation besides (``recommend.Recommender``). The
+kinds' staleness bounds then only bound memory and what a lost feed may cost: while the feed cannot vouch
+for an entry (not subscribed, or subscribed again since the entry was read), the entry is served only
+within ``changes.FALLBACK_MS`` of its read. Parts of an answer that no item change announces (the
+popularity fill-ins and search terms' items it used) keep their own bound, ``STREAMREC_API_CACHE_TTL_MS``,
+through the entry's ``fresh_until``.
 
 A full table evicts the entry read longest ago: every entry of a kind with a staleness bound leaves by its
 age anyway, so a hit does not reorder the table (the cache's own bookkeeping was about a tenth of an
@@ -78,8 +81,9 @@ JITTER = 0.25  # an entry stays for between 75 % and 100 % of its kind's stalene
 ANSWERS_JITTER = 0.5
 # what the change feed vouches for: values that change only when an item they depend on changes
 FED = frozenset({"counts", "neighbours", "catalog", "answers"})
-# of those, the ones looked at again once per general bound (catalog records: on every lookup, exactly)
-WINDOWED = frozenset({"counts", "neighbours", "answers"})
+# of those, the ones looked at again once per general bound (catalog records: on every lookup, exactly;
+# counts: current as long as the feed vouches, ``COUNTS``)
+WINDOWED = frozenset({"neighbours", "answers"})
 
 
 # an entry: [read at, value, leaves at, tag, depends on, fresh until, checked until]: times on the cache's

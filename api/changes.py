@@ -1,10 +1,11 @@
 """What other shoppers changed, as it happens: the worker's change feed, followed by each API process.
 
-Every fold call that changes items publishes their ids on one Pub/Sub channel (``Keys.changes()``): an
-item's activity (its count, the normaliser of the lists it is in), its neighbour list, its catalog record.
-Each API process follows the channel on a thread of its own (``ChangeFeed``) and keeps a ``ChangeLog``:
-a sequence number that moves with every message, and for each changed item the number of the last
-message that named it. A value an answer read is tagged with the sequence number seen before it was read;
+Every fold call that changes items publishes them on one Pub/Sub channel (``Keys.changes()``): the ids
+of items whose neighbour list or catalog record changed, and with its new value each item whose count
+(the normaliser of the lists it is in) changed (``parse``). Each API process follows the channel on a
+thread of its own (``ChangeFeed``) and keeps a ``ChangeLog``: a sequence number that moves with every
+message, and for each changed item the number of the last message that named it (of any kind, and of
+the first kind alone); the counts go straight into the cache (``ProcessCache.heard``). A value an answer read is tagged with the sequence number seen before it was read;
 it is valid as long as none of the items it depends on changed since (``ChangeLog.unchanged``; the cache
 looks again at most once per its general bound, ``api/cache.py``).
 
