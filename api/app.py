@@ -58,12 +58,12 @@ class OrjsonProvider(DefaultJSONProvider):
         )
 
 
-def start_change_feed(settings: Settings, channel: str) -> ChangeLog:
-    """Follow the worker's change feed from this process (a daemon thread, its own Redis connection);
-    returns the change log it keeps. Called in each gunicorn worker, after the fork."""
+def start_change_feed(settings: Settings, channel: str, changes: ChangeLog, cache: ProcessCache) -> None:
+    """Follow the worker's change feed from this process (a daemon thread, its own Redis connection),
+    keeping ``changes`` and handing the counts it carries to ``cache``. Called in each gunicorn worker,
+    after the fork."""
     m = metrics.api()
     m.change_feed.set(0)
-    changes = ChangeLog()
 
     def connect() -> Any:
         return redis_client_for(
@@ -80,8 +80,8 @@ def start_change_feed(settings: Settings, channel: str) -> ChangeLog:
         changes,
         on_message=m.changed_items.inc,
         on_state=lambda up: m.change_feed.set(1 if up else 0),
+        on_counts=cache.heard,
     ).start()
-    return changes
 
 
 def create_app(
@@ -108,16 +108,14 @@ def create_app(
     )
     keys = keys_of(settings)
     reader = observability.TimedReader(StateReader(client, keys, settings.scoring))
-    changes = start_change_feed(settings, keys.changes()) if settings.api_change_feed else None
+    changes = ChangeLog() if settings.api_change_feed else None
+    cache = ProcessCache.from_settings(settings, changes=changes)
+    if changes is not None:
+        start_change_feed(settings, keys.changes(), changes, cache)
     app.extensions[EXTENSION] = Services(
         settings,
         client,
-        Recommender(
-            reader,
-            settings.scoring,
-            ModelStore(client, keys),
-            cache=ProcessCache.from_settings(settings, changes=changes),
-        ),
+        Recommender(reader, settings.scoring, ModelStore(client, keys), cache=cache),
         publisher_factory or kafka_publisher,
     )
     paths.init_app(app)  # first: the id converters must be in place before any route is added

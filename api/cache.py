@@ -21,22 +21,25 @@ A catalog record cannot change while the catalog generation stays as it is, so c
 kept for twice the answers' bound: an answer computed again (its bound passed) finds most of those it
 shows here, under the generation it checks, instead of reading them in one more trip.
 
-**With a change feed** (``api/changes.py``; ``STREAMREC_API_CHANGE_FEED``), the values other
-shoppers change (counts, neighbour lists, catalog records, whole answers) are kept as long as none of
-the items they depend on changed: each entry carries the change log's number seen before it was read (its
-tag) and the items it depends on. A catalog record is checked on every lookup, so it is exact: a sale
-stop leaves the very next answer, and an answer never comes out short because a restock was not seen.
-Counts, neighbour lists (normalised by ~120 counts each) and whole answers are looked at again at most
-once per general bound (``STREAMREC_API_CACHE_TTL_MS``, 500 ms): found unchanged, it is served for another
-bound without a look; found changed, it goes. So co-occurrence reaches every answer within that bound
-(plus the feed's few milliseconds), an entry nothing changed stays however long, and one whose inputs
-change many times a second (a popular item's list under live traffic) is computed again at most twice a
-second. Answers are stamped by the catalog generation besides (``recommend.Recommender``). The kinds'
-staleness bounds then only bound memory and what a lost feed may cost: while the feed cannot vouch for an
-entry (not subscribed, or subscribed again since the entry was read), the entry is served only within
-``changes.FALLBACK_MS`` of its read. Parts of an answer that no item change
-announces (the popularity fill-ins and search terms' items it used) keep their own bound,
-``STREAMREC_API_CACHE_TTL_MS``, through the entry's ``fresh_until``.
+**With a change feed** (``api/changes.py``; ``STREAMREC_API_CHANGE_FEED``, the default), the values
+other shoppers change (counts, neighbour lists, catalog records, whole answers) are kept as long as none
+of the items they depend on changed: each entry carries the change log's number seen before it was read
+(its tag) and the items it depends on. Counts are kept current by the feed itself: each message carries
+the new counts (``heard``), so a count held is never read again while the feed vouches for it. A catalog
+record is checked on every lookup, so it is exact: a sale stop leaves the very next answer, and an answer
+never comes out short because a restock was not seen; a move of its item's count alone leaves it be.
+Neighbour lists (normalised by ~120 counts each) and whole answers are looked at again at most once per
+general bound (``STREAMREC_API_CACHE_TTL_MS``, 500 ms): found unchanged, it is served for another bound
+without a look; found changed, it goes (a list whose anchor's list is as it was is then normalised again
+from the weights it keeps, ``state.Snapshot.neighbours``). So co-occurrence reaches every answer within
+that bound (plus the feed's few milliseconds), an entry nothing changed stays however long, and one whose
+inputs change many times a second (a popular item's list under live traffic) is computed again at most
+twice a second. Answers are stamped by the catalog generation besides (``recommend.Recommender``). The
+kinds' staleness bounds then only bound memory and what a lost feed may cost: while the feed cannot vouch
+for an entry (not subscribed, or subscribed again since the entry was read), the entry is served only
+within ``changes.FALLBACK_MS`` of its read. Parts of an answer that no item change announces (the
+popularity fill-ins and search terms' items it used) keep their own bound, ``STREAMREC_API_CACHE_TTL_MS``,
+through the entry's ``fresh_until``.
 
 A full table evicts the entry read longest ago: every entry of a kind with a staleness bound leaves by its
 age anyway, so a hit does not reorder the table (the cache's own bookkeeping was about a tenth of an
@@ -51,7 +54,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 from streamrec.api.changes import FALLBACK_MS, ChangeLog
@@ -67,6 +70,9 @@ ANSWERS = "answers"  # whole answers: STREAMREC_API_CACHE_ANSWERS_TTL_MS, STREAM
 # catalog records, each under the catalog generation it was read under: with answers kept, kept for twice
 # the answers' bound (``ProcessCache.catalog_within``)
 CATALOG = "catalog"
+# items' counts: with a change feed, every new value comes with its message (``ProcessCache.heard``), so
+# a count held is current for as long as the feed vouches, whatever changed
+COUNTS = "counts"
 JITTER = 0.25  # an entry stays for between 75 % and 100 % of its kind's staleness bound (uniformly)
 # answers are computed in a burst when a process starts (every shopper's first request): they leave over
 # the second half of their bound, so that the burst of answers computed again a bound later is spread
@@ -75,8 +81,9 @@ JITTER = 0.25  # an entry stays for between 75 % and 100 % of its kind's stalene
 ANSWERS_JITTER = 0.5
 # what the change feed vouches for: values that change only when an item they depend on changes
 FED = frozenset({"counts", "neighbours", "catalog", "answers"})
-# of those, the ones looked at again once per general bound (catalog records: on every lookup, exactly)
-WINDOWED = frozenset({"counts", "neighbours", "answers"})
+# of those, the ones looked at again once per general bound (catalog records: on every lookup, exactly;
+# counts: current as long as the feed vouches, ``COUNTS``)
+WINDOWED = frozenset({"neighbours", "answers"})
 
 
 # an entry: [read at, value, leaves at, tag, depends on, fresh until, checked until]: times on the cache's
@@ -211,11 +218,13 @@ class ProcessCache:
         tag = entry[3]
         if tag is None or not changes.trusted(tag):
             return now - entry[0] <= self._fallback_s
+        if kind == COUNTS:
+            return True  # the feed carries every new count into it (``heard``): current while trusted
         if entry[5] is not None and now > entry[5]:
             return False
         if now <= entry[6] and kind in WINDOWED:
             return True  # found unchanged less than one bound ago: a change since is at most that old
-        if not changes.unchanged(tag, entry[4]):
+        if not changes.unchanged(tag, entry[4], kind != CATALOG):  # a record is not its count
             return False
         entry[6] = now + self._ttl_s
         return True
@@ -256,6 +265,9 @@ class ProcessCache:
             return
         table = self._tables[kind]
         with self._lock:
+            changes = self.changes
+            if kind == COUNTS and changes is not None and tag is not None and changes.last(key) > tag:
+                return  # a newer count came with the feed since it was read: kept by ``heard`` or read again
             read_at = self.clock() if read_at is None else read_at
             life = (
                 math.inf
@@ -276,6 +288,30 @@ class ProcessCache:
             table.entries.move_to_end(key)
             while len(table.entries) > table.size:
                 table.entries.popitem(last=False)
+
+    def heard(self, counts: Mapping[str, float], seq: int) -> None:
+        """New log-space counts the change feed carried in its message ``seq`` (``changes.ChangeFeed``):
+        each count held takes its value as if read now, vouched for from ``seq`` on, so the answers that
+        normalise by it read nothing again. Counts not held are left out (the table keeps those answers
+        used; one that needs another reads it). Called on the feed's thread, after the log applied ``seq``."""
+        if not self.enabled:
+            return
+        table = self._tables["counts"]
+        with self._lock:
+            entries, now = table.entries, self.clock()
+            for item, value in counts.items():
+                entry = entries.get(item)
+                if entry is None:
+                    continue
+                life = table.ttl_s * (1.0 - table.jitter * self._random.random()) if table.ttl_s else 0.0
+                entry[0], entry[1], entry[2], entry[3], entry[6] = (
+                    now,
+                    value,
+                    now + life,
+                    seq,
+                    now + self._ttl_s,
+                )
+                entries.move_to_end(item)
 
     def held(
         self, kind: str, keys: Iterable[Hashable], within: float = 1.0
@@ -315,6 +351,12 @@ class ProcessCache:
         with self._lock:
             entries = self._tables[kind].entries
             return {key: entry[1] for key in keys if (entry := entries.get(key)) is not None}
+
+    def records_unchanged(self, tag: int | None, items: Iterable[str]) -> bool:
+        """Whether the change log vouches that the neighbour lists and catalog records of ``items`` did
+        not change since ``tag`` (their counts may have); False without a log, a tag, or trust."""
+        changes = self.changes
+        return changes is not None and tag is not None and changes.unchanged(tag, items, counts=False)
 
     def clear(self) -> None:
         """Forget everything (tests; an operator's switch takes effect here at once)."""

@@ -1,10 +1,11 @@
 """What other shoppers changed, as it happens: the worker's change feed, followed by each API process.
 
-Every fold call that changes items publishes their ids on one Pub/Sub channel (``Keys.changes()``): an
-item's activity (its count, the normaliser of the lists it is in), its neighbour list, its catalog record.
-Each API process follows the channel on a thread of its own (``ChangeFeed``) and keeps a ``ChangeLog``:
-a sequence number that moves with every message, and for each changed item the number of the last
-message that named it. A value an answer read is tagged with the sequence number seen before it was read;
+Every fold call that changes items publishes them on one Pub/Sub channel (``Keys.changes()``): the ids
+of items whose neighbour list or catalog record changed, and with its new value each item whose count
+(the normaliser of the lists it is in) changed (``parse``). Each API process follows the channel on a
+thread of its own (``ChangeFeed``) and keeps a ``ChangeLog``: a sequence number that moves with every
+message, and for each changed item the number of the last message that named it (of any kind, and of
+the first kind alone); the counts go straight into the cache (``ProcessCache.heard``). A value an answer read is tagged with the sequence number seen before it was read;
 it is valid as long as none of the items it depends on changed since (``ChangeLog.unchanged``; the cache
 looks again at most once per its general bound, ``api/cache.py``).
 
@@ -41,7 +42,10 @@ class ChangeLog:
 
     ``seq`` is the number of the last message applied. ``floor`` is the first number the log vouches for:
     a value tagged below it was read while the feed was away (or before the log forgot), so nothing says
-    whether it changed since.
+    whether it changed since. Two kinds of change are told apart: an item's *record* (its neighbour list
+    or its catalog record) and its *count* alone (the co-occurrence normaliser, which moves with every
+    view of the item). What depends on an item's count changes with either; a neighbour list as stored
+    and a catalog record only with the first (``unchanged(..., counts=False)``).
     """
 
     def __init__(self, max_items: int = MAX_ITEMS) -> None:
@@ -49,28 +53,34 @@ class ChangeLog:
         self.floor = 1  # nothing is vouched for until the feed has subscribed once
         self.subscribed = False
         self.max_items = max_items
-        self._changed: dict[str, int] = {}
+        self._changed: dict[str, int] = {}  # item -> number of the last message naming it at all
+        self._records: dict[str, int] = {}  # item -> ... naming its neighbour list or catalog record
 
     def trusted(self, tag: int) -> bool:
         """Whether the log knows every change since a value tagged ``tag`` was read."""
         return self.subscribed and tag >= self.floor
 
-    def unchanged(self, tag: int, items: Iterable[str]) -> bool:
-        """Whether none of ``items`` changed since a value tagged ``tag`` was read (and the log can tell)."""
+    def unchanged(self, tag: int, items: Iterable[str], counts: bool = True) -> bool:
+        """Whether none of ``items`` changed since a value tagged ``tag`` was read (and the log can tell);
+        with ``counts`` False, changes of their counts alone do not count."""
         if not self.trusted(tag):
             return False
-        get = self._changed.get
+        get = (self._changed if counts else self._records).get
         return all(get(item, 0) <= tag for item in items)
 
     def last(self, item: str) -> int:
         """The number of the last message that named ``item`` (0: none the log remembers)."""
         return self._changed.get(item, 0)
 
-    def changed(self, items: Iterable[str]) -> None:
-        """One message: ``items`` changed (the feed's thread)."""
+    def changed(self, records: Iterable[str], counts: Iterable[str] = ()) -> None:
+        """One message (the feed's thread): the neighbour lists or catalog records of ``records`` changed,
+        and the counts of ``counts``."""
         seq = self.seq + 1
-        changed = self._changed
-        for item in items:
+        changed, kept = self._changed, self._records
+        for item in records:
+            changed[item] = seq
+            kept[item] = seq
+        for item in counts:
             changed[item] = seq
         self.seq = seq
         if len(changed) > self.max_items:
@@ -82,6 +92,7 @@ class ChangeLog:
         self.seq += 1
         self.floor = self.seq
         self._changed = {}
+        self._records = {}
 
     def set_subscribed(self, subscribed: bool) -> None:
         """The feed (re)subscribed, or lost its subscription: either way, what was read before is not
@@ -94,8 +105,10 @@ class ChangeFeed:
     """Follows the change channel on a daemon thread and applies each message to ``changes``.
 
     ``connect()`` returns a fresh ``redis.Redis`` (or cluster client) to subscribe with; ``on_message(n)``
-    is told how many items each message named (metrics). A lost connection is retried with backoff
-    (0.1 s doubling to 5 s); meanwhile ``changes.subscribed`` is False. ``start`` returns at once.
+    is told how many items each message named (metrics). A message is one line per item (``parse``); the
+    new counts it carries go to ``on_counts(counts, seq)`` once the log has applied the message (``seq``:
+    its number; the API's cache takes them in, ``ProcessCache.heard``). A lost connection is retried with
+    backoff (0.1 s doubling to 5 s); meanwhile ``changes.subscribed`` is False. ``start`` returns at once.
     """
 
     def __init__(
@@ -105,8 +118,10 @@ class ChangeFeed:
         changes: ChangeLog,
         on_message: Callable[[int], None] = lambda n: None,
         on_state: Callable[[bool], None] = lambda up: None,
+        on_counts: Callable[[dict[str, float], int], None] = lambda counts, seq: None,
     ) -> None:
         self._connect = connect
+        self._on_counts = on_counts
         self.channel = channel
         self.changes = changes
         self._on_message = on_message
@@ -159,16 +174,38 @@ class ChangeFeed:
                     log.info("change feed subscribed to %s", self.channel)
                 elif kind == "message":
                     data = message["data"]
-                    text = data.decode() if isinstance(data, bytes) else data
-                    items = text.split("\n")
-                    self.changes.changed(items)
-                    self._on_message(len(items))
+                    records, counts = parse(data.decode() if isinstance(data, bytes) else data)
+                    self.changes.changed(records, counts)
+                    if counts:
+                        self._on_counts(counts, self.changes.seq)
+                    self._on_message(len(records) + len(counts))
         finally:
             try:
                 pubsub.close()
                 client.close()
             except Exception:  # noqa: BLE001 - closing a broken connection must not end the feed
                 pass
+
+
+def parse(text: str) -> tuple[list[str], dict[str, float]]:
+    r"""One change message (``fold.lua``'s ``publish_changes``): the ids of the items whose neighbour list
+    or catalog record changed, and the new log-space counts of those whose count changed. Each line is an
+    item id (the first kind) or ``<id>\t<log count>`` (the second: the text Redis stored); an item may be
+    named once of each kind. Ids hold no control characters (the event contract). A count that does not
+    read as a number makes its line count as the first kind (whatever was cached of the item is read
+    again)."""
+    records: list[str] = []
+    counts: dict[str, float] = {}
+    for line in text.split("\n"):
+        item, tab, value = line.partition("\t")
+        if tab:
+            try:
+                counts[item] = float(value)
+                continue
+            except ValueError:
+                pass
+        records.append(item)
+    return records, counts
 
 
 def wait_subscribed(changes: ChangeLog, timeout: float) -> bool:

@@ -602,7 +602,7 @@ def bench(
     server: Annotated[
         list[str] | None,
         typer.Option(
-            help="With --serving: a server to measure, worker-class:workers[xthreads][:cache ms] (e.g. gthread:2x4, sync:3, gthread:2x4:0); repeat to compare. Default: the API's default, sync:2."
+            help="With --serving: a server to measure, worker-class:workers[xthreads][:cache ms][:nofeed] (e.g. gthread:2x4, sync:3, gthread:2x4:0, sync:2:nofeed); repeat to compare. Default: the API's default, sync:2 following the change feed."
         ),
     ] = None,
     seconds: Annotated[float, typer.Option(help="With --serving: wrk's duration per endpoint.")] = 10.0,

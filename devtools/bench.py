@@ -1301,7 +1301,7 @@ class Server:
     workers: int = 2
     threads: int = 1
     cache_ttl_ms: int = 500
-    change_feed: bool = False
+    change_feed: bool = True
 
     def env(self) -> dict[str, str]:
         """The STREAMREC_API_* variables that start the API with this shape."""
@@ -1318,17 +1318,18 @@ class Server:
         """The server shape as the tables print it, e.g. 'gthread, 2 workers × 4 threads, cache 500 ms'."""
         threads = f" × {self.threads} threads" if self.worker_class == "gthread" else ""
         cache = f"cache {self.cache_ttl_ms} ms" if self.cache_ttl_ms else "no cache"
-        feed = ", change feed" if self.change_feed else ""
+        feed = "" if self.change_feed else ", no change feed (the old default caches)"
         return f"{self.worker_class}, {self.workers} workers{threads}, {cache}{feed}"
 
     @classmethod
     def parse(cls, text: str) -> Server:
         """``gthread:2x4``, ``sync:3``, ``gthread:2x4:0`` (the third field: the cache's general bound in
-        ms), ``sync:2:500:feed`` (following the change feed) or ``sync:2:1000:nofeed``."""
+        ms), ``sync:2:500:feed`` (following the change feed, the default) or ``sync:2:1000:nofeed``
+        (without it: other shoppers' co-occurrence then waits for the neighbours' and answers' bounds)."""
         try:
             kind, shape, *rest = text.split(":")
             workers, _, threads = shape.partition("x")
-            feed = "feed" in rest
+            feed = "nofeed" not in rest
             ttl = [r for r in rest if r not in ("feed", "nofeed")]
             return cls(kind, int(workers), int(threads or 1), int(ttl[0]) if ttl else cls.cache_ttl_ms, feed)
         except ValueError:

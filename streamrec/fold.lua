@@ -112,17 +112,21 @@ end
 -- Items whose {i:<item>} keys this call changed (activity, neighbour list, catalog record): published on
 -- the changes channel at the end of the call, so that API processes drop what they cached of them
 -- (docs/STATE.md, "Fresh caches"). Ids hold no control characters (the contract), so '\n' separates them.
-local CHANGED, CHANGED_N = {}, 0
+-- An item whose only change is its count is published as "<item>\t<log count>" (the value HSET stored,
+-- as the shortest text that reads back as the same double): API processes take the new count from the
+-- message instead of reading it again, and keep what only depends on the item's list and record.
+local CHANGED, COUNTED = {}, {}
 local function changed(item)
-  if not CHANGED[item] then
-    CHANGED[item] = true
-    CHANGED_N = CHANGED_N + 1
-  end
+  CHANGED[item] = true
+end
+local function count_changed(item, n)
+  COUNTED[item] = n
 end
 local function publish_changes()
-  if CHANGED_N == 0 then return end
   local ids = {}
   for item in pairs(CHANGED) do ids[#ids + 1] = item end
+  for item, n in pairs(COUNTED) do ids[#ids + 1] = item .. '\t' .. fmt('%.17g', n) end
+  if #ids == 0 then return end
   call('PUBLISH', T.changes, table.concat(ids, '\n'))
 end
 
@@ -458,7 +462,7 @@ local function apply_op(op, copies, overfull)
     local last = math.max(tonumber(cur[4]) or tse, tse)  -- the latest occurrence, whatever the fold order
     call('HSET', sk, 'n', n, 'pop', pop, 'trend', trend, 'last', fmt('%d', last), 'cat', cat)
     call('HINCRBY', sk, 'c', 1)  -- plain occurrences, for audits (exactly-once checks) and capacity figures
-    changed(item)
+    count_changed(item, n)
     touch(sk, C.item_ttl)
     touch(fmt(T.neighbours, item), C.item_ttl)
     copies[#copies + 1] = {item, shard, num(pop), num(trend), cat, tse}

@@ -186,8 +186,8 @@ class Settings(BaseSettings):
         description="How long an API process may serve an answer (personal, or similar items) again, in ms, while the user's state (their version, if there is a user), the catalog (its generation) and the active model are as they were: counted from when the oldest neighbour list it was ranked from was read, so what other shoppers did shows in it within this bound; 0 keeps none.",
     )
     api_change_feed: bool = Field(
-        False,
-        description="Follow the worker's change feed (a Redis Pub/Sub channel) in each API process: cached neighbour lists, counts, catalog records and answers are then kept while the items they depend on are unchanged, and a change reaches every answer within STREAMREC_API_CACHE_TTL_MS (the freshness contract for other shoppers' actions); while the feed is lost, cached values are kept 500 ms at most. Off by default for now: with it, answers under live traffic are computed far more often, and on the serving bench's 2 cores recommendations fell from 257 to 21 req/s while 500 events/s arrived (README, Serving).",
+        True,
+        description="Follow the worker's change feed (a Redis Pub/Sub channel) in each API process: cached neighbour lists, catalog records and answers are kept while the items they depend on are unchanged, counts are taken from the feed's messages, and a change reaches every answer within STREAMREC_API_CACHE_TTL_MS (the freshness contract, docs/GUARANTEES.md); while the feed is lost, cached values are kept 500 ms at most. false loosens the contract: other shoppers' co-occurrence then reaches answers only within STREAMREC_API_CACHE_NEIGHBOURS_TTL_MS and …_ANSWERS_TTL_MS.",
     )
     api_cache_answers: int = Field(
         20_000,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from array import array
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -220,6 +221,11 @@ class Cache(Protocol):
         """Of ``keys``, the values the cache still has for ``kind`` however old: hints of what to read
         next (never served)."""
 
+    def records_unchanged(self, tag: int | None, items: Iterable[str]) -> bool:
+        """Whether the neighbour lists and catalog records of ``items`` are known to be as they were when
+        a value tagged ``tag`` was read (their counts may have moved): True lets a reader derive again from
+        what it kept instead of reading it again. False whenever nothing vouches for it."""
+
 
 # What a Cache is asked to keep: the active model version and its rows (immutable per version), catalog
 # records (each as (catalog generation it was read under, record)), items' decayed counts, normalised
@@ -272,6 +278,10 @@ class NoCache:
         """Always empty."""
         return {}
 
+    def records_unchanged(self, tag: int | None, items: Iterable[str]) -> bool:
+        """Nothing vouches: False."""
+        return False
+
 
 class FrozenCache:
     """A cache for a state that does not change while it is used: offline evaluation answers every held-out
@@ -313,6 +323,10 @@ class FrozenCache:
     def last_known(self, kind: str, keys: Iterable[Hashable]) -> dict[Hashable, Any]:
         """The kept ones of ``keys`` (nothing ages)."""
         return {k: v for k, (_, v) in self.held(kind, keys).items()}
+
+    def records_unchanged(self, tag: int | None, items: Iterable[str]) -> bool:
+        """Nothing changes: True."""
+        return True
 
 
 # The catalog fields an answer uses: what it shows, and what decides whether an item may be shown.
@@ -659,6 +673,9 @@ class Snapshot:
         self._local: dict[tuple[str, Hashable], Any] = {}
         self._read_counts: dict[str, float | None] = {}  # what this snapshot's own trips read
         self._held_counts: dict[Hashable, tuple[float, Any]] = {}  # what the cache gave it, with when read
+        self._raw_tags: dict[
+            str, int | None
+        ] = {}  # lists kept by the cache, with the tag they were read under
         self._pending = Reads()
         self.read_at: float | None = None
         # what a cached answer of this snapshot is valid for: with a user, (version, since, catalog
@@ -775,14 +792,20 @@ class Snapshot:
                 kept = entry[1]
                 self._read(entry[0])
             if kept is not MISSING:
-                normalised, deps = kept
+                normalised, deps = kept[0], kept[1]
                 self._depends(deps)
             else:
                 raw = local.get(("raw", anchor), MISSING)
+                hint = last.get(anchor)
+                if raw is MISSING and hint is not None and self.cache.records_unchanged(hint[3], (anchor,)):
+                    # only counts moved since the list was read (the feed says so): normalised again from
+                    # the list kept, with the counts the feed keeps current, without reading it again
+                    raw = dict(zip(hint[1][1:], hint[2], strict=True))
+                    local[("raw", anchor)] = raw
+                    self._raw_tags[anchor] = hint[3]
                 if raw is MISSING:
                     self._pending.neighbours[anchor] = n
                     # read with the list: the anchor's own count and its last list's neighbours'
-                    hint = last.get(anchor)
                     self._counts([anchor, *(hint[1][1:] if hint else ())])
                     continue
                 counts, oldest = self._counts([anchor, *raw])
@@ -797,9 +820,12 @@ class Snapshot:
                     s.popularity_alpha,
                     s.neighbour_shrinkage,
                 )
-                # as stale as its oldest count (some may have come from the cache): kept from then on
+                # as stale as its oldest count (some may have come from the cache): kept from then on,
+                # with the list as read (weights in the order of ``deps[1:]``) and the tag it was read
+                # under, to be normalised again when only counts move (``records_unchanged``)
                 deps = (anchor, *raw)
-                self.put("neighbours", anchor, (normalised, deps), oldest, deps)
+                kept = (normalised, deps, array("d", raw.values()), self._raw_tags.get(anchor, self.tag))
+                self.put("neighbours", anchor, kept, oldest, deps)
                 self._depends(deps)
                 if oldest is not None:
                     self._read(oldest)

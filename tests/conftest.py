@@ -208,9 +208,6 @@ def make_namespace(
         "STREAMREC_PARTITIONS": "2",
         "STREAMREC_API_PORT": str(free_port()),
         "STREAMREC_API_WORKERS": "1",
-        # the API follows the worker's change feed, so other shoppers' actions reach its answers within
-        # 500 ms (the freshness contract; off by default while its cost under live traffic is worked on)
-        "STREAMREC_API_CHANGE_FEED": "true",
         **extra_env,
     }
     settings = Settings(

@@ -29,7 +29,9 @@ from streamrec.devtools.localstack import ManagedProcess
 from streamrec.event_types import EventType
 from streamrec.fold import StateWriter
 from streamrec.keys import Keys
+from streamrec.recommend import Recommender
 from streamrec.settings import ScoringSettings, Settings
+from streamrec.state import Reads, StateReader
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.redis
@@ -136,6 +138,41 @@ def test_a_sale_stop_leaves_every_answer_at_once(shop: Shop) -> None:
     )
     for path in paths:
         shows(shop, path, "G", present=False)
+
+
+def test_a_count_that_moved_comes_with_the_feed_and_the_list_is_normalised_again_without_a_read(
+    shop: Shop, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = shop.client.application  # type: ignore[attr-defined]
+    cache = services(app).recommender.cache
+    keys = services(app).recommender.reader.keys  # type: ignore[attr-defined]
+    lists_read: list[str] = []
+    read = StateReader.read
+
+    def spy(self: StateReader, reads: Reads, version_of: str | None = None) -> object:
+        lists_read.extend(reads.neighbours)
+        return read(self, reads, version_of)
+
+    monkeypatch.setattr(StateReader, "read", spy)
+    monkeypatch.setattr(services(app).recommender.reader, "_timed", {})  # the API's timed wrappers
+    # every write of the fixture heard first (a list read before its last would be read again): a view
+    # of an unrelated item after them, whose message comes after theirs
+    shop.views("marker", "Q")
+    wait_until(lambda: shop.changes.last("Q") > 0, 2, interval=0.001, what="the fixture on the feed")
+    shop.items("/v1/items/D/similar?k=5")  # D's list read, normalised and kept
+    assert "D" in lists_read
+    lists_read.clear()
+    seq = shop.changes.seq
+    shop.views("solo", "X")  # X's count moves; no list does (the shopper has no history)
+    wait_until(lambda: shop.changes.seq > seq, 2, interval=0.001, what="the feed")
+    assert cache.get("counts", "X") == float(redis_client.hget(keys.activity("X"), "n"))  # from the message
+    time.sleep(
+        0.6
+    )  # one general bound on: D's list is looked at again, and goes (a count it divides by moved)
+    after = shop.items("/v1/items/D/similar?k=5")
+    assert "D" not in lists_read  # normalised again from the list kept: not read again
+    fresh = Recommender(StateReader(redis_client, keys, ScoringSettings()), ScoringSettings())
+    assert after == [r.item_id for r in fresh.similar("D", 5).items]  # the same as computed from scratch
 
 
 def test_without_the_feed_a_cached_value_is_kept_only_within_the_fallback_bound(shop: Shop) -> None:

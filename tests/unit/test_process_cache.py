@@ -117,3 +117,40 @@ def test_with_a_change_log_an_entry_stays_until_an_item_it_depends_on_changes() 
     now[0] = 11.1 + FALLBACK_MS / 1000 + 0.001
     assert cache.get("counts", "d") is MISSING
     assert cache.get("counts", "c") is MISSING
+
+
+def test_the_feed_carries_counts_into_the_cache_and_a_count_move_leaves_records_standing() -> None:
+    from streamrec.api.changes import ChangeLog
+
+    now = [0.0]
+    changes = ChangeLog()
+    changes.set_subscribed(True)
+    cache = ProcessCache(1000, 100, 100, clock=lambda: now[0], neighbours_ttl_ms=60_000, changes=changes)
+    tag = cache.tag()
+    cache.put("counts", "c", 2.0, tag=tag, deps=("c",))
+    cache.put("catalog", "c", (1, {"in_stock": "1"}), tag=tag, deps=("c",))
+    cache.put("neighbours", "a", ({"c": 1.0}, ("a", "c")), tag=tag, deps=("a", "c"))
+    # a message: c's count moved to 5.0 (and nothing else about c)
+    changes.changed([], ["c"])
+    cache.heard({"c": 5.0, "unheld": 1.0}, changes.seq)
+    assert cache.get("counts", "c") == 5.0  # taken from the message, nothing read again
+    assert cache.get("counts", "unheld") is MISSING  # a count no answer used is not kept
+    assert cache.get("catalog", "c") == (1, {"in_stock": "1"})  # its record did not change
+    assert cache.records_unchanged(tag, ["a", "c"])  # the lists and records as read: only counts moved
+    now[0] = 1.1  # a bound later the list is looked at again: a count it divides by moved, so it goes
+    assert cache.get("neighbours", "a") is MISSING
+    # a count read before a message that carried a newer one is not kept over it
+    cache.put("counts", "c", 2.0, tag=tag, deps=("c",))
+    assert cache.get("counts", "c") == 5.0
+    changes.changed(["c"])  # c's catalog record (or list) changed
+    assert cache.get("catalog", "c") is MISSING
+    assert not cache.records_unchanged(tag, ["c"])
+    assert cache.get("counts", "c") == 5.0  # its count did not
+
+
+def test_a_change_message_names_records_and_carries_counts() -> None:
+    from streamrec.api.changes import parse
+
+    assert parse("a\nb\t1.5\nc\nb") == (["a", "c", "b"], {"b": 1.5})
+    assert parse("x\t-inf") == ([], {"x": float("-inf")})
+    assert parse("y\tnot-a-number") == (["y"], {})  # the item counts as changed: read again

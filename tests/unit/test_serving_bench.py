@@ -14,7 +14,12 @@ def test_server_shapes_parse_and_bad_ones_say_the_form() -> None:
     fed = Server.parse("sync:2:500:feed")
     assert fed == Server("sync", 2, 1, 500, change_feed=True)
     assert fed.env()["STREAMREC_API_CHANGE_FEED"] == "true"
-    assert fed.label == "sync, 2 workers, cache 500 ms, change feed"
+    assert fed.label == "sync, 2 workers, cache 500 ms"  # the default: following the change feed
+    assert Server.parse("sync:2") == fed
+    assert (
+        Server.parse("sync:2:nofeed").label
+        == "sync, 2 workers, cache 500 ms, no change feed (the old default caches)"
+    )
     assert Server.parse("gthread:2x4:0").env()["STREAMREC_API_CACHE_TTL_MS"] == "0"
     assert Server.parse("gthread:2x4:0").label == "gthread, 2 workers × 4 threads, no cache"
     for bad in ("gthread", "gthread:twoxfour", "gthread:2x4:soon"):
