@@ -16,6 +16,7 @@ import redis
 from flask import Flask, current_app
 
 from streamrec.contract import CatalogItem, Event, ItemDeletion, TimePolicy, UserErasure
+from streamrec.placement_store import PlacementCache
 from streamrec.recommend import Recommender
 from streamrec.settings import Settings
 
@@ -93,3 +94,13 @@ def services(app: Flask | None = None) -> Services:
     """The ``Services`` of ``app``, or of the app handling the current request."""
     svc: Services = (app or current_app).extensions[EXTENSION]
     return svc
+
+
+PLACEMENTS = "streamrec.placements"
+
+
+def placements_of(app: Flask | None = None) -> PlacementCache:
+    """The compiled placements of ``app`` (or of the app handling the current request): its per-process
+    ``PlacementCache``, given by ``api.placements.init_app``."""
+    cache: PlacementCache = (app or current_app).extensions[PLACEMENTS]
+    return cache

@@ -118,6 +118,13 @@ def _schemas() -> dict[str, Any]:
                     "in_stock": {"type": "boolean"},
                     "reason": nullable_str,
                     "source": nullable_str,
+                    "rules": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "with explain and a placement or filter: the rules that placed or "
+                        "moved the item, most decisive first ('pinned', 'promoted', 'boosted ×1.5', "
+                        "'filtered in by placement X')",
+                    },
                 },
             },
             "Answer": {
@@ -130,6 +137,7 @@ def _schemas() -> dict[str, Any]:
                     "user_id": {"type": "string"},
                     "item_id": {"type": "string"},
                     "category": nullable_str,
+                    "placement": {"type": "string", "description": "the placement the answer was made for"},
                     "items": {"type": "array", "items": {"$ref": REF.format(model="RecommendedItem")}},
                 },
             },
@@ -328,6 +336,23 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
         "the placement (a page slot's rule set): 1-64 of A-Z a-z 0-9 _ . : -, a letter or digit first",
         {"type": "string", "pattern": NAME_PATTERN},
     )
+    placement = _query(
+        "placement",
+        {"type": "string", "pattern": NAME_PATTERN},
+        "a placement (PUT /v1/admin/placements/{name}): its rules, and its strategy, make the answer; an "
+        "unknown one is a 404",
+    )
+    filter_ = {
+        "name": "filter",
+        "in": "query",
+        "required": False,
+        "content": {"application/json": {"schema": {"$ref": REF.format(model="PlacementFilter")}}},
+        "description": "a filter document (MongoDB query operators, the placements' filter language), "
+        "URL-encoded JSON, ANDed with the placement's filter; a bad one is a 400 naming the JSON path",
+    }
+    by_item = _query("item_id", ID_SCHEMA, "the item a placement whose strategy is similar starts from")
+    by_user = _query("user_id", ID_SCHEMA, "the shopper a placement whose strategy is personal answers for")
+    rules = [placement, filter_]
     ops: dict[tuple[str, str], dict[str, Any]] = {
         ("v1.recommendations", "get"): {
             "parameters": [
@@ -340,6 +365,8 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
                     f"item ids to leave out, comma-separated, at most {MAX_LIST_ITEMS}",
                 ),
                 explain,
+                *rules,
+                by_item,
             ],
             "responses": {**_ok("Answer"), **reads, **_errors("404")},
         },
@@ -349,16 +376,17 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
                 k,
                 _query("user_id", ID_SCHEMA, "leave out what this user bought"),
                 explain,
+                *rules,
             ],
             "responses": {**_ok("Answer"), **reads, **_errors("404")},
         },
         ("v1.popular", "get"): {
-            "parameters": [k, category, explain],
-            "responses": {**_ok("Answer"), **reads},
+            "parameters": [k, category, explain, *rules, by_user, by_item],
+            "responses": {**_ok("Answer"), **reads, **_errors("404")},
         },
         ("v1.trending", "get"): {
-            "parameters": [k, category, explain],
-            "responses": {**_ok("Answer"), **reads},
+            "parameters": [k, category, explain, *rules, by_user, by_item],
+            "responses": {**_ok("Answer"), **reads, **_errors("404")},
         },
         ("v1.post_events", "post"): {
             "requestBody": _body(events_body),
@@ -552,6 +580,13 @@ def _schema_text(schema: dict[str, Any]) -> str:
     return " | ".join(kind) if isinstance(kind, list) else str(kind)
 
 
+def _param_schema(param: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's schema: its own, or that of its JSON content (``filter=``, a JSON document)."""
+    if "schema" in param:
+        return param["schema"]  # type: ignore[no-any-return]
+    return param["content"]["application/json"]["schema"]  # type: ignore[no-any-return]
+
+
 def render(doc: dict[str, Any]) -> str:
     """A plain HTML page of the document: each operation with its parameters, body and answers."""
     e = html.escape
@@ -580,7 +615,7 @@ def render(doc: dict[str, Any]) -> str:
                 for p in params:
                     parts.append(
                         f"<tr><td><code>{e(p['name'])}</code></td><td>{e(p['in'])}</td>"
-                        f"<td>{e(_schema_text(p['schema']))}</td><td>{e(p.get('description', ''))}</td></tr>"
+                        f"<td>{e(_schema_text(_param_schema(p)))}</td><td>{e(p.get('description', ''))}</td></tr>"
                     )
                 parts.append("</table>")
             if "requestBody" in op:

@@ -9,7 +9,7 @@ one Redis round trip (``streamrec.placement_store``).
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, current_app
+from flask import Blueprint, Flask
 
 from streamrec.api.errors import (
     BODY_TOO_LARGE,
@@ -19,7 +19,7 @@ from streamrec.api.errors import (
     NOT_FOUND,
     ApiError,
 )
-from streamrec.api.extensions import services
+from streamrec.api.extensions import PLACEMENTS, placements_of, services
 from streamrec.api.views import _json_body, _redis_guard, ok
 from streamrec.keys import Keys
 from streamrec.placement_store import DocumentTooLarge, PlacementCache, PlacementsFull, PlacementStore
@@ -27,13 +27,6 @@ from streamrec.placements import PlacementError, name_problem, parse_placement
 from streamrec.settings import keys_of
 
 bp = Blueprint("admin_placements", __name__)
-EXTENSION = "streamrec.placements"
-
-
-def placements_of(app: Flask | None = None) -> PlacementCache:
-    """The compiled placements of ``app`` (or of the app handling the current request)."""
-    cache: PlacementCache = (app or current_app).extensions[EXTENSION]
-    return cache
 
 
 def _store() -> PlacementStore:
@@ -99,5 +92,5 @@ def list_placements():  # type: ignore[no-untyped-def]
 def init_app(app: Flask, keys: Keys | None = None) -> None:
     """Register the endpoints and give the app its per-process placement cache (on the app's Redis)."""
     svc = services(app)
-    app.extensions[EXTENSION] = PlacementCache(PlacementStore(svc.redis, keys or keys_of(svc.settings)))
+    app.extensions[PLACEMENTS] = PlacementCache(PlacementStore(svc.redis, keys or keys_of(svc.settings)))
     app.register_blueprint(bp)

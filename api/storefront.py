@@ -26,6 +26,9 @@ bp = Blueprint(
 )
 
 PAGE_SIZE = 24
+# the placement whose answer the front page shows as a shelf (for example "Under $20"), refreshed every
+# few seconds, so a merchandiser's change shows while the page is open (README, "Placements")
+SHELF = "shop-shelf"
 SHOPPERS = ["alice", "bob", "carol"]
 CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
@@ -82,6 +85,7 @@ def index():  # type: ignore[no-untyped-def]
         has_more=total is not None and page * PAGE_SIZE < total,
         total=total,
         shoppers=SHOPPERS,
+        shelf=SHELF,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import html
 import socket
 import uuid
@@ -20,12 +21,13 @@ from streamrec.api.errors import (
     INVALID_EVENT,
     INVALID_ITEM,
     INVALID_JSON,
+    INVALID_PARAMETER,
     NOT_FOUND,
     UNAVAILABLE,
     UNSUPPORTED_MEDIA,
     ApiError,
 )
-from streamrec.api.extensions import Services, services
+from streamrec.api.extensions import Services, placements_of, services
 from streamrec.api.params import bool_param, check_id, id_param, int_param, list_param, str_param
 from streamrec.contract import (
     CatalogItem,
@@ -37,7 +39,8 @@ from streamrec.contract import (
     decode_event,
     decode_item,
 )
-from streamrec.recommend import Answer
+from streamrec.placements import Filter, PlacementError, compile_filter
+from streamrec.recommend import NO_RULES, Answer, Rules
 
 bp = Blueprint("v1", __name__)
 
@@ -95,6 +98,8 @@ def _items_json(answer: Answer, explain: bool) -> orjson.Fragment:
         if explain:
             row["reason"] = r.reason
             row["source"] = r.source
+            if r.rules:
+                row["rules"] = list(r.rules)
         items.append(row)
     # orjson's bytes keep the whole buffer it encoded into (about 8 KiB for these 1.5 KiB under
     # tracemalloc): a copy of exactly their length is kept with the answer. Two threads of one gthread
@@ -138,6 +143,74 @@ def _k(svc: Services) -> int:
     return int_param(request, "k", svc.settings.default_k, 1, svc.settings.max_k)
 
 
+MAX_FILTER_CHARS = 8192  # a request's filter= document, URL-decoded
+
+
+@functools.lru_cache(maxsize=1024)
+def _filter(text: str) -> Filter:
+    """A request's ``filter=`` compiled (kept per text: a page sends the same one again and again)."""
+    try:
+        document = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, INVALID_PARAMETER, f"filter: not a JSON document ({exc})") from None
+    try:
+        return compile_filter(document)
+    except PlacementError as exc:
+        raise ApiError(
+            400, INVALID_PARAMETER, f"filter: {exc}", {"path": exc.path, "problem": exc.problem}
+        ) from None
+
+
+def _rules() -> tuple[Rules, str | None, dict[str, Any]]:
+    """The request's ``placement=`` (404 when unknown) and ``filter=`` (400 naming the JSON path of the
+    wrong part), as ``Rules``; the placement's strategy (None: the endpoint's own); what the answer
+    says of them (``{"placement": name}``)."""
+    name = str_param(request, "placement")
+    text = request.args.get("filter")
+    if text is not None and len(text) > MAX_FILTER_CHARS:
+        raise ApiError(400, INVALID_PARAMETER, f"filter: longer than {MAX_FILTER_CHARS} characters")
+    if name is None and not text:
+        return NO_RULES, None, {}
+    placement, version = None, None
+    if name is not None:
+        cache = placements_of()
+        placement = cache.get(name)
+        if placement is None:
+            raise ApiError(404, NOT_FOUND, f"no placement {name!r} (GET /v1/admin/placements lists them)")
+        version = cache.version
+    extra = _filter(text) if text else None
+    rules = Rules(placement, extra, (name, version, text or None))
+    return rules, placement.strategy if placement else None, ({"placement": name} if name else {})
+
+
+def _answer(
+    svc: Services,
+    strategy: str,
+    k: int,
+    rules: Rules,
+    *,
+    user_id: str | None = None,
+    item_id: str | None = None,
+    category: str | None = None,
+    exclude: list[str] | None = None,
+) -> Answer:
+    """The answer of ``strategy`` (a placement's, or the endpoint's own): personal needs a shopper (the
+    path's, or ``user_id=``; without one, popular items answer, as for a shopper the state does not
+    know), similar an item (the path's, or ``item_id=``; 400 without one)."""
+    rec = svc.recommender
+    if strategy == "personal" and user_id is not None:
+        return rec.for_user(user_id, k, category=category, exclude=exclude or (), rules=rules)
+    if strategy == "similar":
+        if item_id is None:
+            raise ApiError(
+                400, INVALID_PARAMETER, "item_id: this placement shows similar items; name the item"
+            )
+        return rec.similar(item_id, k, user_id=user_id, rules=rules)
+    if strategy == "trending":
+        return rec.trending(k, category, rules=rules)
+    return rec.popular(k, category, rules=rules)
+
+
 @bp.get("/v1/users/<user_id>/recommendations")
 @_redis_guard
 def recommendations(user_id: str):  # type: ignore[no-untyped-def]
@@ -148,8 +221,18 @@ def recommendations(user_id: str):  # type: ignore[no-untyped-def]
     category = str_param(request, "category")
     exclude = list_param(request, "exclude")
     explain = bool_param(request, "explain")
-    answer = svc.recommender.for_user(user_id, k, category=category, exclude=exclude)
-    return ok(_shape(answer, explain, user_id=user_id))
+    rules, strategy, said = _rules()
+    answer = _answer(
+        svc,
+        strategy or "personal",
+        k,
+        rules,
+        user_id=user_id,
+        item_id=id_param(request, "item_id"),
+        category=category,
+        exclude=exclude,
+    )
+    return ok(_shape(answer, explain, user_id=user_id, **said))
 
 
 @bp.get("/v1/items/<item_id>/similar")
@@ -161,7 +244,9 @@ def similar(item_id: str):  # type: ignore[no-untyped-def]
     k = _k(svc)
     user_id = id_param(request, "user_id")
     explain = bool_param(request, "explain")
-    return ok(_shape(svc.recommender.similar(item_id, k, user_id=user_id), explain, item_id=item_id))
+    rules, strategy, said = _rules()
+    answer = _answer(svc, strategy or "similar", k, rules, user_id=user_id, item_id=item_id)
+    return ok(_shape(answer, explain, item_id=item_id, **said))
 
 
 @bp.get("/v1/popular")
@@ -171,7 +256,17 @@ def popular():  # type: ignore[no-untyped-def]
     svc = services()
     k = _k(svc)
     category = str_param(request, "category")
-    return ok(_shape(svc.recommender.popular(k, category), bool_param(request, "explain"), category=category))
+    rules, strategy, said = _rules()
+    answer = _answer(
+        svc,
+        strategy or "popular",
+        k,
+        rules,
+        user_id=id_param(request, "user_id"),
+        item_id=id_param(request, "item_id"),
+        category=category,
+    )
+    return ok(_shape(answer, bool_param(request, "explain"), category=category, **said))
 
 
 @bp.get("/v1/trending")
@@ -181,9 +276,17 @@ def trending():  # type: ignore[no-untyped-def]
     svc = services()
     k = _k(svc)
     category = str_param(request, "category")
-    return ok(
-        _shape(svc.recommender.trending(k, category), bool_param(request, "explain"), category=category)
+    rules, strategy, said = _rules()
+    answer = _answer(
+        svc,
+        strategy or "trending",
+        k,
+        rules,
+        user_id=id_param(request, "user_id"),
+        item_id=id_param(request, "item_id"),
+        category=category,
     )
+    return ok(_shape(answer, bool_param(request, "explain"), category=category, **said))
 
 
 def _decode_all(rows: list[Any], decode, code: int, what: str) -> list:  # type: ignore[no-untyped-def]

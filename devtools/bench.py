@@ -1578,6 +1578,44 @@ def answer_cost(
     }
 
 
+PLACED = "bench-every-rule"  # the placement the serving bench measures answers with
+
+
+def every_rule(catalog: Sequence[CatalogItem]) -> dict[str, Any]:
+    """A placement document that uses every rule on ``catalog``: a price filter, a boost and a promotion
+    of its most common category and of cheap items, a pin of its first item, a diversity cap."""
+    categories: dict[str, int] = {}
+    for item in catalog:
+        if item.category:
+            categories[item.category] = categories.get(item.category, 0) + 1
+    top = max(categories, key=lambda c: categories[c]) if categories else "none"
+    return {
+        "filter": {"$or": [{"price": {"$lte": 60}}, {"price": {"$exists": False}}]},
+        "boost": [{"if": {"category": top}, "multiply": 1.5}],
+        "pin": [{"item_id": catalog[0].item_id, "position": 1}],
+        "promote": {"if": {"price": {"$lt": 10}}, "share": 0.2},
+        "diversity": {"field": "category", "max_per_value": 4},
+    }
+
+
+def placement_pass(
+    stack: Stack, paths: dict[str, list[str]], seconds: float, catalog: Sequence[CatalogItem]
+) -> dict[str, dict[str, Any]]:
+    """Issue 28's speed check: personal answers and popular, each without and then with a placement that
+    uses every rule (``every_rule``, stored straight into the placements' keys), back to back."""
+    from streamrec.placement_store import PlacementStore
+    from streamrec.placements import parse_placement
+
+    PlacementStore(stack.client, Keys(PREFIX)).put(parse_placement(PLACED, every_rule(catalog)))
+    time.sleep(1.0)  # every API process has it within 1 s
+    out: dict[str, dict[str, Any]] = {}
+    for name in ("recommendations", "popular"):
+        plain = wrk(paths[name], stack.api_url, seconds, stack.root)
+        placed = wrk([f"{p}&placement={PLACED}" for p in paths[name]], stack.api_url, seconds, stack.root)
+        out[name] = {"plain": plain, "placed": placed}
+    return out
+
+
 def serving(
     out_dir: Path,
     servers: Sequence[Server] = (Server(),),
@@ -1663,6 +1701,13 @@ def serving(
                     f"  {name}: {f['requests_per_s']:,.0f} req/s, p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms"
                 )
             passes["warm"] = {name: figures[name] for name in LIVE_ENDPOINTS}
+            placed = placement_pass(stack, paths, seconds, catalog)
+            for name, pair in placed.items():
+                say(
+                    f"  {name} with a placement using every rule: {pair['placed']['requests_per_s']:,.0f} "
+                    f"req/s, p99 {pair['placed']['p99_ms']:.1f} ms (without: "
+                    f"{pair['plain']['requests_per_s']:,.0f} req/s, p99 {pair['plain']['p99_ms']:.1f} ms)"
+                )
             say(f"{server.label}: live, while {LIVE_RATE:.0f} events/s arrive for the same shoppers")
             with LiveLoad(stack.bootstrap, topics.events, user_ids, item_ids, LIVE_RATE) as load:
                 passes["live"] = {
@@ -1683,6 +1728,7 @@ def serving(
                     "label": server.label,
                     "api": figures,
                     "passes": passes,
+                    "placements": placed,
                     "freshness": fresh,
                 }
             )
@@ -1764,6 +1810,28 @@ def serving_markdown(report: dict[str, Any]) -> str:
                 + ("met" if met else "**missed**")
                 + " |"
             )
+    for r in report["results"]:
+        if r.get("placements"):
+            lines += [
+                "",
+                f"Placements ({r['label']}, warm): each endpoint without and then with a placement that uses "
+                "every rule (filter, boost, pin, promote, diversity), back to back; targets: ≥ 0.8 of the "
+                "req/s and p99 ≤ 1.25× without.",
+                "",
+                "| endpoint | req/s without | with | ratio | p99 without | with | ratio | non-2xx with | targets |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            for name, pair in r["placements"].items():
+                a, b = pair["plain"], pair["placed"]
+                speed = b["requests_per_s"] / a["requests_per_s"] if a["requests_per_s"] else float("nan")
+                tail = b["p99_ms"] / a["p99_ms"] if a["p99_ms"] else float("nan")
+                met = speed >= 0.8 and tail <= 1.25 and b["errors"] == 0
+                lines.append(
+                    f"| {name} | {a['requests_per_s']:,.0f} | {b['requests_per_s']:,.0f} | {speed:.2f} | "
+                    f"{a['p99_ms']:.1f} ms | {b['p99_ms']:.1f} ms | {tail:.2f} | {b['errors']:.0f} | "
+                    + ("met" if met else "**missed**")
+                    + " |"
+                )
     for r in report["results"]:
         if r.get("freshness"):
             lines += [

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from streamrec import event_types
 from streamrec.modelstore import ModelStore
+from streamrec.placements import Filter, Placement, apply_placement, is_usable
 from streamrec.scoring import Candidate, blend, history_seeds, personal_scores, rank
 from streamrec.settings import ScoringSettings
 from streamrec.state import MISSING, Cache, NoCache, Snapshot, SnapshotMoved, StateReader
@@ -53,6 +54,46 @@ class Ranked:
     score: float
     reason: str
     source: str
+    rules: tuple[str, ...] = ()  # the placement rules that placed or moved it ("pinned", "boosted ×1.5", …)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What a request asks of an answer besides its strategy (issue 28): a placement's rules and an ad
+    hoc filter (the request's ``filter=``), both compiled once (``streamrec.placements``). ``key`` tells
+    them apart in cached answers' keys: the placement's name and the version of the placements it was
+    read under, and the filter's text."""
+
+    placement: Placement | None = None
+    extra: Filter | None = None
+    key: Hashable = None
+
+    def admits(self, record: dict[str, str] | None) -> bool:
+        """Whether an item with ``record`` passes the placement's filter and the request's."""
+        row = record or {}
+        placement = self.placement
+        if placement is not None and placement.filter is not None and not placement.filter.matches(row):
+            return False
+        return self.extra is None or self.extra.matches(row)
+
+    @property
+    def filters(self) -> bool:
+        """Whether some items may be filtered out."""
+        return self.extra is not None or (self.placement is not None and self.placement.filter is not None)
+
+    @property
+    def reorders(self) -> bool:
+        """Whether the rules may move items or take them from further down (boost, pin, promote,
+        diversity): they then need a pool of candidates larger than k."""
+        p = self.placement
+        return p is not None and bool(p.boost or p.pin or p.promote or p.diversity)
+
+
+NO_RULES = Rules()
+POOL_MAX = 5000  # the most candidates one placed answer gathers
+# the most trending rows an answer with filters reads (without: PAGE_MAX): a filter that 1 item in 500
+# passes still fills k from a list of this many
+FILTERED_MAX = 100_000
 
 
 @dataclass(frozen=True)
@@ -221,13 +262,83 @@ class Recommender:
         fallback_from: Sequence[str],
         personal: str = "personalized",
         model_version: str | None = None,
+        rules: Rules = NO_RULES,
     ) -> Answer:
-        """Filter by stock and category, then fill up from category popularity and overall popularity.
+        """Filter by stock and category (and ``rules``' filters), then fill up from category popularity
+        and overall popularity; with ``rules``, place the result (``_placed``).
 
         The fallback uses the categories of the ``fallback_from`` items. Catalog records are read as
         they are needed: the ranked candidates ``catalog_chunk(k)`` at a time, the ``fallback_from`` items'
         only when the ranked ones leave the answer short (each further read is one more pass).
         """
+        if rules is NO_RULES:
+            return self._gather(snap, ranked, k, category, exclude, fallback_from, personal, model_version)
+        return self._placed(
+            snap,
+            k,
+            rules,
+            lambda n: self._gather(
+                snap, ranked, n, category, exclude, fallback_from, personal, model_version, rules.admits
+            ),
+            personal,
+        )
+
+    def _placed(
+        self,
+        snap: Snapshot,
+        k: int,
+        rules: Rules,
+        gather: Callable[[int], Answer],
+        personal: str = "personalized",
+    ) -> Answer:
+        """An answer of ``k`` placed by ``rules`` (``placements.apply_placement``) from the pool
+        ``gather(n)`` gives: up to ``n`` usable items, in rank order, that pass the rules' filters. The
+        pool is k when the rules only filter, else 3k + 20, and grows (``Placed.next_pool``, at most
+        ``POOL_MAX``) while the placed answer is short, or short of promoted items, and the ranking has
+        more. Pinned items' records are read with the first pass; a pinned item is shown whenever it is
+        usable (in stock, not deleted), whatever the filters. Items carry the rules that placed them."""
+        placement = rules.placement
+        pins = placement.pinned_items if placement is not None else ()
+        pinned = snap.catalog(pins) if pins else {}
+        n = k * 3 + 20 if rules.reorders else k
+        while True:
+            pool = gather(n)
+            if not snap.complete:
+                return INCOMPLETE
+            records = {**pool.catalog, **pinned}
+            usable = {item: is_usable(pinned.get(item)) for item in pins}
+            placed = apply_placement(placement, pool.items, records, k, usable, rules.extra)
+            if not placed.needs_more or len(pool.items) < n or n >= POOL_MAX:
+                break
+            n = min(placed.next_pool(k), POOL_MAX)
+        items = [
+            Ranked(p.item_id, p.score or 0.0, p.reason or "pinned", p.source or "pinned", p.rules)
+            for p in placed.items
+        ]
+        strategy = next((i.source for i in items if i.source != "pinned"), "pinned" if items else "empty")
+        if strategy in {"item_to_item", "search", "model", "repeat"}:
+            strategy = personal
+        return Answer(
+            strategy,
+            items,
+            {i.item_id: records[i.item_id] for i in items if i.item_id in records},
+            pool.model_version,
+        )
+
+    def _gather(
+        self,
+        snap: Snapshot,
+        ranked: list[Candidate],
+        k: int,
+        category: str | None,
+        exclude: set[str],
+        fallback_from: Sequence[str],
+        personal: str = "personalized",
+        model_version: str | None = None,
+        admits: Callable[[dict[str, str] | None], bool] | None = None,
+    ) -> Answer:
+        """``_finish`` without rules: up to ``k`` usable items (and, with ``admits``, items it admits),
+        the ranked ones first, then category and overall popularity."""
         catalog: dict[str, dict[str, str]] = {}
         picked: list[Ranked] = []
         taken = set(exclude)
@@ -242,7 +353,12 @@ class Recommender:
             for c in part:
                 if len(picked) >= k:
                     break
-                if c.item_id not in taken and _usable(catalog.get(c.item_id), category):
+                record = catalog.get(c.item_id)
+                if (
+                    c.item_id not in taken
+                    and _usable(record, category)
+                    and (admits is None or admits(record))
+                ):
                     picked.append(Ranked(c.item_id, c.score, c.reason, c.source))
                     taken.add(c.item_id)
         fallback_categories: list[str] = []
@@ -269,7 +385,12 @@ class Recommender:
                 for item, score in rows:
                     if len(picked) >= k:
                         break
-                    if item not in taken and _usable(catalog.get(item), cat or category):
+                    record = catalog.get(item)
+                    if (
+                        item not in taken
+                        and _usable(record, cat or category)
+                        and (admits is None or admits(record))
+                    ):
                         picked.append(Ranked(item, score, reason, source))
                         taken.add(item)
                 if len(rows) < page:
@@ -287,23 +408,39 @@ class Recommender:
         )
 
     def for_user(
-        self, user_id: str, k: int, category: str | None = None, exclude: Iterable[str] = ()
+        self,
+        user_id: str,
+        k: int,
+        category: str | None = None,
+        exclude: Iterable[str] = (),
+        rules: Rules = NO_RULES,
     ) -> Answer:
-        """Personal recommendations: neighbours of recent actions and items that followed recent searches."""
+        """Personal recommendations: neighbours of recent actions and items that followed recent searches
+        (placed by ``rules``, when given)."""
         exclude = set(exclude)
         scored: dict[str, Any] = {}
-        key = ("for_user", user_id, k, category, frozenset(exclude))
-        return self._answer(user_id, lambda snap: self._for_user(snap, k, category, exclude, scored), key)
+        key = ("for_user", user_id, k, category, frozenset(exclude), rules.key)
+        return self._answer(
+            user_id, lambda snap: self._for_user(snap, k, category, exclude, scored, rules), key
+        )
 
     def _for_user(
-        self, snap: Snapshot, k: int, category: str | None, exclude: set[str], scored: dict[str, Any]
+        self,
+        snap: Snapshot,
+        k: int,
+        category: str | None,
+        exclude: set[str],
+        scored: dict[str, Any],
+        rules: Rules = NO_RULES,
     ) -> Answer:
         """One pass of ``for_user``. ``scored`` keeps the ranked candidates of the snapshot that scored
         them: a later pass of the same snapshot (one that only reads catalog records or fallbacks) ranks
         from the values that pass read, so it takes them as they are instead of scoring again."""
         if scored.get("snap") is snap:
             ranked, excluded, basis, version = scored["ranked"]
-            return self._finish(snap, ranked, k, category, excluded, basis, model_version=version)
+            return self._finish(
+                snap, ranked, k, category, excluded, basis, model_version=version, rules=rules
+            )
         s = self.scoring
         user = snap.user
         assert user is not None
@@ -335,19 +472,21 @@ class Recommender:
             excluded |= {e.item_id for e in user.history} | set(user.preferences)
         else:
             scores.add_repeats(user.preferences, seed_types, s.repeat_blend)
-        ranked = scores.top(k * 3 + 20, excluded)
+        # with filters, more of the scored candidates before the popularity fallbacks
+        ranked = scores.top(max(k * 3 + 20, 200) if rules.filters else k * 3 + 20, excluded)
         # categories of what the user did and searched, for the fallback
         basis = list(seeds)[:10] + [i for items in term_items.values() for i in list(items)[:5]]
         used = version if batch else None
         scored["snap"], scored["ranked"] = snap, (ranked, excluded, basis, used)
-        return self._finish(snap, ranked, k, category, excluded, basis, model_version=used)
+        return self._finish(snap, ranked, k, category, excluded, basis, model_version=used, rules=rules)
 
-    def similar(self, item_id: str, k: int, user_id: str | None = None) -> Answer:
-        """Items that shoppers acted on together with ``item_id``, popularity-normalised."""
-        key = ("similar", item_id, k, user_id or None)
-        return self._answer(user_id or None, lambda snap: self._similar(snap, item_id, k), key)
+    def similar(self, item_id: str, k: int, user_id: str | None = None, rules: Rules = NO_RULES) -> Answer:
+        """Items that shoppers acted on together with ``item_id``, popularity-normalised (placed by
+        ``rules``, when given)."""
+        key = ("similar", item_id, k, user_id or None, rules.key)
+        return self._answer(user_id or None, lambda snap: self._similar(snap, item_id, k, rules), key)
 
-    def _similar(self, snap: Snapshot, item_id: str, k: int) -> Answer:
+    def _similar(self, snap: Snapshot, item_id: str, k: int, rules: Rules = NO_RULES) -> Answer:
         neighbours = snap.neighbours([item_id])[item_id]
         if not snap.complete:
             return INCOMPLETE
@@ -365,18 +504,32 @@ class Recommender:
             candidates = blend(candidates, from_model, share)
         ranked = rank(candidates.values(), k * 3 + 20, excluded)
         return self._finish(
-            snap, ranked, k, None, excluded, [item_id], "item_to_item", version if batch else None
+            snap, ranked, k, None, excluded, [item_id], "item_to_item", version if batch else None, rules
         )
 
-    def popular(self, k: int, category: str | None = None) -> Answer:
-        """The most popular items (time-decayed), overall or in one category."""
-        return self._answer(None, lambda snap: self._finish(snap, [], k, category, set(), []))
+    def popular(self, k: int, category: str | None = None, rules: Rules = NO_RULES) -> Answer:
+        """The most popular items (time-decayed), overall or in one category (placed by ``rules``)."""
+        return self._answer(None, lambda snap: self._finish(snap, [], k, category, set(), [], rules=rules))
 
-    def trending(self, k: int, category: str | None = None) -> Answer:
-        """The items whose interest grows fastest now (in stock, in ``category`` when given)."""
-        return self._answer(None, lambda snap: self._trending(snap, k, category))
+    def trending(self, k: int, category: str | None = None, rules: Rules = NO_RULES) -> Answer:
+        """The items whose interest grows fastest now (in stock, in ``category`` when given; placed by
+        ``rules``)."""
+        if rules is NO_RULES:
+            return self._answer(None, lambda snap: self._trending(snap, k, category))
+        return self._answer(
+            None,
+            lambda snap: self._placed(
+                snap, k, rules, lambda n: self._trending(snap, n, category, rules.admits), "trending"
+            ),
+        )
 
-    def _trending(self, snap: Snapshot, k: int, category: str | None) -> Answer:
+    def _trending(
+        self,
+        snap: Snapshot,
+        k: int,
+        category: str | None,
+        admits: Callable[[dict[str, str] | None], bool] | None = None,
+    ) -> Answer:
         n = k * 3 + 20
         while True:
             # a wider pool when too many of the fastest risers are sold out or were re-categorised
@@ -387,11 +540,12 @@ class Recommender:
             picked = [
                 Ranked(item, score, "trending now", "trending")
                 for item, score in rows
-                if _usable(catalog.get(item), category)
+                if _usable(catalog.get(item), category) and (admits is None or admits(catalog.get(item)))
             ][:k]
-            if len(picked) >= k or len(rows) < n or n >= PAGE_MAX or not snap.complete:
+            cap = PAGE_MAX if admits is None else FILTERED_MAX  # a rare filter pages further down
+            if len(picked) >= k or len(rows) < n or n >= cap or not snap.complete:
                 break
-            n = min(n * 4, PAGE_MAX)
+            n = min(n * 4, cap)
         return Answer(
             "trending" if picked else "empty",
             picked,

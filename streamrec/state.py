@@ -330,7 +330,7 @@ class FrozenCache:
 
 
 # The catalog fields an answer uses: what it shows, and what decides whether an item may be shown.
-ANSWER_FIELDS = ("item_id", "title", "price", "image_url", "category", "in_stock", "deleted")
+ANSWER_FIELDS = ("item_id", "title", "price", "image_url", "category", "in_stock", "deleted", "attributes")
 
 
 @dataclass

@@ -120,6 +120,10 @@
 
   function rowUrl(row) {
     const user = encodeURIComponent(shopper());
+    if (row.dataset.row === "shelf") {
+      const placement = encodeURIComponent(row.dataset.placement);
+      return `/v1/users/${user}/recommendations?k=${ROW_K}&explain=true&placement=${placement}`;
+    }
     if (row.dataset.row === "similar") {
       return `/v1/items/${encodeURIComponent(row.dataset.itemId)}/similar?k=${ROW_K}&explain=true&user_id=${user}`;
     }
@@ -171,7 +175,14 @@
       return false;
     }
     if (!resp.ok) {
-      row.querySelector(".row-meta").textContent = `unavailable (HTTP ${resp.status})`;
+      const missing = resp.status === 404 && row.dataset.placement;
+      row.querySelector(".row-meta").textContent = missing
+        ? `no placement "${row.dataset.placement}" yet: PUT /v1/admin/placements/${row.dataset.placement}`
+        : `unavailable (HTTP ${resp.status})`;
+      if (missing) {
+        row.dataset.signature = "";
+        row.querySelector(".cards").replaceChildren();
+      }
       return false;
     }
     const data = (await resp.json()).data;

@@ -106,6 +106,7 @@ def test_pages_render_the_catalog_with_local_images_and_a_self_only_policy(
         'data-item-id="blue-shoe"'
     )  # most popular first
     assert "example.com" not in html and "/static/img/remote.svg" in html
+    assert 'data-row="shelf" data-placement="shop-shelf"' in html  # the merchandiser's shelf (a placement)
     results = client.get("/shop/?q=red").get_data(as_text=True)
     assert 'data-item-id="red-shoe"' in results and 'data-item-id="blue-shoe"' not in results
     product = client.get("/shop/p/red-shoe")
@@ -114,4 +115,5 @@ def test_pages_render_the_catalog_with_local_images_and_a_self_only_policy(
     assert missing.status_code == 404 and "No product" in missing.get_data(as_text=True)
     script = client.get("/shop/static/shop.js")
     assert script.status_code == 200 and "/v1/events" in script.get_data(as_text=True)
+    assert "placement=${placement}" in script.get_data(as_text=True)
     script.close()
