@@ -338,9 +338,9 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
     )
     placement = _query(
         "placement",
-        {"type": "string", "pattern": NAME_PATTERN},
+        {"anyOf": [{"type": "string", "pattern": NAME_PATTERN}, {"type": "string", "maxLength": 0}]},
         "a placement (PUT /v1/admin/placements/{name}): its rules, and its strategy, make the answer; an "
-        "unknown one is a 404",
+        "unknown one is a 404 (empty: none)",
     )
     filter_ = {
         "name": "filter",
@@ -350,9 +350,12 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
         "description": "a filter document (MongoDB query operators, the placements' filter language), "
         "URL-encoded JSON, ANDed with the placement's filter; a bad one is a 400 naming the JSON path",
     }
-    by_item = _query("item_id", ID_SCHEMA, "the item a placement whose strategy is similar starts from")
-    by_user = _query("user_id", ID_SCHEMA, "the shopper a placement whose strategy is personal answers for")
-    rules = [placement, filter_]
+    by_user = _query(
+        "user_id",
+        {"anyOf": [ID_SCHEMA, {"type": "string", "maxLength": 0}]},
+        "the shopper a placement whose strategy is personal answers for (empty: none)",
+    )
+    # filter= last: schemathesis (4.32) sends the parameter after a JSON-content one empty
     ops: dict[tuple[str, str], dict[str, Any]] = {
         ("v1.recommendations", "get"): {
             "parameters": [
@@ -365,8 +368,8 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
                     f"item ids to leave out, comma-separated, at most {MAX_LIST_ITEMS}",
                 ),
                 explain,
-                *rules,
-                by_item,
+                placement,
+                filter_,
             ],
             "responses": {**_ok("Answer"), **reads, **_errors("404")},
         },
@@ -376,16 +379,17 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
                 k,
                 _query("user_id", ID_SCHEMA, "leave out what this user bought"),
                 explain,
-                *rules,
+                placement,
+                filter_,
             ],
             "responses": {**_ok("Answer"), **reads, **_errors("404")},
         },
         ("v1.popular", "get"): {
-            "parameters": [k, category, explain, *rules, by_user, by_item],
+            "parameters": [k, category, explain, placement, by_user, filter_],
             "responses": {**_ok("Answer"), **reads, **_errors("404")},
         },
         ("v1.trending", "get"): {
-            "parameters": [k, category, explain, *rules, by_user, by_item],
+            "parameters": [k, category, explain, placement, by_user, filter_],
             "responses": {**_ok("Answer"), **reads, **_errors("404")},
         },
         ("v1.post_events", "post"): {

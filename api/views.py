@@ -196,7 +196,7 @@ def _answer(
 ) -> Answer:
     """The answer of ``strategy`` (a placement's, or the endpoint's own): personal needs a shopper (the
     path's, or ``user_id=``; without one, popular items answer, as for a shopper the state does not
-    know), similar an item (the path's, or ``item_id=``; 400 without one)."""
+    know), similar an item (the path's: a 400 on an endpoint without one)."""
     rec = svc.recommender
     if strategy == "personal" and user_id is not None:
         return rec.for_user(user_id, k, category=category, exclude=exclude or (), rules=rules)
@@ -228,7 +228,6 @@ def recommendations(user_id: str):  # type: ignore[no-untyped-def]
         k,
         rules,
         user_id=user_id,
-        item_id=id_param(request, "item_id"),
         category=category,
         exclude=exclude,
     )
@@ -262,8 +261,7 @@ def popular():  # type: ignore[no-untyped-def]
         strategy or "popular",
         k,
         rules,
-        user_id=id_param(request, "user_id"),
-        item_id=id_param(request, "item_id"),
+        user_id=id_param(request, "user_id") if request.args.get("user_id") else None,  # empty: none
         category=category,
     )
     return ok(_shape(answer, bool_param(request, "explain"), category=category, **said))
@@ -282,8 +280,7 @@ def trending():  # type: ignore[no-untyped-def]
         strategy or "trending",
         k,
         rules,
-        user_id=id_param(request, "user_id"),
-        item_id=id_param(request, "item_id"),
+        user_id=id_param(request, "user_id") if request.args.get("user_id") else None,  # empty: none
         category=category,
     )
     return ok(_shape(answer, bool_param(request, "explain"), category=category, **said))

@@ -16,6 +16,8 @@ from urllib.parse import quote
 import pytest
 import redis
 from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from streamrec.api.app import create_app
 from streamrec.api.extensions import placements_of
@@ -26,6 +28,7 @@ from streamrec.fold import StateWriter
 from streamrec.keys import Keys
 from streamrec.settings import ScoringSettings, Settings
 from tests.conftest import wait_until
+from tests.unit.test_placements import filter_documents, items, ref_match
 
 pytestmark = pytest.mark.redis
 
@@ -234,3 +237,39 @@ def test_a_change_is_in_effect_in_another_api_process_within_1_s(shop: Shop) -> 
 
     wait_until(changed, 1.0, interval=0.01, what="the change in the other process")
     assert time.monotonic() - started <= 1.0
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    catalog=st.lists(items, min_size=5, max_size=25),
+    documents=st.lists(filter_documents, min_size=3, max_size=3),
+)
+def test_filtered_answers_agree_with_the_reference_evaluator_on_the_real_stack(
+    shop: Shop, catalog: list[dict[str, Any]], documents: list[dict[str, Any]]
+) -> None:
+    # each example its own deployment (a prefix of its own, no change feed thread to leave behind)
+    settings = shop.settings.model_copy(
+        update={"redis_prefix": f"h{uuid.uuid4().hex[:8]}", "api_change_feed": False}
+    )
+    client = create_app(settings).test_client()
+    writer = StateWriter(shop.writer.client, Keys(settings.redis_prefix), ScoringSettings())
+    t = now_ms() - 3_600_000
+    writer.upsert_items([CatalogItem(item_id=f"i{n}", ts=t, **item) for n, item in enumerate(catalog)])
+    writer.apply(
+        [
+            Event(event_id=f"v{n}", type=EventType.VIEW, user_id="u", item_id=f"i{n}", ts=t + n)
+            for n in range(len(catalog))
+        ]
+    )
+    try:
+        for document in documents:
+            resp = client.get("/v1/popular?k=100&filter=" + quote(json.dumps(document)))
+            assert resp.status_code == 200, resp.get_json()
+            got = {i["item_id"] for i in resp.get_json()["data"]["items"]}
+            expected = {
+                f"i{n}" for n, item in enumerate(catalog) if item["in_stock"] and ref_match(item, document)
+            }
+            assert got == expected, document
+    finally:
+        for key in shop.writer.client.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
+            shop.writer.client.delete(key)
