@@ -1489,8 +1489,8 @@ def freshness_trials(stack: Stack, tag: str, own_item: str, trials: int) -> dict
     def trial(run: Callable[[], float]) -> float | None:
         try:
             return run()
-        except ProbeTimeout:
-            return None  # not shown within the deadline
+        except (ProbeTimeout, requests.RequestException):
+            return None  # not shown within the deadline, or the API did not answer a read in time
 
     def summary(seconds: list[float | None]) -> dict[str, Any]:
         known = [math.inf if x is None else x for x in seconds]
@@ -1582,18 +1582,19 @@ PLACED = "bench-every-rule"  # the placement the serving bench measures answers 
 
 
 def every_rule(catalog: Sequence[CatalogItem]) -> dict[str, Any]:
-    """A placement document that uses every rule on ``catalog``: a price filter, a boost and a promotion
-    of its most common category and of cheap items, a pin of its first item, a diversity cap."""
-    categories: dict[str, int] = {}
+    """A placement document that uses every rule on ``catalog`` (Beauty has categories, no prices): a
+    filter that leaves out its rarest category, a boost of its most common one, a promotion of its second,
+    a pin of its first item and a diversity cap of 4 per category."""
+    counts: dict[str, int] = {}
     for item in catalog:
         if item.category:
-            categories[item.category] = categories.get(item.category, 0) + 1
-    top = max(categories, key=lambda c: categories[c]) if categories else "none"
+            counts[item.category] = counts.get(item.category, 0) + 1
+    ranked = sorted(counts, key=lambda c: (-counts[c], c)) or ["none"]
     return {
-        "filter": {"$or": [{"price": {"$lte": 60}}, {"price": {"$exists": False}}]},
-        "boost": [{"if": {"category": top}, "multiply": 1.5}],
+        "filter": {"category": {"$nin": [ranked[-1]]}},
+        "boost": [{"if": {"category": ranked[0]}, "multiply": 1.5}],
         "pin": [{"item_id": catalog[0].item_id, "position": 1}],
-        "promote": {"if": {"price": {"$lt": 10}}, "share": 0.2},
+        "promote": {"if": {"category": ranked[1 % len(ranked)]}, "share": 0.2},
         "diversity": {"field": "category", "max_per_value": 4},
     }
 
@@ -1614,6 +1615,54 @@ def placement_pass(
         placed = wrk([f"{p}&placement={PLACED}" for p in paths[name]], stack.api_url, seconds, stack.root)
         out[name] = {"plain": plain, "placed": placed}
     return out
+
+
+CACHE_SHOPPERS = 100_000  # distinct shoppers ``cache_memory`` answers
+
+
+def cache_memory(
+    client: redis.Redis, users: Sequence[str], items: Sequence[str], shoppers: int = CACHE_SHOPPERS
+) -> dict[str, Any]:
+    """Issue 27's memory check: what one API process's cache holds once ``shoppers`` distinct shoppers
+    were answered (``users`` with state, the rest unknown to it, as a shop's first visitors are) and every
+    item of ``items`` had its similar items asked for, under the default settings (the change feed's
+    bounds: every kind bounded in entries). Measured with tracemalloc around a cache made for it: the bytes
+    it still holds (MiB), its entries per kind, and its bounds."""
+    import tracemalloc
+
+    from streamrec.api.cache import ProcessCache
+    from streamrec.recommend import Recommender
+
+    settings = Settings()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        cache = ProcessCache.from_settings(settings)
+        rec = Recommender(
+            StateReader(client, Keys(PREFIX), ScoringSettings()), ScoringSettings(), cache=cache
+        )
+        started = time.monotonic()
+        for n in range(shoppers):
+            rec.for_user(users[n] if n < len(users) else f"visitor-{n}", 10)
+        for item in items:
+            rec.similar(item, 10)
+        took = time.monotonic() - started
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    return {
+        "shoppers": shoppers,
+        "with_state": min(len(users), shoppers),
+        "similar_items": len(items),
+        "seconds": round(took, 1),
+        "mib": round(held / 2**20, 1),
+        "entries": {kind: s["entries"] for kind, s in cache.stats().items() if s["entries"]},
+        "bounds": {
+            "answers": settings.api_cache_answers,
+            "per item kind": settings.api_cache_items,
+            "lists": settings.api_cache_lists,
+        },
+    }
 
 
 def serving(
@@ -1677,6 +1726,11 @@ def serving(
             )
         item_ids = [p.split("/")[3] for p in paths["similar"]]
         own_item = item_ids[0]
+        memory = cache_memory(stack.client, user_ids, item_ids)
+        say(
+            f"one API process's cache after {memory['shoppers']:,} shoppers and {memory['similar_items']:,} "
+            f"items' similar: {memory['mib']} MiB, entries {memory['entries']}"
+        )
         for server in servers:
             api = start_api(stack, tag, **server.env())
             passes: dict[str, Any] = {}
@@ -1749,6 +1803,7 @@ def serving(
         "seconds": round(time.monotonic() - started, 1),
         "answer_cost": costs[0],
         "answer_cost_computed": costs[1],
+        "cache_memory": memory,
         "results": results,
     }
     (out_dir / "serving.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -1859,6 +1914,17 @@ def serving_markdown(report: dict[str, Any]) -> str:
                     f"| {names.get(kind, kind)} | {trials} | {_seconds(f['median_s'])} | "
                     f"{_seconds(f['max_s'])} | ≤ {bound:g} s: {ok} |"
                 )
+    if report.get("cache_memory"):
+        m = report["cache_memory"]
+        entries = ", ".join(f"{kind} {n:,}" for kind, n in m["entries"].items())
+        lines += [
+            "",
+            f"One API process's cache (default settings) after {m['shoppers']:,} distinct shoppers "
+            f"({m['with_state']:,} with state, the rest new to it) and similar items of {m['similar_items']:,} "
+            f"items: **{m['mib']} MiB** (tracemalloc); entries: {entries}; bounds: "
+            f"{m['bounds']['answers']:,} answers, {m['bounds']['per item kind']:,} per item kind, "
+            f"{m['bounds']['lists']:,} lists.",
+        ]
     for cost in filter(None, (report.get("answer_cost"), report.get("answer_cost_computed"))):
         how = "and cache" if cost.get("cached_answers", True) else "and cache, without cached answers"
         lines += [

@@ -90,7 +90,10 @@ class Rules:
 
 
 NO_RULES = Rules()
-POOL_MAX = 5000  # the most candidates one placed answer gathers
+POOL_MAX = 5000  # the most candidates one placed answer gathers (while it is short of k)
+# promoted items are looked for among the first PROMOTE_POOLS × (3k + 20) candidates: an answer that is
+# full but short of promoted items does not read the whole catalog for them
+PROMOTE_POOLS = 4
 # the most trending rows an answer with filters reads (without: PAGE_MAX): a filter that 1 item in 500
 # passes still fills k from a list of this many
 FILTERED_MAX = 100_000
@@ -263,9 +266,11 @@ class Recommender:
         personal: str = "personalized",
         model_version: str | None = None,
         rules: Rules = NO_RULES,
+        memo: dict[str, Any] | None = None,
     ) -> Answer:
         """Filter by stock and category (and ``rules``' filters), then fill up from category popularity
-        and overall popularity; with ``rules``, place the result (``_placed``).
+        and overall popularity; with ``rules``, place the result (``_placed``, ``memo`` its per-request
+        notes).
 
         The fallback uses the categories of the ``fallback_from`` items. Catalog records are read as
         they are needed: the ranked candidates ``catalog_chunk(k)`` at a time, the ``fallback_from`` items'
@@ -281,6 +286,7 @@ class Recommender:
                 snap, ranked, n, category, exclude, fallback_from, personal, model_version, rules.admits
             ),
             personal,
+            memo,
         )
 
     def _placed(
@@ -290,17 +296,23 @@ class Recommender:
         rules: Rules,
         gather: Callable[[int], Answer],
         personal: str = "personalized",
+        memo: dict[str, Any] | None = None,
     ) -> Answer:
         """An answer of ``k`` placed by ``rules`` (``placements.apply_placement``) from the pool
         ``gather(n)`` gives: up to ``n`` usable items, in rank order, that pass the rules' filters. The
-        pool is k when the rules only filter, else 3k + 20, and grows (``Placed.next_pool``, at most
-        ``POOL_MAX``) while the placed answer is short, or short of promoted items, and the ranking has
-        more. Pinned items' records are read with the first pass; a pinned item is shown whenever it is
-        usable (in stock, not deleted), whatever the filters. Items carry the rules that placed them."""
+        pool is k when the rules only filter, else 3k + 20, and grows (``Placed.next_pool``) while the
+        ranking has more and the placed answer is short of k (up to ``POOL_MAX``) or of promoted items
+        (up to ``PROMOTE_POOLS`` × (3k + 20)). Pinned items' records are read with the first pass; a pinned item is shown whenever it is
+        usable (in stock, not deleted), whatever the filters. Items carry the rules that placed them.
+        ``memo`` (one per request) keeps the pool size reached, so a later pass of the same snapshot
+        (one that only read more records) starts there instead of growing again from the start."""
         placement = rules.placement
         pins = placement.pinned_items if placement is not None else ()
         pinned = snap.catalog(pins) if pins else {}
         n = k * 3 + 20 if rules.reorders else k
+        promote_max = PROMOTE_POOLS * (k * 3 + 20)
+        if memo is not None and memo.get("pool_snap") is snap:
+            n = memo["pool_n"]
         while True:
             pool = gather(n)
             if not snap.complete:
@@ -310,7 +322,11 @@ class Recommender:
             placed = apply_placement(placement, pool.items, records, k, usable, rules.extra)
             if not placed.needs_more or len(pool.items) < n or n >= POOL_MAX:
                 break
-            n = min(placed.next_pool(k), POOL_MAX)
+            if placed.short_by == 0 and n >= promote_max:
+                break  # full, only short of promoted items: they were looked for far enough down
+            n = min(placed.next_pool(k), POOL_MAX if placed.short_by else promote_max)
+            if memo is not None:
+                memo["pool_snap"], memo["pool_n"] = snap, n
         items = [
             Ranked(p.item_id, p.score or 0.0, p.reason or "pinned", p.source or "pinned", p.rules)
             for p in placed.items
@@ -439,7 +455,7 @@ class Recommender:
         if scored.get("snap") is snap:
             ranked, excluded, basis, version = scored["ranked"]
             return self._finish(
-                snap, ranked, k, category, excluded, basis, model_version=version, rules=rules
+                snap, ranked, k, category, excluded, basis, model_version=version, rules=rules, memo=scored
             )
         s = self.scoring
         user = snap.user
@@ -478,15 +494,25 @@ class Recommender:
         basis = list(seeds)[:10] + [i for items in term_items.values() for i in list(items)[:5]]
         used = version if batch else None
         scored["snap"], scored["ranked"] = snap, (ranked, excluded, basis, used)
-        return self._finish(snap, ranked, k, category, excluded, basis, model_version=used, rules=rules)
+        return self._finish(
+            snap, ranked, k, category, excluded, basis, model_version=used, rules=rules, memo=scored
+        )
 
     def similar(self, item_id: str, k: int, user_id: str | None = None, rules: Rules = NO_RULES) -> Answer:
         """Items that shoppers acted on together with ``item_id``, popularity-normalised (placed by
         ``rules``, when given)."""
         key = ("similar", item_id, k, user_id or None, rules.key)
-        return self._answer(user_id or None, lambda snap: self._similar(snap, item_id, k, rules), key)
+        memo: dict[str, Any] = {}
+        return self._answer(user_id or None, lambda snap: self._similar(snap, item_id, k, rules, memo), key)
 
-    def _similar(self, snap: Snapshot, item_id: str, k: int, rules: Rules = NO_RULES) -> Answer:
+    def _similar(
+        self,
+        snap: Snapshot,
+        item_id: str,
+        k: int,
+        rules: Rules = NO_RULES,
+        memo: dict[str, Any] | None = None,
+    ) -> Answer:
         neighbours = snap.neighbours([item_id])[item_id]
         if not snap.complete:
             return INCOMPLETE
@@ -504,23 +530,40 @@ class Recommender:
             candidates = blend(candidates, from_model, share)
         ranked = rank(candidates.values(), k * 3 + 20, excluded)
         return self._finish(
-            snap, ranked, k, None, excluded, [item_id], "item_to_item", version if batch else None, rules
+            snap,
+            ranked,
+            k,
+            None,
+            excluded,
+            [item_id],
+            "item_to_item",
+            version if batch else None,
+            rules,
+            memo,
         )
 
     def popular(self, k: int, category: str | None = None, rules: Rules = NO_RULES) -> Answer:
         """The most popular items (time-decayed), overall or in one category (placed by ``rules``)."""
-        return self._answer(None, lambda snap: self._finish(snap, [], k, category, set(), [], rules=rules))
+        memo: dict[str, Any] = {}
+        # a placed answer is kept like a personal one (stamped, and fresh as its popularity rows): placing
+        # costs more than reading the tops
+        key = None if rules is NO_RULES else ("popular", k, category, rules.key)
+        return self._answer(
+            None, lambda snap: self._finish(snap, [], k, category, set(), [], rules=rules, memo=memo), key
+        )
 
     def trending(self, k: int, category: str | None = None, rules: Rules = NO_RULES) -> Answer:
         """The items whose interest grows fastest now (in stock, in ``category`` when given; placed by
         ``rules``)."""
         if rules is NO_RULES:
             return self._answer(None, lambda snap: self._trending(snap, k, category))
+        memo: dict[str, Any] = {}
         return self._answer(
             None,
             lambda snap: self._placed(
-                snap, k, rules, lambda n: self._trending(snap, n, category, rules.admits), "trending"
+                snap, k, rules, lambda n: self._trending(snap, n, category, rules.admits), "trending", memo
             ),
+            ("trending", k, category, rules.key),
         )
 
     def _trending(
