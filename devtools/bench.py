@@ -1603,12 +1603,16 @@ def placement_pass(
     stack: Stack, paths: dict[str, list[str]], seconds: float, catalog: Sequence[CatalogItem]
 ) -> dict[str, dict[str, Any]]:
     """Issue 28's speed check: personal answers and popular, each without and then with a placement that
-    uses every rule (``every_rule``, stored straight into the placements' keys), back to back."""
+    uses every rule (``every_rule``, stored straight into the placements' keys), back to back, after the
+    placed paths were warmed as long as the plain ones had been (``SERVING_WARM_UP_S`` on personal
+    answers: each shopper's placed answer is an answer of its own)."""
     from streamrec.placement_store import PlacementStore
     from streamrec.placements import parse_placement
 
     PlacementStore(stack.client, Keys(PREFIX)).put(parse_placement(PLACED, every_rule(catalog)))
     time.sleep(1.0)  # every API process has it within 1 s
+    placed_paths = [f"{p}&placement={PLACED}" for name in ("recommendations", "popular") for p in paths[name]]
+    wrk(placed_paths, stack.api_url, SERVING_WARM_UP_S, stack.root)  # warmed as the plain paths were
     out: dict[str, dict[str, Any]] = {}
     for name in ("recommendations", "popular"):
         plain = wrk(paths[name], stack.api_url, seconds, stack.root)
