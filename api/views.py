@@ -248,42 +248,35 @@ def similar(item_id: str):  # type: ignore[no-untyped-def]
     return ok(_shape(answer, explain, item_id=item_id, **said))
 
 
-@bp.get("/v1/popular")
-@_redis_guard
-def popular():  # type: ignore[no-untyped-def]
-    """The most popular items, time-decayed, overall or in a category."""
+def _listing(own: str):  # type: ignore[no-untyped-def]
+    """Popular or trending (``own``), or what a placement's strategy shows instead."""
     svc = services()
     k = _k(svc)
     category = str_param(request, "category")
     rules, strategy, said = _rules()
     answer = _answer(
         svc,
-        strategy or "popular",
+        strategy or own,
         k,
         rules,
         user_id=id_param(request, "user_id") if request.args.get("user_id") else None,  # empty: none
         category=category,
     )
     return ok(_shape(answer, bool_param(request, "explain"), category=category, **said))
+
+
+@bp.get("/v1/popular")
+@_redis_guard
+def popular():  # type: ignore[no-untyped-def]
+    """The most popular items, time-decayed, overall or in a category."""
+    return _listing("popular")
 
 
 @bp.get("/v1/trending")
 @_redis_guard
 def trending():  # type: ignore[no-untyped-def]
     """The items whose interest is growing fastest right now."""
-    svc = services()
-    k = _k(svc)
-    category = str_param(request, "category")
-    rules, strategy, said = _rules()
-    answer = _answer(
-        svc,
-        strategy or "trending",
-        k,
-        rules,
-        user_id=id_param(request, "user_id") if request.args.get("user_id") else None,  # empty: none
-        category=category,
-    )
-    return ok(_shape(answer, bool_param(request, "explain"), category=category, **said))
+    return _listing("trending")
 
 
 def _decode_all(rows: list[Any], decode, code: int, what: str) -> list:  # type: ignore[no-untyped-def]
