@@ -14,7 +14,7 @@ from flask import Blueprint, Flask, current_app, render_template, request
 from redis.exceptions import RedisError
 
 from streamrec.api.catalog_search import CatalogSearch
-from streamrec.api.extensions import Services, services
+from streamrec.api.extensions import Services, placements_of, services
 
 bp = Blueprint(
     "storefront",
@@ -85,7 +85,8 @@ def index():  # type: ignore[no-untyped-def]
         has_more=total is not None and page * PAGE_SIZE < total,
         total=total,
         shoppers=SHOPPERS,
-        shelf=SHELF,
+        # the shelf shows when its placement exists (a page opened before it does asks nothing of it)
+        shelf=SHELF if placements_of().get(SHELF) is not None else None,
     )
 
 

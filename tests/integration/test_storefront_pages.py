@@ -13,12 +13,15 @@ from flask import Flask
 
 from streamrec.api.app import create_app
 from streamrec.api.catalog_search import CatalogSearch
+from streamrec.api.extensions import placements_of
 from streamrec.contract import MIN_TS_MS, CatalogItem, Event
 from streamrec.devtools.localstack import ManagedProcess
 from streamrec.event_types import EventType
 from streamrec.fold import StateWriter
 from streamrec.keys import Keys
+from streamrec.placements import parse_placement
 from streamrec.settings import DAY_MS, Settings
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -106,7 +109,11 @@ def test_pages_render_the_catalog_with_local_images_and_a_self_only_policy(
         'data-item-id="blue-shoe"'
     )  # most popular first
     assert "example.com" not in html and "/static/img/remote.svg" in html
-    assert 'data-row="shelf" data-placement="shop-shelf"' in html  # the merchandiser's shelf (a placement)
+    assert 'data-row="shelf"' not in html  # no shelf until its placement exists
+    placements_of(app).store.put(parse_placement("shop-shelf", {"filter": {"price": {"$lte": 20}}}))
+    wait_until(lambda: placements_of(app).get("shop-shelf") is not None, 1.0, what="the shelf's placement")
+    shelved = client.get("/shop/").get_data(as_text=True)
+    assert 'data-row="shelf" data-placement="shop-shelf"' in shelved  # the merchandiser's shelf
     results = client.get("/shop/?q=red").get_data(as_text=True)
     assert 'data-item-id="red-shoe"' in results and 'data-item-id="blue-shoe"' not in results
     product = client.get("/shop/p/red-shoe")
