@@ -99,6 +99,36 @@ PROMOTE_POOLS = 4
 FILTERED_MAX = 100_000
 
 
+FILL_INS = frozenset({"category_popular", "popular"})  # sources of the popularity fallbacks
+
+
+def comparable(items: Sequence[Ranked]) -> list[Ranked]:
+    """``items`` in the same order, with scores that compare across their sources, for rules that re-sort
+    by score (a placement's boosts). An answer is ranked candidates (one scoring: item-to-item, search,
+    model, repeats) followed by popularity fill-ins (category, then overall), each on its own scale: a
+    fill-in's decayed popularity can be hundreds of times a candidate's normalised co-occurrence. Each run
+    of one source after the first is scaled down, ratios within it kept, so that its best scores 0.99 of
+    the lowest score before it (a run already below is left as it is); a boost ×m then lifts an item
+    above another only when its score is within m of it, whatever their sources."""
+    out: list[Ranked] = []
+    floor: float | None = None  # the lowest score so far
+    factor = 1.0
+    run: tuple[str, str] | None = None
+    for item in items:
+        key = (item.source, item.reason) if item.source in FILL_INS else ("ranked", "")
+        if key != run:
+            run = key
+            factor = 1.0
+            if floor is not None and out and item.score > 0 and item.score > floor * 0.99:
+                factor = max(floor, 0.0) * 0.99 / item.score
+        score = item.score * factor
+        out.append(
+            Ranked(item.item_id, score, item.reason, item.source, item.rules) if factor != 1.0 else item
+        )
+        floor = score if floor is None else min(floor, score)
+    return out
+
+
 @dataclass(frozen=True)
 class Answer:
     """A ranked list, the strategy that produced its first item, and the catalog records read on the way.
@@ -319,7 +349,7 @@ class Recommender:
                 return INCOMPLETE
             records = {**pool.catalog, **pinned}
             usable = {item: is_usable(pinned.get(item)) for item in pins}
-            placed = apply_placement(placement, pool.items, records, k, usable, rules.extra)
+            placed = apply_placement(placement, comparable(pool.items), records, k, usable, rules.extra)
             if not placed.needs_more or len(pool.items) < n or n >= POOL_MAX:
                 break
             if placed.short_by == 0 and n >= promote_max:

@@ -273,3 +273,18 @@ def test_filtered_answers_agree_with_the_reference_evaluator_on_the_real_stack(
     finally:
         for key in shop.writer.client.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
             shop.writer.client.delete(key)
+
+
+def test_a_boost_on_a_personal_placement_keeps_the_shoppers_own_recommendations_first(shop: Shop) -> None:
+    # a new user's find: fill-ins from popularity (hundreds of times a co-occurrence score) jumped above
+    # the shopper's own recommendations once a boost re-sorted the pool
+    for u in range(4):
+        shop.views(f"co{u}", "a6", "a2")
+    shop.views("me", "a6")
+    plain = shop.items("/v1/users/me/recommendations", k=5, explain="true")
+    assert plain[0]["item_id"] == "a2" and plain[0]["source"] == "item_to_item"
+    shop.place("boosted", {"strategy": "personal", "boost": [{"if": {"category": "socks"}, "multiply": 1.5}]})
+    got = shop.items("/v1/users/me/recommendations", k=5, explain="true", placement="boosted")
+    assert got[0]["item_id"] == "a2" and got[0]["source"] == "item_to_item", got
+    resp = shop.client.get("/v1/users/me/recommendations?k=5&placement=boosted")
+    assert resp.get_json()["data"]["strategy"] == "personalized"
