@@ -67,6 +67,17 @@ def _templates(p: str) -> dict[str, str]:
         # placements (see placement_store.py): one slot ({pl}), so a change and its version are one script
         "placements": f"{p}:{{pl}}:docs",  # HASH name -> placement document (compact JSON), bounded
         "placements_version": f"{p}:{{pl}}:v",  # STRING: INCR on every change (API processes compare it)
+        # experiments (see experiment_store.py): the documents in one slot ({xp}), like placements; each
+        # experiment's config and counts in its own slot ({x:<name>}), written by one script per call
+        "experiments": f"{p}:{{xp}}:docs",  # HASH name -> {"run": n, "document": ...}, bounded
+        "experiments_version": f"{p}:{{xp}}:v",  # STRING: INCR on every change
+        "experiment_runs": f"{p}:{{xp}}:runs",  # STRING: INCR when a name is created (its run number)
+        "experiment_config": f"{p}:{{x:%s}}:cfg",  # STRING: {"run", "variants": [[name, weight]]} (credit script)
+        "experiment_counts": f"{p}:{{x:%s}}:n",  # HASH answers|view|add_to_cart|purchase|revenue|revenue_sq:<variant>
+        "experiment_exposed": f"{p}:{{x:%s}}:seen:%s",  # SET of shopper digests shown the variant
+        "experiment_buyers": f"{p}:{{x:%s}}:buy:%s",  # HASH shopper digest -> attributed revenue
+        "experiment_credited": f"{p}:{{x:%s}}:ev",  # ZSET event_id -> credited at (ms), pruned to the dedupe window
+        "experiment_marks": f"{p}:{{x:%s}}:wm",  # HASH events partition -> last offset credited
     }
 
 
@@ -269,6 +280,53 @@ class Keys:
         """STRING: how many changes the placements have had (INCR by the same script as each change), so
         an API process knows whether what it compiled is current with one GET."""
         return self._k("placements_version")
+
+    # --- experiments: documents in one slot, each experiment's counts in its own
+    def experiments(self) -> str:
+        """HASH experiment name -> ``{"run": n, "document": {...}}`` (at most
+        ``experiment_store.MAX_EXPERIMENTS`` fields)."""
+        return self._k("experiments")
+
+    def experiments_version(self) -> str:
+        """STRING: how many changes the experiments have had (API processes compare it)."""
+        return self._k("experiments_version")
+
+    def experiment_runs(self) -> str:
+        """STRING: the last run number given to a newly created experiment name."""
+        return self._k("experiment_runs")
+
+    def experiment_config(self, name: str) -> str:
+        """STRING: what the credit script needs of an experiment (its run and weighted variants)."""
+        return self._k("experiment_config", name)
+
+    def experiment_counts(self, name: str) -> str:
+        """HASH ``<count>:<variant>`` -> answers, attributed events by type, revenue and its sum of squares."""
+        return self._k("experiment_counts", name)
+
+    def experiment_exposed(self, name: str, variant: str) -> str:
+        """SET of the digests of shoppers shown an answer of ``variant``."""
+        return self._k("experiment_exposed", name, variant)
+
+    def experiment_buyers(self, name: str, variant: str) -> str:
+        """HASH shopper digest -> attributed revenue of shoppers with an attributed purchase in ``variant``."""
+        return self._k("experiment_buyers", name, variant)
+
+    def experiment_credited(self, name: str) -> str:
+        """ZSET event_id -> when it was credited (ms): an event is credited once."""
+        return self._k("experiment_credited", name)
+
+    def experiment_marks(self, name: str) -> str:
+        """HASH events partition -> the last offset credited: a redelivered event is credited once."""
+        return self._k("experiment_marks", name)
+
+    def experiment_keys(self, name: str, variants: list[str]) -> list[str]:
+        """Every key of experiment ``name`` with ``variants`` (one slot): config, counts, credited, marks,
+        then each variant's exposed set and buyers hash."""
+        per_variant = [
+            k for v in variants for k in (self.experiment_exposed(name, v), self.experiment_buyers(name, v))
+        ]
+        own = ["experiment_config", "experiment_counts", "experiment_credited", "experiment_marks"]
+        return [self._k(kind, name) for kind in own] + per_variant
 
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this deployment."""

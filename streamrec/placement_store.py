@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 
@@ -115,23 +115,30 @@ class PlacementStore:
         return int(self.client.get(self.keys.placements_version()) or 0)
 
 
-class PlacementCache:
-    """One API process's compiled placements, current within ``check_every_s`` of a change.
+T = TypeVar("T")
 
-    ``get`` reads the store's version when the last read is ``check_every_s`` old or older and, when it
-    moved, reads and compiles every placement again. Thread-safe (gthread workers share one). Redis errors
-    propagate from the read that needed Redis. A stored document the code no longer accepts (written by
-    another version of it) is logged and left out, as if it did not exist.
+
+class DocumentCache(Generic[T]):
+    """One API process's compiled documents (placements, experiments), current within ``check_every_s``
+    of a change.
+
+    ``store`` has ``version()`` and ``all()`` (name -> stored document); ``parse(name, stored)`` compiles
+    one and raises ``PlacementError`` for a document it does not accept. ``get`` reads the store's version
+    when the last read is ``check_every_s`` old or older and, when it moved, reads and compiles every
+    document again. Thread-safe (gthread workers share one). Redis errors propagate from the read that
+    needed Redis. A stored document the code no longer accepts (written by another version of it) is
+    logged and left out, as if it did not exist.
     """
 
     def __init__(
         self,
-        store: PlacementStore,
+        store: Any,
+        parse: Callable[[str, Any], T],
         check_every_s: float = CHECK_EVERY_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.store, self.check_every_s, self.clock = store, check_every_s, clock
-        self._placements: dict[str, Placement] = {}
+        self.store, self.parse, self.check_every_s, self.clock = store, parse, check_every_s, clock
+        self._documents: dict[str, T] = {}
         self._version = -1
         self._checked: float | None = None
         self._lock = threading.Lock()
@@ -154,18 +161,34 @@ class PlacementCache:
                 compiled = {}
                 for name, document in self.store.all().items():
                     try:
-                        compiled[name] = parse_placement(name, document)
+                        compiled[name] = self.parse(name, document)
                     except PlacementError as exc:
-                        log.error("stored placement %r is not valid here and is left out: %s", name, exc)
-                self._placements, self._version = compiled, version
+                        log.error("stored document %r is not valid here and is left out: %s", name, exc)
+                self._documents, self._version = compiled, version
+                self._compiled(compiled)
             self._checked = now
 
-    def get(self, name: str) -> Placement | None:
-        """The compiled placement ``name`` as of at most ``check_every_s`` ago, or None if unknown."""
-        self._refresh()
-        return self._placements.get(name)
+    def _compiled(self, compiled: dict[str, T]) -> None:
+        """Called (under the lock) after every recompilation, for what a subclass derives from it."""
 
-    def all(self) -> dict[str, Placement]:
-        """Every compiled placement by name, as ``get`` sees them."""
+    def get(self, name: str) -> T | None:
+        """The compiled document ``name`` as of at most ``check_every_s`` ago, or None if unknown."""
         self._refresh()
-        return dict(self._placements)
+        return self._documents.get(name)
+
+    def all(self) -> dict[str, T]:
+        """Every compiled document by name, as ``get`` sees them."""
+        self._refresh()
+        return dict(self._documents)
+
+
+class PlacementCache(DocumentCache[Placement]):
+    """One API process's compiled placements (``DocumentCache`` of ``parse_placement``)."""
+
+    def __init__(
+        self,
+        store: PlacementStore,
+        check_every_s: float = CHECK_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(store, parse_placement, check_every_s, clock)
