@@ -14,6 +14,7 @@ from streamrec import metrics
 from streamrec.api import (
     admin,
     errors,
+    experiments,
     http_cache,
     observability,
     openapi,
@@ -126,6 +127,7 @@ def create_app(
     security.init_app(app, settings)
     app.register_blueprint(admin.bp)
     placements.init_app(app, keys)
+    experiments.init_app(app, keys)
     openapi.init_app(app, settings)
     http_cache.init_app(app)  # last: its hook runs first, so the others see the final status (a 304)
     return app

@@ -18,6 +18,7 @@ INVALID_PARAMETER = 1004
 INVALID_ITEM = 1005
 INVALID_BODY_ENCODING = 1006
 INVALID_PLACEMENT = 1007  # details: {path, problem}: the JSON path of the wrong part
+INVALID_EXPERIMENT = 1008  # details: {path, problem}, as for placements
 NOT_FOUND = 1404
 METHOD_NOT_ALLOWED = 1405
 UNAUTHORIZED = 1401

@@ -16,6 +16,7 @@ import redis
 from flask import Flask, current_app
 
 from streamrec.contract import CatalogItem, Event, ItemDeletion, TimePolicy, UserErasure
+from streamrec.experiment_store import ExperimentCache, Exposures
 from streamrec.placement_store import PlacementCache
 from streamrec.recommend import Recommender
 from streamrec.settings import Settings
@@ -104,3 +105,20 @@ def placements_of(app: Flask | None = None) -> PlacementCache:
     ``PlacementCache``, given by ``api.placements.init_app``."""
     cache: PlacementCache = (app or current_app).extensions[PLACEMENTS]
     return cache
+
+
+EXPERIMENTS = "streamrec.experiments"
+EXPOSURES = "streamrec.exposures"
+
+
+def experiments_of(app: Flask | None = None) -> ExperimentCache:
+    """The compiled experiments of ``app`` (or of the current request's app): its per-process
+    ``ExperimentCache``, given by ``api.experiments.init_app``."""
+    cache: ExperimentCache = (app or current_app).extensions[EXPERIMENTS]
+    return cache
+
+
+def exposures_of(app: Flask | None = None) -> Exposures:
+    """The per-process exposure writer of ``app`` (or of the current request's app)."""
+    exposures: Exposures = (app or current_app).extensions[EXPOSURES]
+    return exposures

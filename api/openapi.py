@@ -16,6 +16,13 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 from streamrec.api.params import MAX_LIST_ITEMS
 from streamrec.contract import HAS_TEXT_PATTERN, ID_PATTERN, CatalogItem, Event
 from streamrec.event_types import TYPES, EventType
+from streamrec.experiments import (
+    EXPERIMENT_NAME_PATTERN,
+    MAX_VARIANTS,
+    MAX_WEIGHT,
+    STATES,
+    VARIANT_NAME_PATTERN,
+)
 from streamrec.placements import NAME_PATTERN, placement_json_schemas
 from streamrec.settings import Settings
 
@@ -138,6 +145,13 @@ def _schemas() -> dict[str, Any]:
                     "item_id": {"type": "string"},
                     "category": nullable_str,
                     "placement": {"type": "string", "description": "the placement the answer was made for"},
+                    "experiment": {
+                        "type": "object",
+                        "required": ["name", "variant"],
+                        "properties": {"name": {"type": "string"}, "variant": {"type": "string"}},
+                        "description": "inside a running experiment on the placement, for a request that "
+                        "names a shopper: the experiment and the shopper's variant",
+                    },
                     "items": {"type": "array", "items": {"$ref": REF.format(model="RecommendedItem")}},
                 },
             },
@@ -207,10 +221,120 @@ def _schemas() -> dict[str, Any]:
                     "placements": {"type": "array", "items": {"$ref": REF.format(model="PlacementEntry")}}
                 },
             },
+            **_experiment_schemas(),
         }
     )
     out.update(placement_json_schemas(REF))
     return out
+
+
+def _experiment_schemas() -> dict[str, Any]:
+    """The experiment document (``streamrec.experiments``) and what the experiment endpoints answer."""
+    name = {"type": "string", "pattern": EXPERIMENT_NAME_PATTERN}
+    number_or_null = {"type": ["number", "null"]}
+    interval = {"type": ["array", "null"], "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+    entry = {
+        "name": name,
+        "run": {"type": "integer", "minimum": 1, "description": "given when the name is created"},
+        "experiment": {"$ref": REF.format(model="Experiment")},
+    }
+    return {
+        "Experiment": {
+            "type": "object",
+            "required": ["placement", "variants"],
+            "additionalProperties": False,
+            "properties": {
+                "placement": {"type": "string", "pattern": NAME_PATTERN},
+                "variants": {
+                    "type": "array",
+                    "minItems": 2,
+                    "maxItems": MAX_VARIANTS,
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "use"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string", "pattern": VARIANT_NAME_PATTERN},
+                            "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_WEIGHT},
+                            "use": {"type": "string", "pattern": NAME_PATTERN},
+                        },
+                    },
+                },
+                "state": {"enum": list(STATES)},
+                "description": {"type": "string", "maxLength": 500},
+            },
+        },
+        "ExperimentEntry": {"type": "object", "required": ["name", "run", "experiment"], "properties": entry},
+        "ExperimentSaved": {
+            "type": "object",
+            "required": ["name", "run", "experiment", "version"],
+            "properties": {**entry, "version": {"type": "integer", "minimum": 1}},
+        },
+        "ExperimentDeleted": {
+            "type": "object",
+            "required": ["name", "deleted"],
+            "properties": {"name": name, "deleted": {"const": True}},
+        },
+        "Experiments": {
+            "type": "object",
+            "required": ["experiments"],
+            "properties": {
+                "experiments": {"type": "array", "items": {"$ref": REF.format(model="ExperimentEntry")}}
+            },
+        },
+        "ExperimentReport": {
+            "type": "object",
+            "required": ["name", "run", "experiment", "report"],
+            "properties": {
+                **entry,
+                "report": {
+                    "type": "object",
+                    "required": ["variants", "srm_p_value", "srm", "method"],
+                    "properties": {
+                        "variants": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "exposed", "answers", "converted", "conversion"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "weight": {"type": "number"},
+                                    **{
+                                        f: {"type": "integer", "minimum": 0}
+                                        for f in (
+                                            "exposed",
+                                            "answers",
+                                            "views",
+                                            "carts",
+                                            "purchases",
+                                            "converted",
+                                        )
+                                    },
+                                    "revenue": {"type": "number"},
+                                    "conversion": number_or_null,
+                                    "conversion_ci": interval,
+                                    "revenue_per_shopper": number_or_null,
+                                    "revenue_per_shopper_ci": interval,
+                                    "lift": number_or_null,
+                                    "lift_ci": interval,
+                                    "relative_lift": number_or_null,
+                                    "relative_lift_ci": interval,
+                                    "p_value": number_or_null,
+                                    "always_valid_p": number_or_null,
+                                },
+                            },
+                        },
+                        "srm_p_value": number_or_null,
+                        "srm": {
+                            "type": "boolean",
+                            "description": "sample-ratio mismatch: srm_p_value < 0.001",
+                        },
+                        "method": {"type": "string"},
+                    },
+                },
+            },
+        },
+    }
 
 
 def _ok(schema: str, status: str = "200", what: str = "OK") -> dict[str, Any]:
@@ -233,7 +357,8 @@ ERRORS = {
     "403": "the key's role may not do this",
     "404": "no such path, or no such item",
     "409": "the request conflicts with the current state (nothing to roll back to; the most placements "
-    "a deployment keeps, 1,000, exist already)",
+    "a deployment keeps, 1,000, exist already; an experiment names a placement that does not exist, or "
+    "another experiment runs on its placement; 100 experiments exist already)",
     "413": "the body is larger than 4 MiB, as sent or once decoded from its Content-Encoding (a placement "
     "document: larger than 64 KiB as compact JSON)",
     "415": "the body is not application/json, or its Content-Encoding is not one of gzip, deflate, zstd "
@@ -335,6 +460,11 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
         "name",
         "the placement (a page slot's rule set): 1-64 of A-Z a-z 0-9 _ . : -, a letter or digit first",
         {"type": "string", "pattern": NAME_PATTERN},
+    )
+    experiment_name = _path(
+        "name",
+        "the experiment: 1-40 of A-Z a-z 0-9 _ -, a letter or digit first",
+        {"type": "string", "pattern": EXPERIMENT_NAME_PATTERN},
     )
     placement = _query(
         "placement",
@@ -506,6 +636,37 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
         ("admin_placements.list_placements", "get"): {
             "security": [{"bearer": []}, {"apiKey": []}],
             "responses": {**_ok("Placements"), **_errors("401", "403", "503")},
+        },
+        ("admin_experiments.put_experiment", "put"): {
+            "parameters": [experiment_name],
+            "requestBody": _body({"$ref": REF.format(model="Experiment")}),
+            "security": [{"bearer": []}, {"apiKey": []}],
+            "responses": {
+                **_ok("ExperimentSaved", "200", "replaced"),
+                **_ok("ExperimentSaved", "201", "created"),
+                **admin_errors,
+                **admin_body_errors,
+                **_errors("409"),
+            },
+        },
+        ("admin_experiments.get_experiment", "get"): {
+            "parameters": [experiment_name],
+            "security": [{"bearer": []}, {"apiKey": []}],
+            "responses": {**_ok("ExperimentEntry"), **admin_errors, **_errors("404")},
+        },
+        ("admin_experiments.delete_experiment", "delete"): {
+            "parameters": [experiment_name],
+            "security": [{"bearer": []}, {"apiKey": []}],
+            "responses": {**_ok("ExperimentDeleted"), **admin_errors, **_errors("404")},
+        },
+        ("admin_experiments.list_experiments", "get"): {
+            "security": [{"bearer": []}, {"apiKey": []}],
+            "responses": {**_ok("Experiments"), **_errors("401", "403", "503")},
+        },
+        ("admin_experiments.report", "get"): {
+            "parameters": [experiment_name],
+            "security": [{"bearer": []}, {"apiKey": []}],
+            "responses": {**_ok("ExperimentReport"), **admin_errors, **_errors("404")},
         },
     }
     return ops

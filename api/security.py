@@ -49,7 +49,7 @@ NEEDS: dict[str, Role] = {
     "v1.delete_user": "write",
 }
 # Blueprints whose every endpoint needs an admin key (by Flask endpoint name prefix).
-ADMIN_PREFIXES = ("admin.", "admin_placements.")
+ADMIN_PREFIXES = ("admin.", "admin_placements.", "admin_experiments.")
 GRANTS: dict[Role, set[Role]] = {
     "events": {"events"},
     "write": {"events", "write"},

@@ -27,7 +27,7 @@ from streamrec.api.errors import (
     UNSUPPORTED_MEDIA,
     ApiError,
 )
-from streamrec.api.extensions import Services, placements_of, services
+from streamrec.api.extensions import Services, experiments_of, exposures_of, placements_of, services
 from streamrec.api.params import bool_param, check_id, id_param, int_param, list_param, str_param
 from streamrec.contract import (
     CatalogItem,
@@ -39,6 +39,7 @@ from streamrec.contract import (
     decode_event,
     decode_item,
 )
+from streamrec.experiments import Experiment, Variant, assign, experiment_recommendation_id
 from streamrec.placements import Filter, PlacementError, compile_filter
 from streamrec.recommend import NO_RULES, Answer, Rules
 
@@ -109,13 +110,24 @@ def _items_json(answer: Answer, explain: bool) -> orjson.Fragment:
     return fragment
 
 
-def _shape(answer: Answer, explain: bool, **extra: Any) -> dict[str, Any]:
+Arm = tuple[Experiment, Variant, str]  # an experiment, the variant a request is in, and its shopper
+
+
+def _shape(answer: Answer, explain: bool, arm: Arm | None = None, **extra: Any) -> dict[str, Any]:
     """The answer as JSON: its items (``_items_json``), with a fresh recommendation_id and ``extra``;
-    counted as one impression of its strategy."""
+    counted as one impression of its strategy and, inside an experiment (``arm``), as one answer of the
+    variant shown to its shopper (``Exposures``), with an id that names the variant."""
     observability.count_answer(answer.strategy, len(answer.items))
-    return {
+    token = uuid.uuid4().hex
+    if arm is None:
         # the id names its strategy, so a later event that cites it can be credited to that strategy
-        "recommendation_id": metrics.recommendation_id(answer.strategy, uuid.uuid4().hex),
+        rec_id = metrics.recommendation_id(answer.strategy, token)
+    else:
+        experiment, variant, shopper = arm
+        rec_id = experiment_recommendation_id(answer.strategy, token, experiment, variant)
+        exposures_of().record(experiment, variant, shopper)
+    return {
+        "recommendation_id": rec_id,
         "strategy": answer.strategy,
         "model_version": answer.model_version,
         **extra,
@@ -161,26 +173,39 @@ def _filter(text: str) -> Filter:
         ) from None
 
 
-def _rules() -> tuple[Rules, str | None, dict[str, Any]]:
+def _rules(shopper: str | None = None) -> tuple[Rules, str | None, dict[str, Any], Arm | None]:
     """The request's ``placement=`` (404 when unknown) and ``filter=`` (400 naming the JSON path of the
     wrong part), as ``Rules``; the placement's strategy (None: the endpoint's own); what the answer
-    says of them (``{"placement": name}``)."""
+    says of them (``{"placement": name}``, and ``{"experiment": {name, variant}}`` inside one).
+
+    A placement with a running experiment is split when the request names a ``shopper``: the shopper's
+    variant (``experiments.assign``) is served with the placement its ``use`` names, and is the ``Arm``
+    returned. Without a shopper, or while the experiment is stopped, the placement itself serves."""
     name = str_param(request, "placement")
     text = request.args.get("filter")
     if text is not None and len(text) > MAX_FILTER_CHARS:
         raise ApiError(400, INVALID_PARAMETER, f"filter: longer than {MAX_FILTER_CHARS} characters")
     if name is None and not text:
-        return NO_RULES, None, {}
-    placement, version = None, None
+        return NO_RULES, None, {}, None
+    placement, version, served, arm = None, None, name, None
+    said: dict[str, Any] = {}
     if name is not None:
         cache = placements_of()
         placement = cache.get(name)
         if placement is None:
             raise ApiError(404, NOT_FOUND, f"no placement {name!r} (GET /v1/admin/placements lists them)")
+        said["placement"] = name
+        experiment = experiments_of().for_placement(name) if shopper is not None else None
+        if experiment is not None and experiment.running and shopper is not None:
+            variant = assign(experiment, shopper)
+            used = cache.get(variant.use)
+            if used is not None:  # a variant whose placement was deleted since: the placement serves
+                placement, served, arm = used, variant.use, (experiment, variant, shopper)
+                said["experiment"] = {"name": experiment.name, "variant": variant.name}
         version = cache.version
     extra = _filter(text) if text else None
-    rules = Rules(placement, extra, (name, version, text or None))
-    return rules, placement.strategy if placement else None, ({"placement": name} if name else {})
+    rules = Rules(placement, extra, (served, version, text or None))
+    return rules, placement.strategy if placement else None, said, arm
 
 
 def _answer(
@@ -221,7 +246,7 @@ def recommendations(user_id: str):  # type: ignore[no-untyped-def]
     category = str_param(request, "category")
     exclude = list_param(request, "exclude")
     explain = bool_param(request, "explain")
-    rules, strategy, said = _rules()
+    rules, strategy, said, arm = _rules(user_id)
     answer = _answer(
         svc,
         strategy or "personal",
@@ -231,7 +256,7 @@ def recommendations(user_id: str):  # type: ignore[no-untyped-def]
         category=category,
         exclude=exclude,
     )
-    return ok(_shape(answer, explain, user_id=user_id, **said))
+    return ok(_shape(answer, explain, arm, user_id=user_id, **said))
 
 
 @bp.get("/v1/items/<item_id>/similar")
@@ -243,9 +268,9 @@ def similar(item_id: str):  # type: ignore[no-untyped-def]
     k = _k(svc)
     user_id = id_param(request, "user_id")
     explain = bool_param(request, "explain")
-    rules, strategy, said = _rules()
+    rules, strategy, said, arm = _rules(user_id)
     answer = _answer(svc, strategy or "similar", k, rules, user_id=user_id, item_id=item_id)
-    return ok(_shape(answer, explain, item_id=item_id, **said))
+    return ok(_shape(answer, explain, arm, item_id=item_id, **said))
 
 
 def _listing(own: str):  # type: ignore[no-untyped-def]
@@ -253,16 +278,10 @@ def _listing(own: str):  # type: ignore[no-untyped-def]
     svc = services()
     k = _k(svc)
     category = str_param(request, "category")
-    rules, strategy, said = _rules()
-    answer = _answer(
-        svc,
-        strategy or own,
-        k,
-        rules,
-        user_id=id_param(request, "user_id") if request.args.get("user_id") else None,  # empty: none
-        category=category,
-    )
-    return ok(_shape(answer, bool_param(request, "explain"), category=category, **said))
+    user_id = id_param(request, "user_id") if request.args.get("user_id") else None  # empty: none
+    rules, strategy, said, arm = _rules(user_id)
+    answer = _answer(svc, strategy or own, k, rules, user_id=user_id, category=category)
+    return ok(_shape(answer, bool_param(request, "explain"), arm, category=category, **said))
 
 
 @bp.get("/v1/popular")

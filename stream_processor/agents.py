@@ -14,6 +14,7 @@ import faust
 
 from streamrec import metrics
 from streamrec.contract import TimePolicy
+from streamrec.experiment_store import ExperimentCredits
 from streamrec.fold import AsyncStateWriter, async_redis_client
 from streamrec.settings import Settings, keys_of
 from streamrec.stream_processor.fold import RawMessage
@@ -55,7 +56,8 @@ def register(app: faust.App, settings: Settings) -> BatchHandler:
         await fut
 
     policy = TimePolicy(max_future_skew_ms=settings.max_future_skew_ms)
-    handler = BatchHandler(writer, send_dead, metrics.worker(), policy=policy)
+    credits = ExperimentCredits(client, keys, settings.scoring.dedupe_window_s * 1000)
+    handler = BatchHandler(writer, send_dead, metrics.worker(), policy=policy, credits=credits)
 
     @app.agent(events_topic, name="streamrec-events")
     async def fold_events(stream: faust.StreamT) -> None:

@@ -24,6 +24,7 @@ import orjson
 from streamrec import metrics
 from streamrec.contract import DEFAULT_TIME_POLICY, Event, Rejection, TimePolicy, UserErasure
 from streamrec.event_types import ATTRIBUTED_TYPES
+from streamrec.experiment_store import ExperimentCredits, credits_of
 from streamrec.fold import APPLIED, DUPLICATE, ERASED, AsyncStateWriter, FoldResult, Refused, Source
 from streamrec.redis_conditions import call_waiting, condition
 from streamrec.stream_processor.fold import RawMessage, dead_letter, decode_batch
@@ -96,9 +97,11 @@ class BatchHandler:
         worker_metrics: metrics.WorkerMetrics | None = None,
         counters: WorkerCounters | None = None,
         policy: TimePolicy = DEFAULT_TIME_POLICY,
+        credits: ExperimentCredits | None = None,
     ) -> None:
         self.writer = writer
         self.policy = policy
+        self.credits = credits
         self._send_dead = send_dead
         self.m = worker_metrics or metrics.worker()
         self.counters = counters or WorkerCounters()
@@ -209,10 +212,28 @@ class BatchHandler:
                 outcomes.append(Refused(f"state update failed: {exc}"))
         return FoldResult(outcomes)
 
+    async def _credit(self, events: list[Any], sources: list[RawMessage], outcomes: Sequence[Any]) -> None:
+        """Credit the folded events that cite an experiment answer to its variant (``ExperimentCredits``).
+
+        A redelivered event is folded as a duplicate but still offered: if the worker stopped between its
+        fold and its credit, this is when it is credited; if not, the credit script knows it already."""
+        if self.credits is None:
+            return
+        offered = [
+            (e, (raw.partition, raw.offset))
+            for e, raw, o in zip(events, sources, outcomes, strict=True)
+            if o in (APPLIED, DUPLICATE)
+        ]
+        credits = credits_of([e for e, _ in offered], [src for _, src in offered])
+        if credits:
+            credit = self.credits.credit
+            await self._waiting("crediting experiments", "credit_experiments", lambda: credit(credits))
+
     async def _events(self, events: list[Any], sources: list[RawMessage]) -> None:
         if not events:
             return
         result = await self._fold(events, sources)
+        await self._credit(events, sources, result.outcomes)
         folded: list[Event] = []
         for event, raw, outcome in zip(events, sources, result.outcomes, strict=True):
             if isinstance(outcome, Refused):
