@@ -10,12 +10,17 @@ import functools
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Flask, Response, g, request
 
 from streamrec import logs, metrics
-from streamrec.api.extensions import services
+from streamrec.api.extensions import experiments_of, services
+from streamrec.experiment_stats import VariantCounts
+from streamrec.experiment_store import ExperimentStore
+from streamrec.experiments import Experiment, parse_experiment
+from streamrec.placements import PlacementError
 
 bp = Blueprint("observability", __name__)
 log = logging.getLogger("streamrec.api.access")
@@ -25,11 +30,25 @@ REQUEST_ID_HEADER = "X-Request-ID"
 UNMATCHED = "unmatched"
 
 
+def _experiment_counts(store: ExperimentStore) -> Iterator[tuple[Experiment, list[VariantCounts]]]:
+    """Every experiment that exists now, with its counts: one Redis read for the list, then one
+    pipelined round trip per experiment. A stored document this code does not accept is left out, as
+    ``ExperimentCache`` leaves it out of serving (and logs it)."""
+    for name, stored in store.all().items():
+        try:
+            experiment = parse_experiment(name, stored["document"], stored["run"])
+        except PlacementError:
+            continue
+        yield experiment, store.counts(experiment)
+
+
 @bp.get("/metrics")
 def metrics_endpoint():  # type: ignore[no-untyped-def]
-    """Prometheus metrics of every gunicorn worker of this API, combined."""
+    """Prometheus metrics of every gunicorn worker of this API, combined, and the trainer's and experiments' from Redis."""
     store = services().recommender.models
-    extra = [metrics.TrainerCollector(store.versions)] if store is not None else []
+    experiments = experiments_of().store
+    extra: list[Any] = [metrics.TrainerCollector(store.versions)] if store is not None else []
+    extra.append(metrics.ExperimentCollector(lambda: _experiment_counts(experiments)))
     # content_type is sent as given; a mimetype would get Flask's "; charset=utf-8" a second time
     return Response(metrics.exposition(*extra), content_type="text/plain; version=0.0.4; charset=utf-8")
 

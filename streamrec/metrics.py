@@ -1,8 +1,10 @@
 """Every Prometheus metric streamrec exports, in one module: names, help texts, labels and buckets.
 
 Names follow ``streamrec_<part>_<name>_<unit>`` (parts: ``api``, ``worker``, ``producer``; the trainer's
-go under ``streamrec_trainer_`` in the section left for them below). Every label takes values from a
-fixed set: the helpers here map anything else to ``other``, so no request or event can create series.
+go under ``streamrec_trainer_`` and the A/B experiments' under ``streamrec_experiment_``, both read from
+Redis at scrape time by the collectors at the end). Every label takes values from a fixed set: the
+helpers here map anything else to ``other``, so no request or event can create series; the experiment
+labels are the names of the experiments that exist, of which there are few (``ExperimentCollector``).
 
 Defining a metric does no I/O. prometheus-client chooses between in-process values and gunicorn's
 multiprocess files when it is first imported (it reads ``PROMETHEUS_MULTIPROC_DIR`` then), so the API
@@ -12,17 +14,23 @@ server sets that variable before anything imports this module (``api/server.py``
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
 from streamrec.event_types import ATTRIBUTED_TYPES, EVENT_TYPE_NAMES
 from streamrec.redis_conditions import CONDITIONS
+
+if TYPE_CHECKING:
+    from streamrec.experiment_stats import VariantCounts
+    from streamrec.experiments import Experiment
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +42,13 @@ STRATEGIES = ("personalized", "item_to_item", "category_popular", "popular", "tr
 EVENT_TYPES = EVENT_TYPE_NAMES
 TOPIC_KINDS = ("events", "items", OTHER)
 RECOMMENDATION_ENDPOINTS = ("recommendations", "similar", "popular", "trending")
-RETRY_OPERATIONS = ("apply_events", "upsert_items", "dead_letter")
+RETRY_OPERATIONS = ("apply_events", "upsert_items", "dead_letter", "credit_experiments")
 # why a partition waits at a record batch the worker cannot decode (``stream_processor.batches``)
 DECODE_CONDITIONS = ("codec_unavailable", "undecodable_batch")
-RECOMMENDATION_ID = re.compile(r"^([a-z_]{1,32})\.[0-9a-f]{8,64}$")
+# <strategy>.<hex>, and inside an experiment .<run>.<experiment>.<variant> after it (streamrec.experiments)
+RECOMMENDATION_ID = re.compile(
+    r"^([a-z_]{1,32})\.[0-9a-f]{8,64}(?:\.[0-9]{1,12}\.[A-Za-z0-9_-]{1,40}\.[A-Za-z0-9_-]{1,32})?$"
+)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -351,6 +362,123 @@ class TrainerCollector:
                     if name in test:
                         offline.add_metric([name], float(test[name]))
         yield from (last_run, duration, active, offline, published)
+
+
+# --- Experiments (A/B tests on placements: their counts live in Redis, shared by every API process and
+# worker, and the API exports them on every scrape) ----------------------------------------------------
+
+# the attributed event types an experiment's counts keep, and the VariantCounts field of each
+EXPERIMENT_EVENT_FIELDS = (("view", "views"), ("add_to_cart", "carts"), ("purchase", "purchases"))
+
+
+class ExperimentCollector:
+    """``streamrec_experiment_*`` series read from Redis at scrape time, by experiment and variant.
+
+    ``read`` returns every experiment that exists now with its counts: ``(experiment, counts)`` pairs of
+    an ``experiments.Experiment`` and its ``experiment_stats.VariantCounts`` (``ExperimentStore.counts``).
+
+    Labels are bounded by construction: ``experiment`` and ``variant`` are names the store validated (at
+    most ``experiment_store.MAX_EXPERIMENTS`` experiments of at most ``experiments.MAX_VARIANTS``
+    variants each: 100 x 10 x 8 + 100 x 2 = 8,200 series at most), never request input, and only those
+    that exist at the scrape are exported: a deleted experiment's series vanish on the next scrape
+    (Prometheus marks them stale). A re-created experiment (a new run) starts its counters again from 0,
+    which ``rate()`` reads as a reset.
+
+    The values are the deployment's, not this process's: every API replica exports the same numbers, so
+    dashboards and alerts aggregate them with ``max by (experiment, variant)``, never ``sum``. They count
+    since the run began (cumulative, like the admin report), and exposures reach Redis within 200 ms of
+    an answer (``experiment_store.FLUSH_EVERY_S``).
+    """
+
+    def __init__(self, read: Callable[[], Iterable[tuple[Experiment, Sequence[VariantCounts]]]]) -> None:
+        self.read = read
+
+    def collect(self) -> Any:
+        """Yield the experiments' series from ``read()``; nothing when Redis cannot be read."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        try:
+            experiments = [(experiment, list(counts)) for experiment, counts in self.read()]
+        except Exception as exc:  # a scrape must not fail because Redis is down; the API's own metrics say so
+            log.warning("experiment metrics unavailable: %s", exc)
+            return
+        by_variant = ["experiment", "variant"]
+        exposed = GaugeMetricFamily(
+            "streamrec_experiment_exposed_shoppers",
+            "Distinct shoppers shown at least one answer of the variant (or credited an event of it) since "
+            "the experiment's run began.",
+            labels=by_variant,
+        )
+        answers = CounterMetricFamily(
+            "streamrec_experiment_answers_total",
+            "Answers served under the variant (impressions of a whole answer).",
+            labels=by_variant,
+        )
+        attributed = CounterMetricFamily(
+            "streamrec_experiment_attributed_events_total",
+            "Events credited to the variant (they cite one of its answers' recommendation_id and their "
+            "shopper is assigned to it), by type (view: a click; add_to_cart; purchase).",
+            labels=[*by_variant, "type"],
+        )
+        converted = GaugeMetricFamily(
+            "streamrec_experiment_converted_shoppers",
+            "Distinct exposed shoppers with at least one purchase credited to the variant; conversion is "
+            "this over streamrec_experiment_exposed_shoppers.",
+            labels=by_variant,
+        )
+        revenue = CounterMetricFamily(
+            "streamrec_experiment_revenue_total",
+            "Price times quantity of the purchases credited to the variant (the shop's currency).",
+            labels=by_variant,
+        )
+        weight = GaugeMetricFamily(
+            "streamrec_experiment_weight",
+            "The variant's weight in the experiment document (its expected share is weight / sum of weights).",
+            labels=by_variant,
+        )
+        running = GaugeMetricFamily(
+            "streamrec_experiment_running",
+            "1 while the experiment splits its placement's requests, 0 once it is stopped.",
+            labels=["experiment"],
+        )
+        srm = GaugeMetricFamily(
+            "streamrec_experiment_srm_p_value",
+            "Sample-ratio-mismatch test: chi-square p-value of exposed shoppers against the weights (absent "
+            "while nobody is exposed). Below 0.001 the split is broken and the results are not to be trusted.",
+            labels=["experiment"],
+        )
+        for experiment, counts in experiments:
+            name = experiment.name
+            running.add_metric([name], 1 if experiment.running else 0)
+            for c in counts:
+                labels = [name, c.name]
+                exposed.add_metric(labels, c.exposed)
+                answers.add_metric(labels, c.answers)
+                for event_type, field in EXPERIMENT_EVENT_FIELDS:
+                    attributed.add_metric([*labels, event_type], getattr(c, field))
+                converted.add_metric(labels, c.converted)
+                revenue.add_metric(labels, c.revenue)
+                weight.add_metric(labels, c.weight)
+            p_value = _srm_p_value(counts)
+            if p_value is not None:
+                srm.add_metric([name], p_value)
+        yield from (exposed, answers, attributed, converted, revenue, weight, running, srm)
+
+
+def _srm_p_value(counts: Sequence[VariantCounts]) -> float | None:
+    """The sample-ratio-mismatch p-value of ``experiment_stats.report`` (the same test: SciPy's
+    chi-square goodness of fit of exposed shoppers against the weights), without the rest of the report:
+    a scrape of 100 experiments of 10 variants takes milliseconds instead of a second. None when nobody is
+    exposed, there is a single variant, or the p-value is not a finite number."""
+    total = sum(c.exposed for c in counts)
+    if total == 0 or len(counts) < 2:
+        return None
+    from scipy import stats  # imported on the first scrape that needs it: about 1 s, once per process
+
+    weights = sum(c.weight for c in counts)
+    expected = [total * c.weight / weights for c in counts]
+    p_value = float(stats.chisquare([c.exposed for c in counts], expected).pvalue)
+    return p_value if math.isfinite(p_value) else None
 
 
 def multiprocess_dir() -> str | None:

@@ -20,7 +20,8 @@ R = "$__rate_interval"
 
 @dataclass(frozen=True)
 class Panel:
-    """One dashboard panel: its PromQL targets as (expression, legend) pairs, Grafana unit and panel type."""
+    """One dashboard panel: its PromQL targets as (expression, legend) pairs, Grafana unit and panel type;
+    ``defaults`` adds to its field defaults (thresholds, axis scale), ``extra`` to the panel itself."""
 
     title: str
     targets: list[tuple[str, str]]  # (PromQL, legend)
@@ -28,6 +29,7 @@ class Panel:
     description: str = ""
     kind: str = "timeseries"
     extra: dict = field(default_factory=dict)
+    defaults: dict = field(default_factory=dict)
 
 
 def q(expr: str, legend: str = "") -> tuple[str, str]:
@@ -238,6 +240,62 @@ QUALITY = [
     ),
 ]
 
+# A/B experiments: read from Redis by every API replica's /metrics, so the same value comes from each
+# replica and is taken once (max), never summed. Cumulative since the experiment's run began.
+VARIANT = "{{experiment}} {{variant}}"
+SRM_ALPHA = 0.001  # experiment_stats.SRM_ALPHA; StreamrecExperimentSampleRatioMismatch fires below it
+EXPERIMENTS = [
+    Panel(
+        "Experiments: conversion, by variant",
+        [
+            q(
+                "max by (experiment, variant) (streamrec_experiment_converted_shoppers)"
+                " / (max by (experiment, variant) (streamrec_experiment_exposed_shoppers) > 0)",
+                VARIANT,
+            )
+        ],
+        "percentunit",
+        "Exposed shoppers with at least one attributed purchase, over exposed shoppers, since the run began. "
+        "Intervals, lift and p-values: GET /v1/admin/experiments/{name}/report.",
+    ),
+    Panel(
+        "Experiments: revenue per exposed shopper, by variant",
+        [
+            q(
+                "max by (experiment, variant) (streamrec_experiment_revenue_total)"
+                " / (max by (experiment, variant) (streamrec_experiment_exposed_shoppers) > 0)",
+                VARIANT,
+            )
+        ],
+        "short",
+        "Attributed revenue over exposed shoppers (those who bought nothing count as 0), since the run began.",
+    ),
+    Panel(
+        "Experiments: exposed shoppers, by variant",
+        [q("max by (experiment, variant) (streamrec_experiment_exposed_shoppers)", VARIANT)],
+        "short",
+        "Distinct shoppers shown at least one answer of the variant; their shares should follow the weights "
+        "(streamrec_experiment_weight).",
+    ),
+    Panel(
+        "Experiments: sample-ratio-mismatch p-value",
+        [q("clamp_min(max by (experiment) (streamrec_experiment_srm_p_value), 1e-12)", "{{experiment}}")],
+        "short",
+        f"Chi-square test of exposed shoppers against the weights (log scale; below 1e-12 drawn at 1e-12). "
+        f"Under the red line ({SRM_ALPHA:g}) the split is broken and the experiment's results are not to be "
+        "trusted; StreamrecExperimentSampleRatioMismatch fires after 15 minutes there.",
+        defaults={
+            "min": 1e-12,
+            "max": 1,
+            "custom": {"scaleDistribution": {"type": "log", "log": 10}, "thresholdsStyle": {"mode": "line"}},
+            "thresholds": {
+                "mode": "absolute",
+                "steps": [{"color": "red", "value": None}, {"color": "green", "value": SRM_ALPHA}],
+            },
+        },
+    ),
+]
+
 REDIS = [
     Panel(
         "Memory used",
@@ -263,7 +321,7 @@ REDIS = [
 DASHBOARDS = {
     "streamrec-pipeline": ("streamrec: pipeline health", PIPELINE),
     "streamrec-api": ("streamrec: API latency and throughput", API),
-    "streamrec-quality": ("streamrec: online quality", QUALITY),
+    "streamrec-quality": ("streamrec: online quality", QUALITY + EXPERIMENTS),
     "streamrec-redis": ("streamrec: Redis memory", REDIS),
 }
 
@@ -278,7 +336,7 @@ def panel_json(panel: Panel, pid: int) -> dict:
         "description": panel.description,
         "datasource": DATASOURCE,
         "gridPos": {"h": 8, "w": 12, "x": x, "y": y},
-        "fieldConfig": {"defaults": {"unit": panel.unit}, "overrides": []},
+        "fieldConfig": {"defaults": {"unit": panel.unit, **panel.defaults}, "overrides": []},
         "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}}
         if panel.kind == "timeseries"
         else {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},

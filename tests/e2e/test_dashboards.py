@@ -17,6 +17,10 @@ import requests
 import yaml
 
 from streamrec.devtools.localstack import free_port, spawn, wait_for_port
+from streamrec.experiment_store import ExperimentStore
+from streamrec.experiments import parse_experiment
+from streamrec.placement_store import PlacementStore
+from streamrec.placements import parse_placement
 from streamrec.publisher import EventPublisher
 from streamrec.topics import Topics, ensure_topics
 from tests.conftest import Namespace, wait_until
@@ -236,6 +240,7 @@ def traffic(ns: Namespace, api: str) -> None:
 
     # asked again until all five are filled: the traffic's last effects may still be on their way to Redis
     wait_until(filled, 15, interval=0.2, what="every answer filled")
+    experiment(ns, api)
     strategies = {r.json()["data"]["strategy"] for r in answers}
     assert {"personalized", "item_to_item", "popular", "trending", "empty"} <= strategies, strategies
     cited = []
@@ -256,6 +261,39 @@ def traffic(ns: Namespace, api: str) -> None:
     topics = Topics(ns.settings.topic_prefix)
     with EventPublisher(ns.settings.kafka_bootstrap, topics) as pub:
         pub.publish_raw(topics.events, b"bad", b"this is not JSON").get(10)
+
+
+def experiment(ns: Namespace, api: str) -> None:
+    """An A/B experiment on a placement, its answers to a few shoppers and a purchase citing one of them:
+    the experiment panels and the sample-ratio-mismatch alert read its series."""
+    placements = PlacementStore(ns.redis, ns.keys)
+    for name in ("home", "home-b"):
+        placements.put(parse_placement(name, {"strategy": "popular"}))
+    variants = [{"name": "a", "weight": 1, "use": "home"}, {"name": "b", "weight": 1, "use": "home-b"}]
+    ExperimentStore(ns.redis, ns.keys).put(
+        parse_experiment("home-ab", {"placement": "home", "variants": variants})
+    )
+
+    def split() -> list[dict[str, Any]]:
+        got = [
+            requests.get(f"{api}/v1/users/ab-{n}/recommendations", params={"placement": "home"}, timeout=5)
+            for n in range(10)
+        ]
+        data = [r.json()["data"] for r in got if r.status_code == 200]
+        return data if len(data) == 10 and all("experiment" in d for d in data) else []
+
+    answers = wait_until(split, 10, interval=0.2, what="the experiment splitting its placement")
+    assert isinstance(answers, list)
+    bought = answers[0]
+    purchase = {
+        "event_id": uuid.uuid4().hex,
+        "type": "purchase",
+        "user_id": "ab-0",
+        "item_id": bought["items"][0]["item_id"],
+        "recommendation_id": bought["recommendation_id"],
+        "price": 5.0,
+    }
+    assert requests.post(f"{api}/v1/events", json=[purchase], timeout=10).status_code == 202
 
 
 def test_every_dashboard_panel_and_alert_expression_has_data(namespace: Namespace, tmp_path: Path) -> None:
