@@ -175,20 +175,113 @@ def replay(
 def simulate(
     users: Annotated[int, typer.Option(min=1, help="Shoppers.")] = 500,
     items: Annotated[int, typer.Option(min=1, help="Catalog size.")] = 300,
-    events: Annotated[int, typer.Option(min=1, help="Events to publish.")] = 20_000,
+    events: Annotated[
+        int, typer.Option(min=1, help="Events to publish (with --react: the warm-up history).")
+    ] = 20_000,
     rate: Annotated[
         float | None, typer.Option(min=0.001, help="Events per second (default: as fast as possible).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same shop).")] = 7,
     ensure_topics: Annotated[bool, typer.Option(help="Create the topics if they are missing.")] = True,
+    react: Annotated[
+        bool,
+        typer.Option(
+            "--react",
+            help="Then, in rounds, ask the API for each shopper's recommendations and publish how they "
+            "react (views, cart adds, purchases, from their hidden tastes); print a summary per experiment "
+            "variant.",
+        ),
+    ] = False,
+    api: Annotated[
+        str | None,
+        typer.Option(
+            help="With --react: the API to ask (default: http://127.0.0.1:STREAMREC_API_PORT, where "
+            "'streamrec up' serves it)."
+        ),
+    ] = None,
+    placement: Annotated[
+        str | None, typer.Option(help="With --react: the placement= every request names (default: none).")
+    ] = None,
+    rounds: Annotated[
+        int | None, typer.Option(min=1, help="With --react: answers asked per shopper (default: 3).")
+    ] = None,
+    k: Annotated[
+        int | None, typer.Option(min=1, help="With --react: items per answer (default: 10).")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, max=64, help="With --react: requests in flight (default: 8).")
+    ] = None,
+    fold_timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="With --react: seconds to wait for the workers to fold what was sent before asking "
+            "again (reads their offsets in STREAMREC_REDIS_URL; 0: do not wait; default: 120).",
+        ),
+    ] = None,
 ) -> None:
-    """Drive a synthetic shop: a generated catalog and shoppers who search, view, add to cart and buy."""
-    from streamrec.producers.simulate import simulate as run_simulate
+    """Drive a synthetic shop: a generated catalog and shoppers who search, view, add to cart and buy.
 
-    with _publisher(ensure_topics) as publisher:
-        report = run_simulate(publisher, n_users=users, n_items=items, n_events=events, rate=rate, seed=seed)
-    typer.echo(f"simulated {report.events} events over {report.items} catalog items in {report.seconds:.1f}s")
-    _fail_on_undelivered(report.failed)
+    With --react the shoppers then react to the API's answers (an A/B experiment's traffic): every
+    reaction cites the answer's recommendation_id.
+    """
+    if not react:
+        given = {"--api": api, "--placement": placement, "--rounds": rounds, "--k": k}
+        given |= {"--concurrency": concurrency, "--fold-timeout": fold_timeout}
+        if named := [name for name, value in given.items() if value is not None]:
+            typer.echo(f"error: {', '.join(named)} only apply with --react", err=True)
+            raise typer.Exit(2)
+        from streamrec.producers.simulate import simulate as run_simulate
+
+        with _publisher(ensure_topics) as publisher:
+            report = run_simulate(
+                publisher, n_users=users, n_items=items, n_events=events, rate=rate, seed=seed
+            )
+        typer.echo(
+            f"simulated {report.events} events over {report.items} catalog items in {report.seconds:.1f}s"
+        )
+        _fail_on_undelivered(report.failed)
+        return
+    from streamrec.producers.react import FoldWatch, ReactError, RecommendationsApi, run_reactions
+
+    settings = _settings()
+    fetch = RecommendationsApi(api or f"http://127.0.0.1:{settings.api_port}", placement, k or 10)
+    timeout = 120.0 if fold_timeout is None else fold_timeout
+    watch = None
+    try:
+        fetch.check()  # before anything is published
+        if timeout > 0:
+            client = _redis(settings.redis_url, settings.redis_cluster)
+            client.ping()  # a Redis that does not answer is said before anything is published
+            watch = FoldWatch(client, keys_of(settings), timeout)
+        with _publisher(ensure_topics) as publisher:
+            report = run_reactions(
+                publisher,
+                fetch,
+                n_users=users,
+                n_items=items,
+                n_events=events,
+                seed=seed,
+                rounds=rounds or 3,
+                rate=rate,
+                wait_folded=watch,
+                concurrency=concurrency or 8,
+                say=typer.echo,
+            )
+    except ReactError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    warm = report.warmup
+    typer.echo(f"warm-up: {warm.events} events over {warm.items} catalog items in {warm.seconds:.1f}s")
+    for line in report.tally.lines():
+        typer.echo(line)
+    sent = report.tally.events()
+    by_type = f" ({', '.join(f'{n} {t}' for t, n in sorted(sent.items()))})" if sent else ""
+    typer.echo(
+        f"sent {sum(sent.values())} reaction events{by_type}, revenue {report.tally.revenue():.2f}, "
+        f"in {report.seconds:.1f}s"
+    )
+    _fail_on_undelivered(warm.failed + report.failed)
 
 
 @app.command()
@@ -575,6 +668,59 @@ def model_off() -> None:
     typer.echo("no active model: answers come from the live state alone")
 
 
+experiment_app = typer.Typer(
+    help="A/B experiments on placements: list them, and report one (made with PUT "
+    "/v1/admin/experiments/{name}).",
+    no_args_is_help=True,
+)
+app.add_typer(experiment_app, name="experiment")
+
+
+def _experiments():  # type: ignore[no-untyped-def]
+    """The deployment's experiment store (Redis URL, cluster mode and key prefix from the settings)."""
+    from streamrec.experiment_store import ExperimentStore
+
+    settings = _settings()
+    return ExperimentStore(_redis(settings.redis_url, settings.redis_cluster), keys_of(settings))
+
+
+@experiment_app.command("list")
+def experiment_list() -> None:
+    """Every experiment: name, state, placement and its variants (weight, the placement each uses)."""
+    stored = _experiments().all()
+    if not stored:
+        typer.echo("no experiments (create one with PUT /v1/admin/experiments/{name})")
+    rows = [("experiment", "state", "placement", "run", "variants (weight -> placement)")]
+    for name, s in stored.items():
+        doc = s["document"]
+        arms = ", ".join(f"{v['name']} {v['weight']:g} -> {v['use']}" for v in doc["variants"])
+        rows.append((name, doc.get("state", "running"), doc["placement"], str(s["run"]), arms))
+    if stored:
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for r in rows:
+            typer.echo("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
+
+
+@experiment_app.command("report")
+def experiment_report(
+    name: Annotated[str, typer.Argument(help="An experiment from 'streamrec experiment list'.")],
+) -> None:
+    """Per variant: exposed shoppers, answers, attributed views, carts, purchases and revenue, conversion
+    with its 95 % interval, lift against the first variant with its interval and p-values; then the
+    sample-ratio test."""
+    from streamrec import experiment_stats
+
+    store = _experiments()
+    experiment = store.get(name)
+    if experiment is None:
+        typer.echo(f"error: no experiment {name!r} ('streamrec experiment list' shows them)", err=True)
+        raise typer.Exit(2)
+    typer.echo(
+        f"experiment {name} (run {experiment.run}, {experiment.state}) on placement {experiment.placement}"
+    )
+    typer.echo(experiment_stats.table(experiment_stats.report(store.counts(experiment))))
+
+
 @app.command()
 def bench(
     out_dir: Annotated[Path, typer.Option(help="Where bench.json, bench.md and scale.png go.")] = Path(
@@ -609,6 +755,14 @@ def bench(
     profile: Annotated[
         bool, typer.Option(help="With --serving: py-spy on one gunicorn worker under recommendations.")
     ] = False,
+    experiments: Annotated[
+        bool,
+        typer.Option(
+            help="Only A/B experiments: answers of a placement inside a running experiment against outside one "
+            "(alternating rounds), and the Redis memory of an experiment at 1,000,000 exposed shoppers "
+            "(experiments.json, experiments.md)."
+        ),
+    ] = False,
 ) -> None:
     """Measure ingest, freshness, API latency, memory and scale on a local stack of its own (Tansu, Redis, workers, API)."""
     import dataclasses
@@ -623,6 +777,13 @@ def bench(
         typer.echo(
             f"written to {out_dir}/bench-cluster.json and bench-cluster.md in {figures['seconds']:.0f}s"
         )
+        return
+    if experiments:
+        from streamrec.devtools import experiment_bench
+
+        figures = experiment_bench.run(out_dir, seconds)
+        typer.echo("\n" + experiment_bench.markdown(figures))
+        typer.echo(f"written to {out_dir}/experiments.json and experiments.md in {figures['seconds']:.0f}s")
         return
     if serving:
         try:
