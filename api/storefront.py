@@ -2,15 +2,18 @@
 
 Pages are rendered here from the catalog; the rows ("recommended for you", "customers also viewed /
 bought") and every action (search, view, add to cart, remove, buy) go from the browser through the
-public JSON API (``/v1/...``) in ``static/shop.js``, exactly as a real shop frontend would. The page loads
-nothing from outside this server: the content security policy below forbids it.
+public JSON API (``/v1/...``) in ``static/shop.js``, exactly as a real shop frontend would: its events are
+sent by the browser tracker every shop can use, ``static/streamrec.js``, which this module serves at
+``/static/streamrec.js`` (docs/tracker.md). The page loads nothing from outside this server: the content
+security policy below forbids it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, render_template, request
+from flask import Blueprint, Flask, Response, current_app, render_template, request, send_from_directory
 from redis.exceptions import RedisError
 
 from streamrec.api.catalog_search import CatalogSearch
@@ -34,6 +37,11 @@ CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
     "font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
+STATIC = Path(__file__).with_name("static")
+TRACKER = "streamrec.js"
+# A shop's pages load the tracker on every page view: browsers and CDNs keep it this long before they ask
+# again (with If-None-Match / If-Modified-Since: a 304 while it is unchanged).
+TRACKER_MAX_AGE_S = 300
 
 
 def init_app(app: Flask) -> None:
@@ -41,6 +49,21 @@ def init_app(app: Flask) -> None:
     svc: Services = services(app)
     app.extensions["storefront"] = CatalogSearch(svc.redis, svc.recommender.reader.keys, svc.recommender)
     app.register_blueprint(bp)
+    # at the root, not under /shop: it is for every shop's pages, not only this one's (an endpoint named
+    # "static..." is not part of the OpenAPI document)
+    app.add_url_rule(f"/static/{TRACKER}", "static_tracker", tracker_script)
+
+
+def tracker_script() -> Response:
+    """The browser tracker, an ES module any page may import, from any origin (docs/tracker.md)."""
+    resp = send_from_directory(
+        STATIC, TRACKER, mimetype="text/javascript", max_age=TRACKER_MAX_AGE_S, conditional=True
+    )
+    # a module script is fetched in CORS mode: the file is public and carries no credentials, so every
+    # origin may load it (the events it sends still need an origin in STREAMREC_CORS_ORIGINS, and a key)
+    resp.headers["Access-Control-Allow-Origin"] = "*"
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    return resp
 
 
 def catalog() -> CatalogSearch:

@@ -1,5 +1,8 @@
-// The storefront's behaviour: every action is a real event sent to POST /v1/events, and the
-// recommendation rows are fetched from the public JSON API and refetched until they change.
+// The storefront's behaviour: every action is a real event, sent by the tracker (/static/streamrec.js,
+// docs/tracker.md) to POST /v1/events, and the recommendation rows are fetched from the public JSON API
+// and refetched until they change.
+import { createTracker } from "/static/streamrec.js";
+
 (() => {
   "use strict";
 
@@ -7,29 +10,15 @@
   const AFTER_EVENT_MS = 1500; // how long rows are refetched after an event, waiting for a change
   const SETTLE_MS = 150; // a changed row is read once more after this long
   const POLL_MS = 4000; // background refresh, so other shoppers' actions show too
+  const SEARCH_WAIT_MS = 1500; // a search waits this long for its 202 before the results page opens
   const LS_SHOPPER = "streamrec.shopper";
   const params = new URLSearchParams(location.search);
   const shopperInput = document.getElementById("shopper");
   const rows = Array.from(document.querySelectorAll("[data-row]"));
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-  function hexId(bytes) {
-    const b = new Uint8Array(bytes);
-    crypto.getRandomValues(b); // unlike crypto.randomUUID, also works on plain http to a LAN address
-    return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
-  }
-
   function shopper() {
     return localStorage.getItem(LS_SHOPPER) || "alice";
-  }
-
-  function sessionId() {
-    let id = sessionStorage.getItem("streamrec.session");
-    if (!id) {
-      id = "web-" + hexId(8);
-      sessionStorage.setItem("streamrec.session", id);
-    }
-    return id;
   }
 
   function el(tag, attrs, ...children) {
@@ -70,49 +59,28 @@
     return e.type === "search" ? `search "${e.query}"` : `${e.type} ${e.item_id}`;
   }
 
-  /** JSON headers, with the publishable ("events" role) API key the server put in the page, if any. */
-  function writeHeaders() {
-    const key = document.querySelector('meta[name="streamrec-api-key"]');
-    const headers = { "Content-Type": "application/json" };
-    if (key && key.content) headers["X-API-Key"] = key.content;
-    return headers;
-  }
+  // the page's own tracker: the publishable ("events" role) key the server put in the page, if any; the
+  // shopper of the moment; every action sent at once (the rows show what it changed), same-tick ones together
+  const tracker = createTracker({
+    apiKey: document.querySelector('meta[name="streamrec-api-key"]')?.content || "",
+    userId: () => shopper(),
+    batchSize: 1,
+    maxAttempts: 4,
+  });
 
   /** Send events for the current shopper; after the 202, refetch the rows until they change. */
   async function send(events) {
     const started = performance.now();
-    const user = shopper();
-    const session = sessionId();
-    const body = events.map((e) => {
-      const ev = { event_id: "web-" + hexId(12), user_id: user, session_id: session };
-      for (const [k, v] of Object.entries(e)) if (v !== null && v !== undefined && v !== "") ev[k] = v;
-      return ev;
-    });
-    const what = body.map(describe).join(", ") + (body[0].recommendation_id ? " (from a recommendation)" : "");
-    let resp;
-    try {
-      resp = await fetch("/v1/events", {
-        method: "POST",
-        headers: writeHeaders(),
-        body: JSON.stringify(body),
-      });
-    } catch (err) {
-      logLine(`${what}: not sent (${err})`, true);
+    const what = events.map(describe).join(", ") + (events[0].recommendation_id ? " (from a recommendation)" : "");
+    // recommendation_id is always given: the storefront says which answer an action came from, or none
+    const results = await Promise.all(events.map(({ type, ...fields }) => tracker.track(type, { recommendation_id: null, ...fields })));
+    const failed = results.find((r) => !r.ok);
+    if (failed) {
+      logLine(`${what}: ${failed.status ? `${failed.status} ${failed.msg}` : `not sent (${failed.msg})`}`, true);
       return false;
     }
-    const ms = Math.round(performance.now() - started);
-    if (resp.status !== 202) {
-      let msg = resp.statusText;
-      try {
-        msg = (await resp.json()).msg;
-      } catch (_) {
-        /* keep the status text */
-      }
-      logLine(`${what}: ${resp.status} ${msg}`, true);
-      return false;
-    }
-    logLine(`${what} \u2192 202 in ${ms} ms`);
-    refreshAfterEvent(body[body.length - 1].type, started);
+    logLine(`${what} \u2192 202 in ${Math.round(performance.now() - started)} ms`);
+    refreshAfterEvent(events[events.length - 1].type, started);
     return true;
   }
 
@@ -319,7 +287,8 @@
     const query = document.getElementById("search-input").value.trim();
     if (!query) return;
     ev.preventDefault();
-    await send([{ type: "search", query }]);
+    // if the API is slow the results page opens anyway: the tracker sends what is queued as the page is left
+    await Promise.race([send([{ type: "search", query }]), sleep(SEARCH_WAIT_MS)]);
     location.href = `/shop/?q=${encodeURIComponent(query)}`;
   });
 
