@@ -97,20 +97,26 @@ def test_personal_beats_popular_only_with_a_fair_split(ns: Namespace) -> None:
     assert run.failed == 0 and run.behind == 0, lines
     assert set(run.tally.variants) == {"popular", "personal"}
 
+    sent = run.tally.variants
+
     def reported() -> dict[str, Any] | None:
+        """The report once it holds every exposure (API processes send theirs every 200 ms) and every
+        credit (the worker credits an event just after folding it: the fold's watermark, which the
+        runner waited for, can be ahead of the credit by a moment)."""
         got = requests.get(f"{api}/v1/admin/experiments/home-ab/report", headers=AS_ADMIN, timeout=30)
         report: dict[str, Any] = got.json()["data"]["report"]
-        exposed = sum(v["exposed"] for v in report["variants"])
-        return report if exposed == SHOPPERS + 1 else None  # the probe shopper too
+        if sum(v["exposed"] for v in report["variants"]) != SHOPPERS + 1:  # the probe shopper too
+            return None
+        credited = {v["name"]: v["views"] + v["carts"] + v["purchases"] for v in report["variants"]}
+        return report if credited == {n: sum(t.events.values()) for n, t in sent.items()} else None
 
-    report = wait_until(reported, 5, what="every process's exposures in the report")
+    report = wait_until(reported, 20, interval=0.5, what="every exposure and credit in the report")
     assert isinstance(report, dict)
     popular, personal = report["variants"]
     assert (popular["name"], personal["name"]) == ("popular", "personal")
     answers = sum(v["answers"] for v in report["variants"])
     assert answers >= SHOPPERS * ROUNDS
-    # every reaction the runner sent cites an answer of its shopper's variant: all are credited
-    sent = run.tally.variants
+    # every reaction the runner sent cites an answer of its shopper's variant: all are credited, once
     for v in (popular, personal):
         assert v["purchases"] == sent[v["name"]].events["purchase"], (v, sent[v["name"]])
         assert v["views"] == sent[v["name"]].events["view"]
