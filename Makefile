@@ -6,13 +6,13 @@ PY := $(VENV)/bin/python
 # Debian packages the tests drive, one per line in .ci/apt-packages ('#' starts a comment).
 APT_PACKAGES := $(shell sed -e 's/\#.*//' .ci/apt-packages)
 
-.PHONY: install up test test-fast lint system-packages clean
+.PHONY: install up test test-fast lint docs system-packages clean
 
 # PYTHONWARNINGS: setuptools warns that an editable install is not a wheel; nothing to act on.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet -e '.[local,test,bench]'
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet -e '.[local,test,bench,docs]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,9 +25,18 @@ up: install
 test: system-packages install lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# The documentation site is built with --strict (not --quiet: it silences the warnings --strict counts) into a
+# throwaway folder: a broken link, a missing page or a reference page that cannot be generated fails the lint.
+# NO_MKDOCS_2_WARNING: mkdocs-material's banner about MkDocs 2.0, which does not apply to the pinned 1.6.
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	site="$$(mktemp -d)"; trap 'rm -rf "$$site"' EXIT; \
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir "$$site"
+
+## Build the documentation site into site/ (open site/index.html); its reference pages are generated from the code.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # Installs only what is missing, so on a prepared machine it is one dpkg query and no sudo.
 system-packages:
@@ -54,4 +63,4 @@ test-fast: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 clean:
-	rm -rf $(VENV) .streamrec test-artifacts *.egg-info
+	rm -rf $(VENV) .streamrec test-artifacts *.egg-info site

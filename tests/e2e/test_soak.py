@@ -7,7 +7,7 @@ The only thing that grows during the run is the dedupe claims: one per event, ke
 measures the claims exactly (``MEMORY USAGE`` of every claims key, each sample) and asks the rest of
 Redis to level off, the claims to be exactly the events folded (at most rate x window) and every claims
 key to expire with the window. That the claims themselves level off once the window is full takes
-more than 15 minutes: ``streamrec soak`` shows it (README, "Soak").
+more than 15 minutes: ``streamrec soak`` shows it (docs/operations/soak-and-sizing.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What the API returns for what a catalog record leaves out (the README documents it), and the headers
+"""What the API returns for what a catalog record leaves out (docs/concepts/strategies.md documents it), and the headers
 of /metrics, through Flask's test client on a real Redis."""
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ def test_each_worker_freezes_what_it_built_before_serving() -> None:
 
 
 def test_the_default_server_is_two_sync_workers_and_gthread_takes_its_threads() -> None:
-    """Sync workers by default (measured in ``streamrec bench --serving``; README "Serving"): gunicorn would
+    """Sync workers by default (measured in ``streamrec bench --serving``; docs/quality/serving-history.md): gunicorn would
     turn a sync worker given threads into a gthread one, so threads go only to gthread."""
     cfg = GunicornServer(Settings()).cfg
     assert (cfg.worker_class_str, cfg.workers, cfg.threads) == ("sync", 2, 1)
