@@ -429,3 +429,193 @@ def score_batch(n_items: int) -> int:
 def popularity_scores(m: Matrix) -> np.ndarray:
     """How many users interacted with each item."""
     return np.asarray(m.X.sum(axis=0)).ravel().astype(np.float32)
+
+
+def sparse_item_bytes(nnz: int, n_items: int, neighbours: int) -> int:
+    """A generous bound on a sparse item-item fit (``rp3beta``, ``local_slist``): the training matrices
+    a few times over (COO indices and float32 values, 12 bytes an entry), ``neighbours`` weights per item
+    for the fit and its transpose, and one block of scratch rows; it grows with the data, not items²."""
+    return 6 * 12 * nnz + 4 * 12 * n_items * neighbours + 256 * (1 << 20)
+
+
+def gram_entries(X: sp.csr_matrix) -> int:
+    """A bound on the entries of ``X'X`` (each row of ``X`` adds at most its length squared), at most
+    items²: what a co-occurrence model's Gram matrix may hold, known before it is built."""
+    lengths = np.diff(sp.csr_matrix(X).indptr).astype(np.int64)
+    return int(min(int((lengths**2).sum()), X.shape[1] ** 2))
+
+
+def _row_normalised(X: sp.csr_matrix) -> sp.csr_matrix:
+    """Each row divided by its sum (an empty row stays empty): a random walk's transition matrix."""
+    sums = np.asarray(X.sum(axis=1)).ravel()
+    inv = np.divide(1.0, sums, out=np.zeros_like(sums, dtype=np.float64), where=sums > 0)
+    return (sp.diags(inv.astype(np.float32)) @ X).tocsr()
+
+
+def _block_top(W: sp.csr_matrix, n: int, offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's ``n`` largest positive entries of a block of rows, as (row + offset, column, value)."""
+    W = W.tocsr()
+    W.sum_duplicates()
+    rows, cols, vals = [], [], []
+    for r in range(W.shape[0]):
+        start, end = W.indptr[r], W.indptr[r + 1]
+        idx, data = W.indices[start:end], W.data[start:end]
+        keep = data > 0
+        idx, data = idx[keep], data[keep]
+        if len(data) > n:
+            best = np.argpartition(-data, n)[:n]
+            idx, data = idx[best], data[best]
+        rows.append(np.full(len(idx), r + offset, dtype=np.int32))
+        cols.append(idx.astype(np.int32))
+        vals.append(data.astype(np.float32))
+    if not rows:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
+    return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+
+
+def rp3beta(
+    X: sp.csr_matrix,
+    alpha: float = 1.0,
+    beta: float = 0.5,
+    n: int = 100,
+    features: sp.csr_matrix | None = None,
+    gamma: float = 0.0,
+    block: int = 1024,
+) -> sp.csr_matrix:
+    """RP3beta (Paudel et al., "Updatable, accurate, diverse, and scalable recommendations for interactive
+    applications", TiiS 2016; as in Dacrema et al., RecSys 2019): a three-step random walk item -> user ->
+    item, ``W = P_iu^alpha P_ui^alpha``, each column divided by its item's popularity to the power ``beta``,
+    with each row's ``n`` largest weights kept. Returns items x items float32 with at most ``n`` entries a
+    row and a zero diagonal.
+
+    With ``features`` (items x tokens) and ``gamma > 0``, each token is also a pseudo-user who visited every
+    item that has it, its edges weighted ``gamma`` (issue 17's side information, as for SLIST). Rows are
+    computed ``block`` at a time and pruned at once, so memory grows with the data and ``n``, not items².
+    """
+    X = sp.csr_matrix(X, dtype=np.float32)
+    if features is not None and gamma > 0 and features.shape[1]:
+        X = sp.vstack([X, gamma * sp.csr_matrix(features, dtype=np.float32).T]).tocsr()
+    X.data[X.data < 0] = 0
+    P_ui = _row_normalised(X)
+    P_iu = _row_normalised(X.T.tocsr())
+    if alpha != 1.0:
+        P_ui.data **= alpha
+        P_iu.data **= alpha
+    popularity = np.asarray((X > 0).sum(axis=0)).ravel().astype(np.float64)
+    penalty = np.divide(1.0, popularity**beta, out=np.zeros_like(popularity), where=popularity > 0)
+    P_ui = (P_ui @ sp.diags(penalty.astype(np.float32))).tocsr()
+    n_items = X.shape[1]
+    parts = []
+    for start in range(0, n_items, block):
+        W = (P_iu[start : start + block] @ P_ui).tocsr()
+        _zero_block_diagonal(W, start)
+        parts.append(_block_top(W, n, start))
+    rows, cols, vals = (np.concatenate(p) for p in zip(*parts, strict=True))
+    out = sp.csr_matrix((vals, (rows, cols)), shape=(n_items, n_items), dtype=np.float32)
+    out.eliminate_zeros()
+    return out
+
+
+def _zero_block_diagonal(W: sp.csr_matrix, offset: int) -> None:
+    """Zero the entries (r, r + offset) of a block of rows: an item does not recommend itself."""
+    rows = np.repeat(np.arange(W.shape[0]), np.diff(W.indptr))
+    W.data[W.indices == rows + offset] = 0.0
+
+
+def local_slist(
+    X: sp.csr_matrix,
+    S: sp.csr_matrix,
+    T: sp.csr_matrix,
+    alpha: float,
+    lam: float,
+    candidates: int = 100,
+    n: int = 100,
+    features: sp.csr_matrix | None = None,
+    beta: float = 0.0,
+    block: int = 256,
+    progress: bool = False,
+) -> sp.csr_matrix:
+    """SLIST (``slist``) with each item's column restricted to its ``candidates`` strongest co-occurring
+    items: a small ridge system per item instead of one items x items inverse.
+
+    With ``A = alpha X'X + (1 - alpha) S'S + beta F F'`` and ``R = alpha X'X + (1 - alpha) S'T + beta F F'``
+    (SLIST's Gram and target; ``F`` the catalog's tokens as pseudo-users, as in ``slist``), item ``j``'s column of
+    ``B`` is ``(A[C, C] + lam I)^-1 R[C, j]`` on its candidate set ``C`` (the largest entries of
+    ``A[:, j] + R[:, j]``, ``j`` left out: the zero diagonal becomes a constraint, as in EASE), zero
+    elsewhere. The systems are solved ``block`` items at a time. Returns each item's ``n`` largest
+    positive weights as a row (items x items float32): memory grows with the data and ``candidates``,
+    not items².
+    """
+    n_items = X.shape[1]
+    XX = (X.T @ X).tocsr()
+    A = (alpha * XX + (1.0 - alpha) * (S.T @ S)).tocsr().astype(np.float32)
+    R = (alpha * XX + (1.0 - alpha) * (S.T @ T)).tocsr().astype(np.float32)
+    del XX
+    F = None if features is None or beta <= 0 or not features.shape[1] else sp.csr_matrix(features)
+    Ft = F.T.tocsc() if F is not None else None
+    A_keys, A_vals = _sorted_keys(A)
+    R_keys, R_vals = _sorted_keys(R)
+    Rc = R.T.tocsr()  # row j: R[:, j]
+    pick = (A + Rc).tocsr()  # symmetric A: row j of A is A[:, j]
+    K = min(candidates, n_items - 1)
+    cols_out, rows_out, vals_out = [], [], []
+    for start in tqdm(range(0, n_items, block), desc="local SLIST", disable=not progress, leave=False):
+        items = np.arange(start, min(n_items, start + block))
+        score = pick[items]
+        if F is not None:
+            score = score + beta * (F[items] @ Ft)
+        score = score.tocsr()
+        C = np.empty((len(items), K), dtype=np.int64)
+        valid = np.zeros((len(items), K), dtype=bool)
+        for r, j in enumerate(items):
+            s, e = score.indptr[r], score.indptr[r + 1]
+            idx, data = score.indices[s:e], score.data[s:e]
+            keep = (idx != j) & (data > 0)
+            idx, data = idx[keep], data[keep]
+            if len(idx) > K:
+                idx = idx[np.argpartition(-data, K)[:K]]
+            C[r, : len(idx)] = idx
+            C[r, len(idx) :] = 0
+            valid[r, : len(idx)] = True
+        pair = C[:, :, None] * n_items + C[:, None, :]
+        G = _lookup(A_keys, A_vals, pair)
+        if F is not None:
+            for r in range(len(items)):
+                f = F[C[r]]
+                G[r] += beta * (f @ f.T).toarray()
+        mask = valid[:, :, None] & valid[:, None, :]
+        G *= mask
+        G[:, np.arange(K), np.arange(K)] += lam
+        rhs = _lookup(R_keys, R_vals, C * n_items + items[:, None])
+        if F is not None:  # the tokens are pseudo-users on both sides, as in ``slist``: beta F F'[C, j]
+            for r, j in enumerate(items):
+                rhs[r] += beta * (F[C[r]] @ F[j].T).toarray().ravel()
+        rhs *= valid
+        b = np.linalg.solve(G.astype(np.float64), rhs[:, :, None].astype(np.float64))[:, :, 0]
+        keep = valid & (b > 0)
+        rows_out.append(C[keep])
+        cols_out.append(np.broadcast_to(items[:, None], C.shape)[keep])
+        vals_out.append(b[keep].astype(np.float32))
+    rows = np.concatenate(rows_out) if rows_out else np.zeros(0, np.int64)
+    cols = np.concatenate(cols_out) if cols_out else np.zeros(0, np.int64)
+    vals = np.concatenate(vals_out) if vals_out else np.zeros(0, np.float32)
+    B = sp.csr_matrix((vals, (rows, cols)), shape=(n_items, n_items), dtype=np.float32)
+    return top_neighbours(B, n)
+
+
+def _sorted_keys(M: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """A canonical CSR matrix's entries as sorted ``row * columns + column`` keys and their values."""
+    M = M.tocsr()
+    M.sum_duplicates()
+    M.sort_indices()
+    rows = np.repeat(np.arange(M.shape[0], dtype=np.int64), np.diff(M.indptr))
+    return rows * M.shape[1] + M.indices, M.data.astype(np.float32)
+
+
+def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """The values at ``query`` keys (0 where a key is absent), in ``query``'s shape, float32."""
+    at = np.searchsorted(keys, query.ravel())
+    at = np.minimum(at, len(keys) - 1)
+    found = keys[at] == query.ravel()
+    out = np.where(found, values[at], 0.0).astype(np.float32)
+    return out.reshape(query.shape)

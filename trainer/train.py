@@ -39,7 +39,7 @@ GIB = 1 << 30
 class Config:
     """One model family with its hyper-parameters (``w_<type>``: that event type's weight in the matrix)."""
 
-    family: str  # slist | ease | bm25 | cosine
+    family: str  # slist | ease | slist-local | rp3beta | bm25 | cosine
     params: tuple[tuple[str, float], ...] = ()
 
     @property
@@ -60,7 +60,14 @@ class Config:
 
 
 DENSE_FAMILIES = ("slist", "ease")
-FAMILIES = ("slist", "ease", "bm25", "cosine")
+FAMILIES = ("slist", "ease", "slist-local", "rp3beta", "bm25", "cosine")
+# Sparse item-item families (``SCALABLE_CONFIGS``) stand in for the dense ones where those do not fit the
+# budget; where a dense SLIST fits they are not tried: on Beauty's validation split SLIST scored 0.1088
+# (with features 0.1239) against SLIST restricted to 100 candidates 0.0889 and RP3beta with features 0.0994
+# RP3beta's walk sharpening and popularity penalty (``models.rp3beta``), chosen on validation: HR@10 on
+# Beauty's (with features at 3) alpha 1 / beta 0.3 0.0982, 0.8 / 0.3 0.0994 (beta 0.2: 0.0945, 0.4: 0.0901);
+# on Yelp's (no catalog) alpha 1 0.0231, 0.6 0.0328, against SLIST on 100 candidates 0.0417 and BM25 0.0230
+RP3BETA_PARAMS: tuple[tuple[str, float], ...] = (("alpha", 0.8), ("beta", 0.3))
 # The families the trainer tries. EASE (``Config("ease", (("lambda", 50.0),))``) can still be fitted, but is
 # no longer tried: SLIST with alpha 1 is EASE without its zero-diagonal constraint, and SLIST at 0.5 scored
 # above it on every validation split we have (HR@10 on Beauty 0.1088 vs 0.0986, MovieLens-100k 0.1962 vs
@@ -76,6 +83,13 @@ TYPE_WEIGHT_GRID = (0.25, 1.0)
 # catalog; on Beauty's validation split 0.1, 1, 3 gave HR@10 0.1114, 0.1216, 0.1208 with attribute ids alone
 # as tokens (0: 0.1088), and 1 gives 0.1239 with the catalog's category token too
 FEATURE_WEIGHT = 1.0
+# RP3beta's tokens weigh more (``models.rp3beta``'s ``gamma``): they are edges of a random walk, where a
+# shopper's row and a token's row are each normalised to one
+FEATURE_WEIGHTS = {"slist": FEATURE_WEIGHT, "slist-local": FEATURE_WEIGHT, "rp3beta": 3.0}
+SCALABLE_CONFIGS: tuple[Config, ...] = (
+    Config("slist-local", (("alpha", 0.5), ("lambda", 50.0), ("candidates", 100.0))),
+    Config("rp3beta", RP3BETA_PARAMS),
+)
 BLEND_GRID = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 BLEND_FINALISTS = 2  # the configs best alone on validation whose blends with the live state are compared
 MAX_BLEND = 0.9  # the live state always keeps a share: new items and co-occurrences show before a retrain
@@ -114,24 +128,47 @@ class TrainedModel:
         return {**meta, **(extra or {})}
 
 
-def memory_needed(config: Config, n_items: int, nnz: int) -> int:
-    """Bytes a fit of ``config`` needs on ``n_items`` items and ``nnz`` interactions (an upper estimate)."""
+def memory_needed(config: Config, n_items: int, nnz: int, gram_nnz: int | None = None) -> int:
+    """Bytes a fit of ``config`` needs on ``n_items`` items and ``nnz`` interactions (an upper estimate;
+    ``gram_nnz``, a bound on the entries of the item Gram matrix, sharpens it for SLIST-local)."""
     if config.dense:
         return models.dense_bytes(n_items)
+    if config.family == "rp3beta":
+        return models.sparse_item_bytes(nnz, n_items, NEIGHBOURS)
+    if config.family == "slist-local":
+        # its Gram and target matrices hold at most gram_nnz entries each (``models.gram_entries``)
+        k = int(dict(config.params).get("candidates", 100))
+        return models.sparse_item_bytes(gram_nnz or nnz * n_items, n_items, max(k, NEIGHBOURS))
     return models.sparse_bytes(nnz, n_items, int(dict(config.params).get("k", 100)))
 
 
 def within_budget(
-    configs: Sequence[Config], n_items: int, nnz: int, budget_bytes: int
+    configs: Sequence[Config], n_items: int, nnz: int, budget_bytes: int, gram_nnz: int | None = None
 ) -> tuple[list[Config], list[str]]:
     """The configs whose fit fits ``budget_bytes``, and a note for each one left out."""
     kept, skipped = [], []
     for config in configs:
-        need = memory_needed(config, n_items, nnz)
+        need = memory_needed(config, n_items, nnz, gram_nnz)
         if need <= budget_bytes:
             kept.append(config)
         else:
             skipped.append(f"{config.name}: needs {need / GIB:.1f} GiB > budget {budget_bytes / GIB:.1f} GiB")
+    return kept, skipped
+
+
+def within_budget_or_scalable(
+    configs: Sequence[Config], split: Split, m: Matrix, budget_bytes: int
+) -> tuple[list[Config], list[str]]:
+    """``configs`` with their type-weight and catalog variants that fit the budget (``within_budget``);
+    where they include a dense family and none of those fits, ``SCALABLE_CONFIGS`` (with their variants)
+    stand in for them, first. Returns the configs to try and a note per config left out."""
+    wanted = with_features(with_type_weights(configs, split), split)
+    gram = models.gram_entries(m.X)
+    kept, skipped = within_budget(wanted, len(m.items), m.X.nnz, budget_bytes, gram)
+    if any(c.dense for c in wanted) and not any(c.dense for c in kept):
+        scalable = with_features(with_type_weights(SCALABLE_CONFIGS, split), split)
+        more, more_skipped = within_budget(scalable, len(m.items), m.X.nnz, budget_bytes, gram)
+        kept, skipped = more + kept, skipped + more_skipped
     return kept, skipped
 
 
@@ -152,13 +189,14 @@ _ZERO = event_types.TypeInfo(weight=0.0, strength=0)
 
 
 def with_features(configs: Sequence[Config], split: Split) -> list[Config]:
-    """Add, after each SLIST config, its variant with the catalog's features (``FEATURE_WEIGHT``) where
-    ``split`` has features; the others as they are."""
+    """Add, after each config of a family in ``FEATURE_WEIGHTS`` (SLIST, SLIST-local, RP3beta), its variant
+    with the catalog's features at that family's weight where ``split`` has features; the others as they are."""
     out = []
     for config in configs:
         out.append(config)
-        if split.features and config.family == "slist" and "features" not in dict(config.params):
-            out.append(Config(config.family, config.params + (("features", FEATURE_WEIGHT),)))
+        weight = FEATURE_WEIGHTS.get(config.family)
+        if split.features and weight is not None and "features" not in dict(config.params):
+            out.append(Config(config.family, config.params + (("features", weight),)))
     return out
 
 
@@ -242,6 +280,29 @@ def fit_weights(
             del B  # before the next fit is made: one items x items B alive at a time
     elif config.family == "ease":
         yield config, models.ease(m.X, p.get("lambda", 50.0), progress)
+    elif config.family == "slist-local":
+        beta = p.get("features", 0.0)
+        F = features.feature_matrix(split.features, m.items) if split is not None and beta else None
+        S, T = models.session_matrices(m.sequences, len(m.items), SLIST_WINDOW)
+        yield (
+            config,
+            models.local_slist(
+                m.X,
+                S,
+                T,
+                p.get("alpha", 0.5),
+                p.get("lambda", 50.0),
+                int(p.get("candidates", 100)),
+                NEIGHBOURS,
+                F,
+                beta,
+                progress=progress,
+            ),
+        )
+    elif config.family == "rp3beta":
+        gamma = p.get("features", 0.0)
+        F = features.feature_matrix(split.features, m.items) if split is not None and gamma else None
+        yield config, models.rp3beta(m.X, p.get("alpha", 1.0), p.get("beta", 0.5), NEIGHBOURS, F, gamma)
     elif config.family in ("bm25", "cosine"):
         yield config, models.item_knn(m.X, config.family, int(p.get("k", 100)))
     else:
@@ -447,9 +508,7 @@ def select(
     """
     valid = sampled(split.validation())
     m = Matrix.from_split(valid)
-    configs, skipped = within_budget(
-        with_features(with_type_weights(configs, valid), valid), len(m.items), m.X.nnz, budget_bytes
-    )
+    configs, skipped = within_budget_or_scalable(configs, valid, m, budget_bytes)
     for note in skipped:
         if progress:
             progress(f"skipped {note}")
