@@ -344,6 +344,7 @@ class Exposures:
         self._pending: dict[tuple[str, int], _Pending] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
         self.dropped = 0
 
     def record(self, experiment: Experiment, variant: Variant, shopper: str) -> None:
@@ -367,12 +368,17 @@ class Exposures:
             log.warning("the last experiment exposures were not sent at exit: %s", exc)
 
     def _loop(self) -> None:
-        while True:
-            time.sleep(self.flush_every_s)
+        while not self._stop.wait(self.flush_every_s):
             try:
                 self.flush()
-            except Exception:  # noqa: BLE001 - the thread must outlive any one failure; logged
-                log.exception("sending experiment exposures failed; kept for the next try")
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive any one failure
+                # one line, no traceback: formatting one parses source (ast) in this thread, which CPython
+                # 3.11 does not allow while another thread parses (werkzeug compiling a URL rule)
+                log.warning("experiment exposures not sent (%s); kept for the next try", exc)
+
+    def close(self) -> None:
+        """Stop the sending thread (what is still gathered is sent by ``flush``, or at exit)."""
+        self._stop.set()
 
     def flush(self) -> int:
         """Send every gathered exposure now; returns the shoppers newly exposed. Redis errors propagate

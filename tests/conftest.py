@@ -6,6 +6,7 @@ started is found and stopped after it, passed or failed."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -36,6 +37,15 @@ from streamrec.keys import Keys
 from streamrec.settings import Settings
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A background thread of an app an earlier test made (a change feed, an exposure writer) may log
+    after pytest closed that test's captured stream. logging then prints "--- Logging error ---" with a
+    traceback, and formatting a traceback parses source with ``ast`` in that thread, which CPython 3.11
+    does not allow while the main thread parses too (werkzeug compiling a URL rule raised "SystemError:
+    AST constructor recursion depth mismatch" in a CI run). Errors of logging itself are dropped here."""
+    logging.raiseExceptions = False
 TEST_TAG = "STREAMREC_TEST_TAG"
 
 

@@ -62,6 +62,7 @@ def settings(redis_server: ManagedProcess, prefix: str) -> Settings:
 def app(settings: Settings) -> Iterator[Flask]:
     app = create_app(settings)
     yield app
+    exposures_of(app).close()
     app.extensions["streamrec"].redis.close()
 
 
@@ -215,6 +216,7 @@ def test_metrics_answer_without_experiment_series_while_redis_is_down(
         assert experiment_series(app.test_client()) == {}
         assert any("experiment metrics unavailable" in r.getMessage() for r in caplog.records)
     finally:
+        exposures_of(app).close()
         app.extensions["streamrec"].redis.close()
 
 

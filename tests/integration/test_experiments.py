@@ -70,6 +70,7 @@ def _app(settings: Settings) -> Flask:
 def app(settings: Settings) -> Iterator[Flask]:
     app = _app(settings)
     yield app
+    exposures_of(app).close()
     app.extensions["streamrec"].redis.close()
 
 
@@ -174,6 +175,7 @@ def test_requests_are_split_sticky_across_processes_and_stopping_serves_the_plac
 
         wait_until(served_plain, timeout=2, what="the stopped experiment's placement served plain")
     finally:
+        exposures_of(other).close()
         other.extensions["streamrec"].redis.close()
 
 
