@@ -977,7 +977,10 @@ def state_offsets() -> None:
     found = read_watermarks(_state_client(settings), keys_of(settings))
     for name, offset in sorted(found.offsets.items()):
         typer.echo(f"{name}\t{offset}")
-    typer.echo(f"{len(found.keys)} watermark hashes, {found.stats_fields} stats watermark fields")
+    typer.echo(
+        f"{len(found.keys)} watermark hashes, {found.stats_fields} stats watermark fields, "
+        f"{len(found.experiment_keys)} experiment credit watermarks"
+    )
 
 
 @state_app.command("forget-offsets")
@@ -996,14 +999,16 @@ def state_forget_offsets(
     if not yes:
         found = read_watermarks(client, keys_of(settings))
         typer.echo(
-            f"would forget {len(found.offsets)} watermarks in {len(found.keys)} hashes and "
-            f"{found.stats_fields} stats fields; run again with --yes"
+            f"would forget {len(found.offsets)} watermarks in {len(found.keys)} hashes, "
+            f"{found.stats_fields} stats fields and {len(found.experiment_keys)} experiment credit watermarks; "
+            "run again with --yes"
         )
         return
     gone = forget_offsets(client, keys_of(settings))
     typer.echo(
         f"forgot {len(gone.offsets)} watermarks ({', '.join(f'{k}={v}' for k, v in sorted(gone.offsets.items())) or 'none'}) "
-        f"in {len(gone.keys)} hashes and {gone.stats_fields} stats fields"
+        f"in {len(gone.keys)} hashes, {gone.stats_fields} stats fields and "
+        f"{len(gone.experiment_keys)} experiment credit watermarks"
     )
 
 

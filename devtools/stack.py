@@ -149,7 +149,7 @@ def forget_broker(client: redis.Redis, keys: Keys) -> str | None:
     what was forgotten, or None for a fresh state. Raises ``redis.RedisError`` when Redis cannot be read.
     """
     gone = forget_offsets(client, keys)
-    if not gone.offsets:
+    if not gone.offsets and not gone.experiment_keys:
         return None
     return f"its {len(gone.offsets)} offset watermarks are forgotten, since this broker numbers records from 0 again"
 

@@ -319,6 +319,10 @@ class Keys:
         """HASH events partition -> the last offset credited: a redelivered event is credited once."""
         return self._k("experiment_marks", name)
 
+    def experiment_marks_pattern(self) -> str:
+        """A SCAN pattern matching every experiment's credit watermark hash."""
+        return f"{self.prefix}:{{x:*}}:wm"
+
     def experiment_keys(self, name: str, variants: list[str]) -> list[str]:
         """Every key of experiment ``name`` with ``variants`` (one slot): config, counts, credited, marks,
         then each variant's exposed set and buyers hash."""

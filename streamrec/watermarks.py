@@ -4,7 +4,8 @@ The fold script writes, with the state it changes, the last offset it folded of 
 (``<stage>:<partition>`` in the watermark hash; one hash on one Redis, one per hash slot on a cluster,
 docs/STATE.md), and skips any record at or below it: that is what makes broker redelivery and worker
 crashes harmless, however late they come. The cluster schedule's stats shards keep their own
-(``wm:<partition>`` fields).
+(``wm:<partition>`` fields), and so does each A/B experiment's credit script (``{x:<name>}:wm``: the last
+events offset credited per partition, ``streamrec.experiment_store``).
 
 When a topic is deleted and created again, its offsets restart at 0, below the old watermarks, and new
 events would be taken for folded ones. ``forget_offsets`` clears every watermark so that they are folded;
@@ -45,6 +46,7 @@ class Watermarks:
     offsets: dict[str, int] = field(default_factory=dict)
     keys: list[str] = field(default_factory=list)
     stats_fields: int = 0
+    experiment_keys: list[str] = field(default_factory=list)
 
 
 def _stats_marks(client: Any, keys: Keys) -> dict[str, list[str]]:
@@ -67,11 +69,15 @@ def read_watermarks(client: Any, keys: Keys) -> Watermarks:
                 continue
             out.offsets[f] = max(out.offsets.get(f, -1), int(v))
     out.stats_fields = sum(len(f) for f in _stats_marks(client, keys).values())
+    out.experiment_keys = sorted(
+        _text(n) for n in client.scan_iter(match=keys.experiment_marks_pattern(), count=1000)
+    )
     return out
 
 
 def forget_offsets(client: Any, keys: Keys) -> Watermarks:
-    """Delete every watermark (hashes and the stats shards' fields); returns what was there.
+    """Delete every watermark (hashes, the stats shards' fields and the experiments' credit watermarks);
+    returns what was there.
 
     Run it with the workers stopped, after a topic was recreated: a record then folds whatever its offset.
     Events redelivered after this (a worker crash before its commit) are caught by their claims only
@@ -82,6 +88,8 @@ def forget_offsets(client: Any, keys: Keys) -> Watermarks:
         client.delete(name)
     for name, fields in _stats_marks(client, keys).items():
         client.hdel(name, *fields)
+    for name in before.experiment_keys:
+        client.delete(name)
     return before
 
 

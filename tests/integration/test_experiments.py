@@ -366,3 +366,41 @@ def test_a_a_tests_are_significant_at_5_percent_in_at_most_2_of_20(
     print(f"A/A: {sum(significant)} of 20 significant at 5 %, {sum(srm)} flagged for sample-ratio mismatch")
     assert sum(significant) <= 2, significant
     assert not any(srm)
+
+
+def test_forgetting_offsets_forgets_the_experiments_credit_watermarks(
+    redis_client: redis.Redis, settings: Settings, prefix: str
+) -> None:
+    """A broker that numbers records from 0 again (``streamrec up``'s Tansu after a restart, a recreated
+    topic): without this, every event of the new run would look credited already (a new user found it)."""
+    from streamrec.watermarks import forget_offsets, read_watermarks
+
+    keys = Keys(prefix)
+    store = ExperimentStore(redis_client, keys)
+    _, _, experiment = store.put(parse_experiment("ab", AB))
+
+    def events(run: str) -> list[Event]:
+        out = []
+        for n in range(6):
+            user = f"{run}-{n}"
+            rec = experiment_recommendation_id("popular", uuid.uuid4().hex, experiment, assign(experiment, user))
+            out.append(_event(n, user, rec, kind="view"))
+        return out
+
+    async def credit(batch: list[Event]) -> list[int]:
+        aclient = async_redis_client(settings.redis_url, False)
+        try:
+            c = ExperimentCredits(aclient, keys, 60_000)
+            return await c.credit(credits_of(batch, [(0, 100 + n) for n in range(len(batch))]))
+        finally:
+            await aclient.aclose()
+
+    assert asyncio.run(credit(events("first"))) == [1] * 6
+    later = events("second")  # new events, at the offsets the old run used
+    assert asyncio.run(credit(later)) == [-1] * 6  # what a kept watermark does to them
+    found = read_watermarks(redis_client, keys)
+    assert found.experiment_keys == [keys.experiment_marks("ab")]
+    forget_offsets(redis_client, keys)
+    assert read_watermarks(redis_client, keys).experiment_keys == []
+    assert asyncio.run(credit(later)) == [1] * 6
+    assert sum(c.views for c in store.counts(experiment)) == 12
