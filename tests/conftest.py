@@ -46,6 +46,8 @@ def pytest_configure(config: pytest.Config) -> None:
     does not allow while the main thread parses too (werkzeug compiling a URL rule raised "SystemError:
     AST constructor recursion depth mismatch" in a CI run). Errors of logging itself are dropped here."""
     logging.raiseExceptions = False
+
+
 TEST_TAG = "STREAMREC_TEST_TAG"
 
 

@@ -383,7 +383,9 @@ def test_forgetting_offsets_forgets_the_experiments_credit_watermarks(
         out = []
         for n in range(6):
             user = f"{run}-{n}"
-            rec = experiment_recommendation_id("popular", uuid.uuid4().hex, experiment, assign(experiment, user))
+            rec = experiment_recommendation_id(
+                "popular", uuid.uuid4().hex, experiment, assign(experiment, user)
+            )
             out.append(_event(n, user, rec, kind="view"))
         return out
 
