@@ -1669,6 +1669,31 @@ def cache_memory(
     }
 
 
+def fold_with_a_worker(
+    stack: Stack, tag: str, catalog: Sequence[CatalogItem], events: Sequence[Event]
+) -> ManagedProcess:
+    """Create ``tag``'s topics (2 partitions), start a worker, publish ``catalog`` and ``events`` with a
+    plain kafka-python producer and wait until every event is folded; returns the worker (still running).
+    Raises ``ServiceError`` when they are not folded within 10 minutes."""
+    from kafka import KafkaProducer
+
+    from streamrec.topics import Topics, ensure_topics
+
+    topics = Topics(tag)
+    ensure_topics(stack.bootstrap, topics, 2)
+    worker = stack.start(f"worker-{tag}", stack.env(tag), "worker")
+    producer = KafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", linger_ms=5)
+    for item in catalog:
+        producer.send(topics.items, key=item.item_id.encode(), value=item.to_json())
+    for e in events:
+        producer.send(topics.events, key=e.user_id.encode(), value=e.to_json())
+    producer.flush()
+    producer.close()
+    _wait(lambda: stack.applied() >= len(events), 600, f"{len(events):,} events to be folded", 0.1)
+    say(f"folded {len(events):,} events")
+    return worker
+
+
 def serving(
     out_dir: Path,
     servers: Sequence[Server] = (Server(),),
@@ -1691,9 +1716,7 @@ def serving(
     With the live load still on, ``FRESHNESS_TRIALS`` trials of each freshness probe: the four kinds of
     other shoppers' actions and a shopper's own view (``freshness_trials``). Writes serving.json and
     serving.md into ``out_dir``."""
-    from kafka import KafkaProducer
-
-    from streamrec.topics import Topics, ensure_topics
+    from streamrec.topics import Topics
 
     warm_up_s = SERVING_WARM_UP_S if warm_up_s is None else warm_up_s
 
@@ -1707,17 +1730,7 @@ def serving(
     with local_stack() as stack:
         tag = f"s{uuid.uuid4().hex[:8]}"
         topics = Topics(tag)
-        ensure_topics(stack.bootstrap, topics, 2)
-        worker = stack.start(f"worker-{tag}", stack.env(tag), "worker")
-        producer = KafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", linger_ms=5)
-        for item in catalog:
-            producer.send(topics.items, key=item.item_id.encode(), value=item.to_json())
-        for e in events:
-            producer.send(topics.events, key=e.user_id.encode(), value=e.to_json())
-        producer.flush()
-        producer.close()
-        _wait(lambda: stack.applied() >= len(events), 600, f"{len(events):,} events to be folded", 0.1)
-        say(f"folded {len(events):,} events")
+        worker = fold_with_a_worker(stack, tag, catalog, events)
         paths = api_paths(stack, events)
         user_ids = list(dict.fromkeys(e.user_id for e in events))
         costs = [answer_cost(stack.client, user_ids, cached_answers=c) for c in (True, False)]

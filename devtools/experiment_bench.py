@@ -26,9 +26,9 @@ from streamrec.devtools.bench import (
     PREFIX,
     SERVING_USERS,
     Stack,
-    _wait,
     api_paths,
     beauty_shoppers,
+    fold_with_a_worker,
     local_stack,
     say,
     start_api,
@@ -169,27 +169,12 @@ def run(
     out_dir: Path, seconds: float = 10.0, users: int = SERVING_USERS, warm_up_s: float = 30.0
 ) -> dict[str, Any]:
     """The whole measurement on a local stack of its own; writes experiments.json and experiments.md."""
-    from kafka import KafkaProducer
-
-    from streamrec.topics import Topics, ensure_topics
-
     out_dir.mkdir(parents=True, exist_ok=True)
     catalog, events = beauty_shoppers(users)
     started = time.monotonic()
     with local_stack() as stack:
         tag = f"x{uuid.uuid4().hex[:8]}"
-        topics = Topics(tag)
-        ensure_topics(stack.bootstrap, topics, 2)
-        worker = stack.start(f"worker-{tag}", stack.env(tag), "worker")
-        producer = KafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", linger_ms=5)
-        for item in catalog:
-            producer.send(topics.items, key=item.item_id.encode(), value=item.to_json())
-        for e in events:
-            producer.send(topics.events, key=e.user_id.encode(), value=e.to_json())
-        producer.flush()
-        producer.close()
-        _wait(lambda: stack.applied() >= len(events), 600, f"{len(events):,} events to be folded", 0.1)
-        say(f"folded {len(events):,} events of {len({e.user_id for e in events}):,} shoppers")
+        worker = fold_with_a_worker(stack, tag, catalog, events)
         paths = api_paths(stack, events)["recommendations"]
         api = start_api(stack, tag)
         say(f"speed: {ROUNDS} rounds outside/inside the experiment, {seconds:.0f} s each (sync:2)")
