@@ -42,7 +42,7 @@ class OrjsonProvider(DefaultJSONProvider):
     """``jsonify`` and ``app.json`` through orjson: keys in insertion order (``{"code", "msg", "data"}``),
     compact, one trailing newline; what orjson cannot encode goes through Flask's own ``default``.
 
-    Measured in ``streamrec bench --serving``: see README "Benchmarks".
+    Measured in ``streamrec bench --serving``: see docs/quality/serving.md.
     """
 
     sort_keys = False

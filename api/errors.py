@@ -67,7 +67,7 @@ def init_app(app: Flask) -> None:
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
         status = exc.code or 500
         msg = {
-            404: "no such endpoint; see README.md for the API",
+            404: "no such endpoint; GET /docs lists every endpoint of this API",
             413: "request body too large: at most 4 MiB, as sent and once decoded from its Content-Encoding",
         }.get(status, exc.description or exc.name)
         return jsonify(error_body(_HTTP_CODES.get(status, 1000 + status), msg)), status

@@ -107,7 +107,10 @@ def _schemas() -> dict[str, Any]:
                 "type": "object",
                 "required": ["code", "msg"],
                 "properties": {
-                    "code": {"type": "integer", "description": "stable error number (README: error codes)"},
+                    "code": {
+                        "type": "integer",
+                        "description": "stable error number (docs/reference/http.md, Error codes)",
+                    },
                     "msg": {"type": "string", "description": "what is wrong, for a person"},
                     "details": {"description": "per-record or per-check details, or null"},
                 },

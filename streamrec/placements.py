@@ -864,7 +864,7 @@ def placement_json_schemas(ref: str = "#/components/schemas/{model}") -> dict[st
         "Placement": {
             "type": "object",
             "additionalProperties": False,
-            "description": "A page slot's named rule set; every field is optional (README: Placements).",
+            "description": "A page slot's named rule set; every field is optional (docs/integrate/placements.md).",
             "properties": {
                 "strategy": {"enum": list(STRATEGIES), "description": "by default the endpoint's own"},
                 "filter": r("PlacementFilter"),

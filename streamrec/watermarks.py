@@ -152,7 +152,7 @@ def rewind_group(
     For a Redis restored from AOF or a backup, whose watermarks lie below what the group committed: the
     workers then fold what Redis lost, once. Raises ``RuntimeError`` if the group has active members
     (stop the workers first) or the broker refuses a commit (Tansu can keep a stopped Faust worker listed
-    as a member: see README, "Limits of the local broker").
+    as a member: see docs/operations/local-broker.md).
     """
     from kafka import TopicPartition
     from kafka.admin import KafkaAdminClient
