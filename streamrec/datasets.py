@@ -293,16 +293,27 @@ def _load_amazon_beauty(directory: Path) -> _Loaded:
 
 
 def _beauty_catalog(directory: Path) -> Describe:
-    """S3-Rec's item attributes (``Beauty_item2attributes.json``); the first attribute id is the category."""
+    """Beauty's S3-Rec item attributes (``Beauty_item2attributes.json``)."""
+    return _s3rec_catalog(directory / "Beauty_item2attributes.json", "Beauty")
+
+
+def _yelp_catalog(directory: Path) -> Describe:
+    """Yelp's S3-Rec item attributes (``Yelp_item2attributes.json``: the businesses' category ids)."""
+    return _s3rec_catalog(directory / "Yelp_item2attributes.json", "Yelp")
+
+
+def _s3rec_catalog(attrs_path: Path, label: str) -> Describe:
+    """Records from an S3-Rec ``<Name>_item2attributes.json`` (``{"item": [attribute ids]}``): the ids are
+    the ``attribute_ids`` attribute and the first one is the category; an item the file omits (or a missing
+    file) gets neither."""
 
     def describe(item_ids: Iterable[str], ts_ms: int) -> list[CatalogItem]:
-        attrs_path = directory / "Beauty_item2attributes.json"
         attrs: dict[str, list[int]] = orjson.loads(attrs_path.read_bytes()) if attrs_path.exists() else {}
         out = []
         for i in item_ids:
             ids = attrs.get(i, [])
             category = f"attr-{ids[0]}" if ids else ""
-            out.append(_item(i, f"Beauty item {i}", category, ts_ms, {"attribute_ids": ids}))
+            out.append(_item(i, f"{label} item {i}", category, ts_ms, {"attribute_ids": ids}))
         return out
 
     return describe
@@ -405,6 +416,7 @@ _LOADERS: dict[str, Callable[[Path], _Loaded]] = {
 _CATALOGS: dict[str, Callable[[Path], Describe]] = {
     "amazon-beauty": _beauty_catalog,
     "movielens-100k": _movielens_catalog,
+    "yelp": _yelp_catalog,  # read by evaluation (``dataset_catalog``); Yelp has no replay loader
 }
 
 

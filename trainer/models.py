@@ -112,12 +112,16 @@ def _max_duplicates(
     )
 
 
-DENSE_COPIES = 4  # items x items float32 matrices alive at once in an EASE or SLIST fit (measured peak)
+DENSE_COPIES = 4  # items x items float32 matrices alive at once in a SLIST fit (measured peak)
+# EASE inverts its Gram matrix in place (``_inverse``): on Yelp (20,033 items, one copy 1.50 GiB) its fit
+# peaked 1.59 GiB above the process's start and fit plus ranking every user 2.03 GiB (/usr/bin/time -v)
+EASE_COPIES = 2
 
 
-def dense_bytes(n_items: int) -> int:
-    """Memory an EASE or SLIST fit needs: ``DENSE_COPIES`` float32 items x items matrices, in bytes."""
-    return DENSE_COPIES * 4 * n_items * n_items
+def dense_bytes(n_items: int, copies: int = DENSE_COPIES) -> int:
+    """Memory a dense fit needs: ``copies`` float32 items x items matrices (``DENSE_COPIES`` for SLIST,
+    ``EASE_COPIES`` for EASE), in bytes."""
+    return copies * 4 * n_items * n_items
 
 
 def sparse_bytes(nnz: int, n_items: int, k: int) -> int:

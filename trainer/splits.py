@@ -134,9 +134,9 @@ def leave_last_out(name: str, users: Iterable[tuple[str, list[Action]]]) -> Spli
 def load_split(path: str | Path, fmt: str) -> Split:
     """Read ``path`` in format ``fmt`` into a leave-one-out split (see the module docstring).
 
-    Where ``path`` is in a known dataset's folder whose catalog knows more than ids (Amazon Beauty's
-    attributes, MovieLens's genres and years), the split's ``features`` are those catalog records' tokens,
-    the records a replay of that dataset publishes.
+    Where ``path`` is in a known dataset's folder whose catalog knows more than ids (Amazon Beauty's and
+    Yelp's attributes, MovieLens's genres and years), the split's ``features`` are those catalog records'
+    tokens, the records a replay of that dataset publishes.
     """
     path = Path(path)
     if fmt not in FORMATS:

@@ -10,6 +10,7 @@ import pytest
 from streamrec.contract import MIN_TS_MS, Event
 from streamrec.datasets import (
     SYNTHETIC_STEP_MS,
+    dataset_catalog,
     dataset_events,
     datasets_dir,
     read_baskets,
@@ -103,6 +104,17 @@ def test_beauty_counts_match_the_published_figures() -> None:
     assert len({i for _, items in rows for i in items}) == 12_101
 
 
+def test_real_yelp_attributes_describe_nearly_every_item() -> None:
+    path = _real("yelp")
+    items = sorted({i for _, seq in read_seq(path / "Yelp.txt") for i in seq})
+    catalog = dataset_catalog(path / "Yelp.txt", items)
+    assert len(items) == 20_033
+    assert [r.item_id for r in catalog] == items
+    described = [r for r in catalog if r.attributes["attribute_ids"]]
+    assert len(described) >= 20_000
+    assert all(r.category == f"attr-{r.attributes['attribute_ids'][0]}" for r in described)
+
+
 def test_movielens_counts() -> None:
     path = _real("movielens-100k")
     rows = list(read_movielens(path / "ml-100k.inter"))
@@ -152,6 +164,27 @@ def test_small_beauty_folder_becomes_ordered_purchases(tmp_path: Path) -> None:
     assert (by_id["1"].category, by_id["3"].category, by_id["4"].category) == ("attr-173", "", "attr-9")
     assert by_id["1"].title == "Beauty item 1"
     assert by_id["1"].image_url == "/static/img/1.svg"
+
+
+def test_yelp_catalog_reads_the_s3rec_attribute_file(tmp_path: Path) -> None:
+    folder = tmp_path / "yelp"
+    _write(folder / "Yelp.txt", "1 1 2\n2 2 3\n")
+    _write(folder / "Yelp_item2attributes.json", '{"1": [13, 1, 6], "2": [1], "3": []}')
+    by_id = {r.item_id: r for r in dataset_catalog(folder / "Yelp.txt", ["1", "2", "3", "9"])}
+    assert list(by_id) == ["1", "2", "3", "9"]
+    assert by_id["1"].attributes == {"attribute_ids": [13, 1, 6]}
+    assert [by_id[i].category for i in "1239"] == ["attr-13", "attr-1", "", ""]
+    assert by_id["9"].attributes == {"attribute_ids": []}
+    assert by_id["2"].title == "Yelp item 2"
+
+
+def test_yelp_catalog_without_its_attribute_file_knows_only_ids(tmp_path: Path) -> None:
+    folder = tmp_path / "yelp"
+    _write(folder / "Yelp.txt", "1 1 2\n")
+    assert [(r.item_id, r.category) for r in dataset_catalog(folder / "Yelp.txt", ["1", "2"])] == [
+        ("1", ""),
+        ("2", ""),
+    ]
 
 
 def test_limit_takes_whole_users_and_keeps_ids(tmp_path: Path) -> None:

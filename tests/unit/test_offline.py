@@ -386,6 +386,15 @@ def test_dense_families_are_left_out_when_they_do_not_fit_the_budget() -> None:
     assert within_budget(configs, 100_000, 1_000_000, 1)[0] == []
 
 
+def test_ease_has_its_own_measured_copy_count() -> None:
+    """EASE inverts in place (two items² copies at its peak), SLIST holds four: at Yelp's 20,033 items
+    only EASE fits the 4 GiB budget."""
+    kept, skipped = within_budget([*DEFAULT_CONFIGS, EASE], 20_033, 300_000, 4 * GIB)
+    assert [c.family for c in kept] == ["bm25", "cosine", "ease"]
+    assert len(skipped) == 1 and skipped[0].startswith("slist(") and "needs 6.0 GiB" in skipped[0]
+    assert models.dense_bytes(10_000, models.EASE_COPIES) == 8 * 10**8
+
+
 def test_selection_refuses_when_nothing_fits() -> None:
     with pytest.raises(ValueError, match="no model family fits the memory budget"):
         select(chain_split(), ScoringSettings(), budget_bytes=1)

@@ -139,5 +139,5 @@ def test_the_trainer_fits_them_and_tries_them_only_where_no_dense_family_fits() 
 def test_features_variants_are_tried_for_the_sparse_families() -> None:
     split = Split("s", {"u": [("purchase", "a", 1)]}, {}, {}, "purchase", ["a"], {"a": ("brand=x",)})
     names = [c.name for c in train.with_features(train.SCALABLE_CONFIGS, split)]
-    assert "slist-local(alpha=0.5,lambda=50,candidates=100,features=1)" in names
+    assert "slist-local(alpha=0.5,lambda=400,candidates=100,features=1)" in names
     assert "rp3beta(alpha=0.8,beta=0.3,features=3)" in names
