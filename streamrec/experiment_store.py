@@ -59,7 +59,8 @@ log = logging.getLogger("streamrec.experiments")
 MAX_EXPERIMENTS = 100
 FLUSH_EVERY_S = 0.2
 MAX_PENDING = 20_000  # exposures one process holds while Redis cannot take them; beyond, they are dropped
-COUNTED_TYPES = ("view", "add_to_cart", "purchase")
+# the attributed types (``event_types.ATTRIBUTED_TYPES``) whose counts the report shows: checked once
+COUNTED_TYPES = tuple(t for t in ("view", "add_to_cart", "purchase") if t in ATTRIBUTED_TYPES)
 
 # KEYS: docs, version, runs (one slot). ARGV: name, document, most experiments.
 # Returns {created 1/0, new version, run}, or {-1, 0, 0} when full and the name is new.
@@ -444,11 +445,7 @@ def credits_of(events: Iterable[Any], sources: Iterable[tuple[int, int]] | None 
     purchase), with their (partition, offset) from ``sources`` (parallel to ``events``)."""
     out = []
     for e, (partition, offset) in zip(events, sources or _none(), strict=False):
-        if (
-            not isinstance(e, Event)
-            or e.type.value not in COUNTED_TYPES
-            or e.type.value not in ATTRIBUTED_TYPES
-        ):
+        if not isinstance(e, Event) or e.type.value not in COUNTED_TYPES:
             continue
         c = cited(e.recommendation_id)
         if c is not None:

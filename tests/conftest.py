@@ -153,6 +153,15 @@ def redis_client(redis_server: ManagedProcess) -> Iterator[redis.Redis]:
     client.close()
 
 
+@pytest.fixture
+def prefix(redis_client: redis.Redis) -> Iterator[str]:
+    """A fresh Redis key prefix on the session's Redis; its keys are deleted after the test."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    yield prefix
+    for key in redis_client.scan_iter(match=f"{prefix}:*", count=1000):
+        redis_client.delete(key)
+
+
 @contextmanager
 def local_cluster(
     data_dir: Path, log_dir: Path, masters: int = 3, replicas: int = 1

@@ -42,14 +42,6 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 @pytest.fixture
-def prefix(redis_client: redis.Redis) -> Iterator[str]:
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    yield prefix
-    for key in redis_client.scan_iter(match=f"{prefix}:*", count=1000):
-        redis_client.delete(key)
-
-
-@pytest.fixture
 def settings(redis_server: ManagedProcess, prefix: str) -> Settings:
     return Settings(
         redis_prefix=prefix,
