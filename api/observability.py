@@ -19,8 +19,7 @@ from streamrec import logs, metrics
 from streamrec.api.extensions import experiments_of, services
 from streamrec.experiment_stats import VariantCounts
 from streamrec.experiment_store import ExperimentStore
-from streamrec.experiments import Experiment, parse_experiment
-from streamrec.placements import PlacementError
+from streamrec.experiments import Experiment
 
 bp = Blueprint("observability", __name__)
 log = logging.getLogger("streamrec.api.access")
@@ -31,14 +30,9 @@ UNMATCHED = "unmatched"
 
 
 def _experiment_counts(store: ExperimentStore) -> Iterator[tuple[Experiment, list[VariantCounts]]]:
-    """Every experiment that exists now, with its counts: one Redis read for the list, then one
-    pipelined round trip per experiment. A stored document this code does not accept is left out, as
-    ``ExperimentCache`` leaves it out of serving (and logs it)."""
-    for name, stored in store.all().items():
-        try:
-            experiment = parse_experiment(name, stored["document"], stored["run"])
-        except PlacementError:
-            continue
+    """Every experiment that exists now (``ExperimentStore.experiments``), with its counts: one Redis
+    read for the list, then one pipelined round trip per experiment."""
+    for experiment in store.experiments():
         yield experiment, store.counts(experiment)
 
 

@@ -53,6 +53,7 @@ from streamrec.experiments import (
 )
 from streamrec.keys import Keys
 from streamrec.placement_store import CHECK_EVERY_S, DocumentCache
+from streamrec.placements import PlacementError
 
 log = logging.getLogger("streamrec.experiments")
 
@@ -243,6 +244,17 @@ class ExperimentStore:
         """Every experiment as stored (``{"run": n, "document": {...}}``) by name, sorted by name."""
         raw = self.client.hgetall(self.keys.experiments())
         return {_text(n): _stored(d) for n, d in sorted(raw.items())}
+
+    def experiments(self) -> list[Experiment]:
+        """Every stored experiment, compiled, by name; one the code no longer accepts is logged and left
+        out, as ``ExperimentCache`` leaves it out of serving."""
+        out = []
+        for name, stored in self.all().items():
+            try:
+                out.append(_compiled(name, stored))
+            except PlacementError as exc:
+                log.error("stored experiment %r is not valid here and is left out: %s", name, exc)
+        return out
 
     def version(self) -> int:
         """How many changes the experiments have had (0: never changed)."""
