@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -341,13 +342,21 @@ def _redis(url: str, cluster: bool) -> redis.Redis:
     return client
 
 
+def _unwind_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so a throwaway server (``_eval_redis``) is stopped, not left running."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 @contextmanager
 def _eval_redis(url: str | None, cluster: bool = False) -> Iterator[tuple[redis.Redis, Keys]]:
     """An empty keyspace: a throwaway local redis-server, or a fresh prefix on ``url`` (a Redis Cluster's
-    node with ``cluster``), deleted after."""
-    import signal
-    import sys
+    node with ``cluster``), deleted after. Used from a helper thread, its caller calls
+    ``_unwind_on_sigterm`` first (only the main thread may set a signal handler)."""
     import tempfile
+    import threading
     import uuid
 
     import redis as redis_lib
@@ -364,8 +373,8 @@ def _eval_redis(url: str | None, cluster: bool = False) -> Iterator[tuple[redis.
             for batch in _chunks(client.scan_iter(keys.pattern(), count=1000), 1000):
                 client.delete(*batch)
         return
-    # SIGTERM unwinds like Ctrl-C, so the throwaway server below is stopped, not left running
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if threading.current_thread() is threading.main_thread():  # a helper thread's caller did it already
+        _unwind_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="streamrec-eval-") as tmp:
         port = free_port()
         server = start_redis(port, Path(tmp), appendonly=False)
@@ -568,19 +577,25 @@ def train(
         f"{split.name}: {split.n_events:,} events, {len(split.train):,} users, {len(split.items):,} items, "
         f"memory budget {settings.trainer.memory_budget_mb:,} MiB"
     )
-    live = _validation_live(split, settings) if choose_blend else None
-    report = train_and_publish(
-        split,
-        _store(settings),
-        settings.scoring,
-        activate=activate,
-        progress=typer.echo,
-        budget_bytes=settings.trainer.budget_bytes,
-        live=live,
-        bars=True,
-        max_share=settings.trainer.max_blend,
-        started=started,
-    )
+    if choose_blend:
+        _unwind_on_sigterm()
+    with ThreadPoolExecutor(1, thread_name_prefix="validation-live") as pool:
+        # the validation events are folded (mostly Redis' own CPU) while the families are fitted (mostly
+        # numpy's): the blend share is chosen once both are done (train.choose calls ``live`` then). On an
+        # error the pool still waits for the fold, so its throwaway Redis is always stopped
+        live = pool.submit(_validation_live, split, settings).result if choose_blend else None
+        report = train_and_publish(
+            split,
+            _store(settings),
+            settings.scoring,
+            activate=activate,
+            progress=typer.echo,
+            budget_bytes=settings.trainer.budget_bytes,
+            live=live,
+            bars=True,
+            max_share=settings.trainer.max_blend,
+            started=started,
+        )
     state = "active" if report.activated else "published (not active)"
     share = "global" if report.blend is None else f"{report.blend:g}"
     typer.echo(
@@ -592,14 +607,18 @@ def train(
 
 
 def _validation_live(split, settings: Settings):  # type: ignore[no-untyped-def]
-    """The live state of the validation split (folded by the state script in a throwaway Redis), or None."""
+    """The live state of the validation split (folded by the state script in a throwaway Redis), or None.
+    Runs beside the model fits (no progress bar of its own: it would tear theirs); says when it is done."""
     from streamrec.devtools.localstack import ServiceError
     from streamrec.trainer.evaluate import validation_live
 
     scoring = settings.scoring.model_copy(update={"exclude_seen": False})
+    started = time.perf_counter()
     try:
         with _eval_redis(None) as (client, keys):
-            return validation_live(split, client, keys, scoring, bar=True)
+            table = validation_live(split, client, keys, scoring, bar=False)
+        typer.echo(f"validation events folded into a throwaway Redis in {time.perf_counter() - started:.1f}s")
+        return table
     except (ServiceError, FileNotFoundError) as exc:
         typer.echo(f"no blend share chosen (no throwaway Redis: {exc}); the API uses its global one")
         return None

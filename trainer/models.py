@@ -581,8 +581,7 @@ def local_slist(
             C[r, : len(idx)] = idx
             C[r, len(idx) :] = 0
             valid[r, : len(idx)] = True
-        pair = C[:, :, None] * n_items + C[:, None, :]
-        G = _lookup(A_keys, A_vals, pair)
+        G = _gram_blocks(A_keys, A_vals, C, n_items)
         if F is not None:
             for r in range(len(items)):
                 f = F[C[r]]
@@ -595,7 +594,9 @@ def local_slist(
             for r, j in enumerate(items):
                 rhs[r] += beta * (F[C[r]] @ F[j].T).toarray().ravel()
         rhs *= valid
-        b = np.linalg.solve(G.astype(np.float64), rhs[:, :, None].astype(np.float64))[:, :, 0]
+        # float32: the systems are ridge-regularised (lam on the diagonal); against float64 the weights
+        # differ by ~1e-7 relative on the 100,000-item simulator, and the solve takes 0.4 of the time
+        b = np.linalg.solve(G, rhs[:, :, None])[:, :, 0]
         keep = valid & (b > 0)
         rows_out.append(C[keep])
         cols_out.append(np.broadcast_to(items[:, None], C.shape)[keep])
@@ -614,6 +615,27 @@ def _sorted_keys(M: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
     M.sort_indices()
     rows = np.repeat(np.arange(M.shape[0], dtype=np.int64), np.diff(M.indptr))
     return rows * M.shape[1] + M.indices, M.data.astype(np.float32)
+
+
+def _gram_blocks(keys: np.ndarray, values: np.ndarray, C: np.ndarray, n_cols: int) -> np.ndarray:
+    """``M[C[r], C[r]]`` for each row ``r`` of ``C`` (blocks x K item ids), as blocks x K x K float32, from
+    a symmetric ``M``'s sorted keys (``_sorted_keys``). Only the upper triangle is looked up and mirrored,
+    and each distinct pair once, in key order (``_lookup_sorted``): candidate sets of one block share
+    their popular items, and sorted queries walk the keys forward instead of jumping about them."""
+    K = C.shape[1]
+    a, b = np.triu_indices(K)  # a <= b
+    upper = _lookup_sorted(keys, values, C[:, a] * n_cols + C[:, b])
+    G = np.empty((C.shape[0], K, K), dtype=np.float32)
+    G[:, a, b] = upper
+    G[:, b, a] = upper
+    return G
+
+
+def _lookup_sorted(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """``_lookup`` for a large ``query`` with repeats: each distinct key searched once, in ascending
+    order (about 2.5 times faster on a block of local SLIST's candidate pairs)."""
+    distinct, back = np.unique(query.ravel(), return_inverse=True)
+    return _lookup(keys, values, distinct)[back].reshape(query.shape)
 
 
 def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:

@@ -586,7 +586,7 @@ def choose(
     budget_bytes: int,
     bars: bool,
     cache: dict,
-    live: sp.csr_matrix | Callable[[], sp.csr_matrix] | None,
+    live: sp.csr_matrix | Callable[[], sp.csr_matrix | None] | None,
     max_share: float,
 ) -> tuple[Config, list[Result], list[str], float | None, list[dict[str, float]]]:
     """Choose on validation: every config alone (``select``), then, given ``live``, the best
@@ -595,12 +595,13 @@ def choose(
     the chosen config's figure per share.
 
     ``live`` may be a callable that returns the table: it is called only once the configs are scored, so
-    a caller can fold the validation events into Redis while the families are fitted.
+    a caller can fold the validation events into Redis while the families are fitted (``streamrec
+    train`` does). A callable that returns None (no throwaway Redis) means no share is chosen.
     """
     ranked, validation, skipped = select(split, scoring, configs, progress, budget_bytes, bars, cache)
-    if live is None:
-        return ranked[0], validation, skipped, None, []
     table = live() if callable(live) else live
+    if table is None:
+        return ranked[0], validation, skipped, None, []
     config, share, rows = choose_blend(
         split, ranked[:BLEND_FINALISTS], scoring, table, progress, cache, max_share
     )
@@ -614,7 +615,7 @@ def train(
     progress: Progress | None = None,
     cache: dict | None = None,
     m: Matrix | None = None,
-    live: sp.csr_matrix | Callable[[], sp.csr_matrix] | None = None,
+    live: sp.csr_matrix | Callable[[], sp.csr_matrix | None] | None = None,
     budget_bytes: int = 4 * GIB,
     bars: bool = False,
     max_share: float = MAX_BLEND,
@@ -683,7 +684,7 @@ def train_and_publish(
     configs: Sequence[Config] = DEFAULT_CONFIGS,
     progress: Progress | None = None,
     budget_bytes: int = 4 * GIB,
-    live: sp.csr_matrix | None = None,
+    live: sp.csr_matrix | Callable[[], sp.csr_matrix | None] | None = None,
     bars: bool = False,
     max_share: float = MAX_BLEND,
     started: float | None = None,
@@ -692,7 +693,8 @@ def train_and_publish(
 
     The published model has seen all the data (the held-out items too): the test figure is the estimate
     of how a model trained this way does on actions it has not seen. With ``live`` (the live state of the
-    validation split) the blend share is chosen too and recorded in the metadata for the API.
+    validation split, or a callable that returns it: see ``choose``) the blend share is chosen too and
+    recorded in the metadata for the API.
     ``started`` (``time.perf_counter()`` when the run began, reading the data included; default: now)
     is where the recorded ``train_seconds`` count from.
     """
