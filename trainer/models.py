@@ -595,8 +595,11 @@ def local_slist(
                 rhs[r] += beta * (F[C[r]] @ F[j].T).toarray().ravel()
         rhs *= valid
         # float32: the systems are ridge-regularised (lam on the diagonal); against float64 the weights
-        # differ by ~1e-7 relative on the 100,000-item simulator, and the solve takes 0.4 of the time
-        b = np.linalg.solve(G, rhs[:, :, None])[:, :, 0]
+        # differ by ~1e-7 relative on the 100,000-item simulator, and the solve takes 0.4 of the time.
+        # One BLAS thread: OpenBLAS's threads on systems this small only wait on each other, and while
+        # another process holds a core (streamrec train folds beside the fits) a block took 20x longer
+        with threadpool_limits(1, "blas"):
+            b = np.linalg.solve(G, rhs[:, :, None])[:, :, 0]
         keep = valid & (b > 0)
         rows_out.append(C[keep])
         cols_out.append(np.broadcast_to(items[:, None], C.shape)[keep])
