@@ -42,6 +42,7 @@ from streamrec.devtools.localstack import (
     start_broker,
     start_redis,
 )
+from streamrec.fold import redis_client
 from streamrec.keys import Keys
 from streamrec.settings import ScoringSettings, Settings
 from streamrec.state import StateReader, applied_events
@@ -157,7 +158,8 @@ def local_stack() -> Iterator[Stack]:
         stack.callback(broker.stop)
         server = start_redis(free_port(), root / "redis", root / "redis.log", appendonly=False)
         stack.callback(server.stop)
-        client = redis.Redis(host=LOOPBACK, port=server.port)
+        # the client the API and the worker make (RESP2 on one Redis), so in-process figures are theirs
+        client = redis_client(f"redis://{LOOPBACK}:{server.port}/0", False)
         s = Stack(root, broker, server, client)
         stack.callback(lambda: [p.stop() for p in reversed(s.procs)])
         yield s
@@ -1052,7 +1054,6 @@ def cluster_vs_standalone(plan: ClusterPlan, out_dir: Path) -> dict[str, Any]:
     Redis and on a 3-master Redis Cluster in the same run; writes bench-cluster.json and bench-cluster.md
     into ``out_dir`` and returns the figures. Raises ``ServiceError`` if a service fails."""
     from streamrec.devtools.localstack import free_cluster_ports, start_cluster
-    from streamrec.fold import redis_client
 
     out_dir.mkdir(parents=True, exist_ok=True)
     load_before = list(os.getloadavg())
